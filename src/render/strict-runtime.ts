@@ -17,8 +17,10 @@ export class UndefinedLookup extends Error {
     readonly path: string,
     /** Names defined where the lookup failed (for suggestions). */
     readonly candidates: readonly string[],
-    /** The candidate prefix: `app.db.` for an attribute, `` for a name. */
-    readonly prefix: string,
+    /** The lookup the failing key belongs to: `app.db` for `app.db.hots`, `` for a name. */
+    readonly parent: string,
+    /** The key that was not found: `hots`. */
+    readonly key: string,
     readonly template: string,
     readonly line: number,
     readonly column: number,
@@ -100,7 +102,7 @@ export class StrictRuntime {
     if (Object.hasOwn(context.ctx, name)) return context.ctx[name];
     if (Object.hasOwn(context.env.globals, name)) return context.env.globals[name];
     if (!strict) return undefined;
-    throw new UndefinedLookup(name, [...Object.keys(context.ctx), ...frameNames(frame)], '', tpl, line, col);
+    throw new UndefinedLookup(name, [...Object.keys(context.ctx), ...frameNames(frame)], '', name, tpl, line, col);
   }
 
   member(
@@ -114,13 +116,12 @@ export class StrictRuntime {
   ): unknown {
     if (obj === undefined || obj === null) {
       if (!strict) return undefined;
-      throw new UndefinedLookup(path, [], '', tpl, line, col, true);
+      throw new UndefinedLookup(path, [], parentOf(path), String(key), tpl, line, col, true);
     }
     const found = lookup(obj, key);
     if (found.ok) return found.value;
     if (!strict) return undefined;
-    const prefix = path.slice(0, path.length - lastSegment(path).length);
-    throw new UndefinedLookup(path, found.candidates, prefix, tpl, line, col);
+    throw new UndefinedLookup(path, found.candidates, parentOf(path), String(key), tpl, line, col);
   }
 
   filter(
@@ -150,7 +151,7 @@ function lookup(
       const i = key < 0 ? s.length + key : key;
       if (Number.isInteger(i) && i >= 0 && i < s.length) return { ok: true, value: s[i] };
     }
-    const m = STRING_METHODS[String(key)];
+    const m = method(STRING_METHODS, key);
     if (m) return { ok: true, value: (...args: never[]) => m(s as never, ...args) };
     return { ok: false, candidates: Object.keys(STRING_METHODS) };
   }
@@ -162,7 +163,7 @@ function lookup(
       if (i >= 0 && i < obj.length) return { ok: true, value: obj[i] };
       return { ok: false, candidates: [] };
     }
-    const m = LIST_METHODS[String(key)];
+    const m = method(LIST_METHODS, key);
     if (m) return { ok: true, value: (...args: never[]) => m(obj as never, ...args) };
     return { ok: false, candidates: [] };
   }
@@ -173,7 +174,7 @@ function lookup(
       const v = rec[k];
       return { ok: true, value: typeof v === 'function' ? v.bind(rec) : v };
     }
-    const m = isMapping(obj) ? DICT_METHODS[k] : undefined;
+    const m = isMapping(obj) ? method(DICT_METHODS, k) : undefined;
     if (m) return { ok: true, value: (...args: never[]) => m(rec as never, ...args) };
     return { ok: false, candidates: Object.keys(rec) };
   }
@@ -186,9 +187,15 @@ function frameNames(frame: Frame | null): string[] {
   return out;
 }
 
-function lastSegment(path: string): string {
+function parentOf(path: string): string {
   const m = /(\.[A-Za-z_][A-Za-z0-9_]*|\[[^\]]*\])$/.exec(path);
-  return m ? m[0] : path;
+  return m ? path.slice(0, path.length - m[0].length) : '';
+}
+
+/** A method from a table, never an inherited property such as `constructor`. */
+function method(table: Record<string, Method>, key: unknown): Method | undefined {
+  const k = String(key);
+  return Object.hasOwn(table, k) ? table[k] : undefined;
 }
 
 function trimChars(s: string, chars: string, left: boolean, right: boolean): string {

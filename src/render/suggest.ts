@@ -5,18 +5,22 @@
  * variables). Returns nothing rather than a poor guess.
  */
 
+/** Edit distance counting a swap of two neighbours as one edit (`hots` -> `host`). */
 export function levenshtein(a: string, b: string): number {
   if (a === b) return 0;
-  let prev = Array.from({ length: b.length + 1 }, (_, i) => i);
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => [i]);
+  for (let j = 0; j <= b.length; j++) (d[0] as number[])[j] = j;
   for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
+    const row = d[i] as number[];
+    const up = d[i - 1] as number[];
     for (let j = 1; j <= b.length; j++) {
       const cost = a[i - 1] === b[j - 1] ? 0 : 1;
-      cur[j] = Math.min((prev[j] ?? 0) + 1, (cur[j - 1] ?? 0) + 1, (prev[j - 1] ?? 0) + cost);
+      let v = Math.min((up[j] ?? 0) + 1, (row[j - 1] ?? 0) + 1, (up[j - 1] ?? 0) + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) v = Math.min(v, (d[i - 2]?.[j - 2] ?? 0) + 1);
+      row[j] = v;
     }
-    prev = cur;
   }
-  return prev[b.length] ?? 0;
+  return d[a.length]?.[b.length] ?? 0;
 }
 
 /** The candidate closest to `name`, if it is close enough to be a likely typo. */

@@ -138,16 +138,16 @@ function compileSource(src: string, name: string): unknown {
   try {
     ast = nunjucks.parser.parse(src, [], LEXER_OPTIONS);
   } catch (err) {
+    // nunjucks' parser reports 1-based positions; its lexer reports none.
     const e = err as NjTemplateError;
-    const line = (e.lineno ?? 0) + 1;
-    const column = (e.colno ?? 0) + 1;
+    if (!e.lineno && /end of file/.test(String(e.message))) e.lineno = src.split('\n').length;
+    const where = e.lineno ? `${name}:${e.lineno}:${e.colno ?? 1}` : name;
     const reason = String(e.message)
       .replace(/^\(unknown path\)\s*(\[[^\]]*\])?\s*/, '')
       .trim();
-    throw new CanopyError('RENDER_SYNTAX', `${name}:${line}:${column}: template syntax error: ${reason}`, {
+    throw new CanopyError('RENDER_SYNTAX', `${where}: template syntax error: ${reason}`, {
       template: name,
-      line,
-      column,
+      ...(e.lineno ? { line: e.lineno, column: e.colno ?? 1 } : {}),
       cause: err,
     });
   }
@@ -246,9 +246,8 @@ function undefinedError(u: UndefinedLookup, host: string): CanopyError {
   if (u.parentIsNone) {
     hint = `; its parent is undefined or none`;
   } else {
-    const last = u.path.slice(u.prefix.length).replace(/^[.[]|\]$/g, '');
-    const guess = closest(last, u.candidates);
-    if (guess) hint = `; did you mean "${u.prefix}${guess}"?`;
+    const guess = closest(u.key, u.candidates);
+    if (guess) hint = `; did you mean "${u.parent ? `${u.parent}.` : ''}${guess}"?`;
   }
   const root = u.path.split(/[.[]/)[0] ?? u.path;
   return new CanopyError(
