@@ -76,7 +76,10 @@ test('explain includes task variables, with the flag as their origin', (t) => {
   const { inv } = setup(t);
   const e = explainVar(inv, 'h', 'app.port', [parseVarFlag('app.port=1')]);
   const last = e.entries.at(-1);
-  assert.deepEqual([last?.layer, last?.origin, last?.status, e.value], ['task', '--var app.port=1', 'wins', 1]);
+  assert.deepEqual(
+    [last?.layer, last?.origin, last?.status, e.value],
+    ['task', '--var app.port=1', 'wins', 1],
+  );
 });
 
 test('explain of an undefined key has no entries', (t) => {

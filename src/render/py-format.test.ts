@@ -37,7 +37,7 @@ const toYaml = (value: unknown) => pyYamlDump(value, { defaultFlowStyle: null })
 // --- pyStr / pyRepr
 
 test('pyStr prints a string as is', () => {
-  assert.equal(pyStr("it's \"x\"\n"), "it's \"x\"\n");
+  assert.equal(pyStr('it\'s "x"\n'), 'it\'s "x"\n');
 });
 
 test('pyStr prints booleans as True and False', () => {
@@ -100,7 +100,7 @@ test('pyStr matches Python for a list of awkward strings', () => {
     { k: [1, { n: false }] },
   ];
   const python =
-    '[\'a\', "it\'s", \'say "hi"\', \'both \\\' "\', \'back\\\\slash\', \'nl\\n\\ttab\\r\', ' +
+    "['a', \"it's\", 'say \"hi\"', 'both \\' \"', 'back\\\\slash', 'nl\\n\\ttab\\r', " +
     "'\\x00\\x7f\\x85\\xa0\\u200b\\u2028', 'é😀', True, None, {'k': [1, {'n': False}]}]";
   assert.equal(pyStr(value), python);
 });
@@ -108,7 +108,10 @@ test('pyStr matches Python for a list of awkward strings', () => {
 test('pyStr matches Python for a list of floats', () => {
   const value = [1.5, 1e21, 1e-7, Number.NaN, 0.1 + 0.2, 1e16, 1e15 + 0.5, 0.0001, 0.00001, -0];
   // Python prints -0.0 as '-0.0'; JS -0 is an integer, so canopy prints 0.
-  assert.equal(pyStr(value), '[1.5, 1e+21, 1e-07, nan, 0.30000000000000004, 1e+16, 1000000000000000.5, 0.0001, 1e-05, 0]');
+  assert.equal(
+    pyStr(value),
+    '[1.5, 1e+21, 1e-07, nan, 0.30000000000000004, 1e+16, 1000000000000000.5, 0.0001, 1e-05, 0]',
+  );
 });
 
 test('pyStr prints a circular list as [...]', () => {
@@ -157,7 +160,7 @@ test('pyFloatRepr adds .0 to integral values', () => {
 
 test('pyNumberStr prints numbers beyond 2^53 as floats', () => {
   assert.equal(pyNumberStr(2 ** 53 - 1), '9007199254740991');
-  assert.equal(pyNumberStr(12345678901234567), '1.2345678901234568e+16');
+  assert.equal(pyNumberStr(12345678901234568), '1.2345678901234568e+16');
 });
 
 // --- json.dumps
@@ -208,11 +211,14 @@ test('pyJsonDumps escapes non-ASCII as \\u with surrogate pairs', () => {
 });
 
 test('pyJsonDumps with ensureAscii false keeps non-ASCII and DEL', () => {
-  assert.equal(pyJsonDumps({ é: 'ü😀', c: '\x01\x7f' }, { ensureAscii: false }), '{"é": "ü😀", "c": "\\u0001\x7f"}');
+  assert.equal(
+    pyJsonDumps({ é: 'ü😀', c: '\x01\x7f' }, { ensureAscii: false }),
+    '{"é": "ü😀", "c": "\\u0001\x7f"}',
+  );
 });
 
 test('pyJsonDumps prints floats like Python, NaN and Infinity included', () => {
-  const value = [1.5, 1e21, 1e-7, Number.NaN, Infinity, -Infinity, 0.1 + 0.2, 12345678901234567];
+  const value = [1.5, 1e21, 1e-7, Number.NaN, Infinity, -Infinity, 0.1 + 0.2, 12345678901234568];
   assert.equal(
     pyJsonDumps(value),
     '[1.5, 1e+21, 1e-07, NaN, Infinity, -Infinity, 0.30000000000000004, 1.2345678901234568e+16]',
@@ -224,8 +230,10 @@ test('pyJsonDumps prints integral floats without .0', () => {
 });
 
 test('pyJsonDumps sorts keys by code point', () => {
-  assert.equal(pyJsonDumps({ b: 1, '\u{1f600}': 2, '\uff5e': 3, a: 4 }, { sortKeys: true, ensureAscii: false }),
-    '{"a": 4, "b": 1, "\uff5e": 3, "\u{1f600}": 2}');
+  assert.equal(
+    pyJsonDumps({ b: 1, '\u{1f600}': 2, '\uff5e': 3, a: 4 }, { sortKeys: true, ensureAscii: false }),
+    '{"a": 4, "b": 1, "\uff5e": 3, "\u{1f600}": 2}',
+  );
 });
 
 test('pyJsonDumps throws for undefined', () => {
@@ -262,7 +270,7 @@ test('pyYamlDump with flow style False and indent 4 matches to_nice_yaml', () =>
   assert.equal(
     pyYamlDump(SAMPLE, { indent: 4 }),
     "empty: []\nenv:\n    DEBUG: 'false'\n    LEVEL: 3\nhosts:\n-   h: a\n    up: true\n-   h: b\n    up: null\n" +
-      'name: web\nnote: it\'s\nports:\n- 80\n- 443\n',
+      "name: web\nnote: it's\nports:\n- 80\n- 443\n",
   );
 });
 
@@ -289,7 +297,20 @@ test('pyYamlDump writes no end marker after a quoted top-level scalar', () => {
 });
 
 test('pyYamlDump single-quotes strings that would read as another type', () => {
-  for (const s of ['true', 'yes', 'Yes', 'null', '~', '123', '1.5', '0x1F', '2024-01-01', '12:30', '<<', '=']) {
+  for (const s of [
+    'true',
+    'yes',
+    'Yes',
+    'null',
+    '~',
+    '123',
+    '1.5',
+    '0x1F',
+    '2024-01-01',
+    '12:30',
+    '<<',
+    '=',
+  ]) {
     assert.equal(toYaml([s]), `['${s}']\n`, s);
   }
 });
@@ -300,7 +321,23 @@ test('pyYamlDump single-quotes the empty string', () => {
 });
 
 test('pyYamlDump single-quotes strings starting with an indicator', () => {
-  for (const s of ['- a', ': a', '#x', '@x', '%x', '`x', '!x', '&x', '*x', '|', '>', '?', '[a]', '{a}', '---']) {
+  for (const s of [
+    '- a',
+    ': a',
+    '#x',
+    '@x',
+    '%x',
+    '`x',
+    '!x',
+    '&x',
+    '*x',
+    '|',
+    '>',
+    '?',
+    '[a]',
+    '{a}',
+    '---',
+  ]) {
     assert.equal(toYaml(s), `'${s}'\n`, s);
   }
 });
@@ -372,7 +409,10 @@ test('pyYamlDump ignores an indent outside 2..9', () => {
 });
 
 test('pyYamlDump prints floats the PyYAML way', () => {
-  assert.equal(toYaml([0.5, 1e21, 1e16, Number.NaN, Infinity, -Infinity]), '[0.5, 1.0e+21, 1.0e+16, .nan, .inf, -.inf]\n');
+  assert.equal(
+    toYaml([0.5, 1e21, 1e16, Number.NaN, Infinity, -Infinity]),
+    '[0.5, 1.0e+21, 1.0e+16, .nan, .inf, -.inf]\n',
+  );
 });
 
 test('pyYamlDump sorts keys by default and keeps order with sortKeys false', () => {

@@ -7,12 +7,22 @@ import { TemplateEngine } from './template-engine.js';
 
 type T = Parameters<typeof tempTree>[0];
 
-function render(t: T, tpl: string, vars: Record<string, unknown> = {}, extra: Record<string, string> = {}): string {
+function render(
+  t: T,
+  tpl: string,
+  vars: Record<string, unknown> = {},
+  extra: Record<string, string> = {},
+): string {
   const dir = tempTree(t, { 't.j2': tpl, ...extra });
   return new TemplateEngine({ root: dir }).template('t.j2').render(vars, 'web-01');
 }
 
-function renderError(t: T, tpl: string, vars: Record<string, unknown> = {}, extra: Record<string, string> = {}): CanopyError {
+function renderError(
+  t: T,
+  tpl: string,
+  vars: Record<string, unknown> = {},
+  extra: Record<string, string> = {},
+): CanopyError {
   try {
     render(t, tpl, vars, extra);
   } catch (err) {
@@ -36,7 +46,13 @@ test('autoescape is off', (t) => {
 
 test('values print as Jinja2 prints them', (t) => {
   assert.equal(
-    render(t, '{{ a }} {{ b }} {{ n }} {{ l }} {{ m }}', { a: true, b: false, n: null, l: ['x', 1], m: { k: 'v' } }),
+    render(t, '{{ a }} {{ b }} {{ n }} {{ l }} {{ m }}', {
+      a: true,
+      b: false,
+      n: null,
+      l: ['x', 1],
+      m: { k: 'v' },
+    }),
     "True False None ['x', 1] {'k': 'v'}",
   );
 });
@@ -45,7 +61,10 @@ test('an undefined variable is an error naming template, line, host and variable
   const err = renderError(t, 'line one\n{{ missing }}\n');
   assert.equal(err.code, 'RENDER_UNDEFINED_VAR');
   assert.match(err.message, /^t\.j2:2: "missing" is undefined for host web-01/);
-  assert.deepEqual([err.subject.template, err.subject.line, err.subject.host, err.subject.variable], ['t.j2', 2, 'web-01', 'missing']);
+  assert.deepEqual(
+    [err.subject.template, err.subject.line, err.subject.host, err.subject.variable],
+    ['t.j2', 2, 'web-01', 'missing'],
+  );
 });
 
 test('an undefined variable suggests the closest defined name', (t) => {
@@ -56,7 +75,10 @@ test('an undefined variable suggests the closest defined name', (t) => {
 test('an undefined attribute of a defined mapping is an error with the closest key', (t) => {
   const err = renderError(t, 'x\ny\n{{ app.db.hots }}', { app: { db: { host: 'h' } } });
   assert.equal(err.code, 'RENDER_UNDEFINED_VAR');
-  assert.match(err.message, /^t\.j2:3: "app\.db\.hots" is undefined for host web-01; did you mean "app\.db\.host"\?/);
+  assert.match(
+    err.message,
+    /^t\.j2:3: "app\.db\.hots" is undefined for host web-01; did you mean "app\.db\.host"\?/,
+  );
 });
 
 test('an undefined variable in an if condition is an error, as in Ansible', (t) => {
@@ -68,12 +90,14 @@ test('an undefined variable in a for loop is an error', (t) => {
 });
 
 test('an undefined attribute in a filter argument is an error', (t) => {
-  assert.equal(renderError(t, "{{ l | join(sep.x) }}", { l: [1], sep: {} }).code, 'RENDER_UNDEFINED_VAR');
+  assert.equal(renderError(t, '{{ l | join(sep.x) }}', { l: [1], sep: {} }).code, 'RENDER_UNDEFINED_VAR');
 });
 
 test('is defined and is undefined work on undefined names and attributes', (t) => {
   assert.equal(
-    render(t, '{{ x is defined }} {{ a.b.c is defined }} {{ a.q is undefined }} {{ a.q is defined }}', { a: { q: 1 } }),
+    render(t, '{{ x is defined }} {{ a.b.c is defined }} {{ a.q is undefined }} {{ a.q is defined }}', {
+      a: { q: 1 },
+    }),
     'False False False True',
   );
 });
@@ -93,20 +117,28 @@ test('mandatory fails with the variable name when it is undefined', (t) => {
 });
 
 test('loop variables, set variables and macro arguments are defined', (t) => {
-  const tpl = '{% set p = "x" %}{% macro m(a, b=2) %}{{ a }}{{ b }}{{ p }}{% endmacro %}{% for i in l %}{{ loop.index }}{{ i }}{{ m(i) }}{% endfor %}';
+  const tpl =
+    '{% set p = "x" %}{% macro m(a, b=2) %}{{ a }}{{ b }}{{ p }}{% endmacro %}{% for i in l %}{{ loop.index }}{{ i }}{{ m(i) }}{% endfor %}';
   assert.equal(render(t, tpl, { l: ['a'] }), '1aa2x');
 });
 
 test('dictsort iterates a mapping in key order', (t) => {
-  assert.equal(render(t, '{% for k, v in m | dictsort %}{{ k }}={{ v }};{% endfor %}', { m: { b: 2, a: 1, C: 3 } }), 'a=1;b=2;C=3;');
+  assert.equal(
+    render(t, '{% for k, v in m | dictsort %}{{ k }}={{ v }};{% endfor %}', { m: { b: 2, a: 1, C: 3 } }),
+    'a=1;b=2;C=3;',
+  );
 });
 
 test('Python string and dict methods work', (t) => {
   assert.equal(
-    render(t, "{{ s.upper() }} {{ s.split(',') | join('+') }} {% for k, v in m.items() %}{{ k }}{{ v }}{% endfor %} {{ m.get('z', 0) }}", {
-      s: 'a,b',
-      m: { x: 1 },
-    }),
+    render(
+      t,
+      "{{ s.upper() }} {{ s.split(',') | join('+') }} {% for k, v in m.items() %}{{ k }}{{ v }}{% endfor %} {{ m.get('z', 0) }}",
+      {
+        s: 'a,b',
+        m: { x: 1 },
+      },
+    ),
     'A,B a+b x1 0',
   );
 });
@@ -124,10 +156,14 @@ test('templates cannot reach constructors (no sandbox escape)', (t) => {
 
 test('Ansible filters are available: quote, to_json, b64encode, regex_replace, bool, int', (t) => {
   assert.equal(
-    render(t, "{{ s | quote }} {{ m | to_json }} {{ 'hi' | b64encode }} {{ 'a1b2' | regex_replace('[0-9]', '#') }} {{ 'yes' | bool }} {{ '42' | int + 1 }}", {
-      s: "it's",
-      m: { a: [1, 'x'] },
-    }),
+    render(
+      t,
+      "{{ s | quote }} {{ m | to_json }} {{ 'hi' | b64encode }} {{ 'a1b2' | regex_replace('[0-9]', '#') }} {{ 'yes' | bool }} {{ '42' | int + 1 }}",
+      {
+        s: "it's",
+        m: { a: [1, 'x'] },
+      },
+    ),
     `'it'"'"'s' {"a": [1, "x"]} aGk= a#b# True 43`,
   );
 });
@@ -143,20 +179,31 @@ test('a syntax error names template, line and column', (t) => {
   const engine = new TemplateEngine({ root: dir });
   assert.throws(
     () => engine.template('t.j2'),
-    (e) => isCanopyError(e, 'RENDER_SYNTAX') && /^t\.j2:4:1: template syntax error: parseIf: expected elif, else, or endif, got end of file/.test(e.message),
+    (e) =>
+      isCanopyError(e, 'RENDER_SYNTAX') &&
+      /^t\.j2:4:1: template syntax error: parseIf: expected elif, else, or endif, got end of file/.test(
+        e.message,
+      ),
   );
   const dir2 = tempTree(t, { 't.j2': 'a\n{{ x + }}\n' });
   assert.throws(
     () => new TemplateEngine({ root: dir2 }).template('t.j2'),
-    (e) => isCanopyError(e, 'RENDER_SYNTAX') && /^t\.j2:2:8: template syntax error: unexpected token: }}/.test(e.message),
+    (e) =>
+      isCanopyError(e, 'RENDER_SYNTAX') &&
+      /^t\.j2:2:8: template syntax error: unexpected token: }}/.test(e.message),
   );
 });
 
 test('include and import resolve inside the template root', (t) => {
-  const out = render(t, '{% include "parts/head.j2" %}{% from "parts/m.j2" import hi %}{{ hi(name) }}\n', { name: 'n' }, {
-    'parts/head.j2': 'head {{ name }}\n',
-    'parts/m.j2': '{% macro hi(x) %}hi {{ x }}{% endmacro %}',
-  });
+  const out = render(
+    t,
+    '{% include "parts/head.j2" %}{% from "parts/m.j2" import hi %}{{ hi(name) }}\n',
+    { name: 'n' },
+    {
+      'parts/head.j2': 'head {{ name }}\n',
+      'parts/m.j2': '{% macro hi(x) %}hi {{ x }}{% endmacro %}',
+    },
+  );
   assert.equal(out, 'head n\nhi n\n');
 });
 
@@ -201,6 +248,9 @@ test('a template is compiled once and rendered for many hosts', (t) => {
 test('render errors do not leak between hosts (one host failing leaves the next fine)', (t) => {
   const dir = tempTree(t, { 't.j2': '{{ a.b }}' });
   const tpl = new TemplateEngine({ root: dir }).template('t.j2');
-  assert.throws(() => tpl.render({ a: {} }, 'h1'), (e) => isCanopyError(e, 'RENDER_UNDEFINED_VAR') && e.subject.host === 'h1');
+  assert.throws(
+    () => tpl.render({ a: {} }, 'h1'),
+    (e) => isCanopyError(e, 'RENDER_UNDEFINED_VAR') && e.subject.host === 'h1',
+  );
   assert.equal(tpl.render({ a: { b: 'ok' } }, 'h2'), 'ok');
 });

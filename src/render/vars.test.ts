@@ -34,7 +34,11 @@ for (let i = 0; i < LAYER_KINDS.length; i++) {
     const low = LAYER_KINDS[i] as LayerKind;
     const high = LAYER_KINDS[j] as LayerKind;
     test(`layer ${high} beats layer ${low}`, (t) => {
-      const { resolver } = resolve(t, inventoryWith([low, high].filter((k) => k !== 'task')), high === 'task' ? ['x=task'] : []);
+      const { resolver } = resolve(
+        t,
+        inventoryWith([low, high].filter((k) => k !== 'task')),
+        high === 'task' ? ['x=task'] : [],
+      );
       assert.equal(resolver.vars('h').x, high);
     });
   }
@@ -104,7 +108,10 @@ test('mappings deep-merge across layers while lists replace', (t) => {
 });
 
 test('task variables: later --var wins, dotted keys merge into mappings', (t) => {
-  const { resolver } = resolve(t, { vars: { db: { host: 'x', port: 1 } }, hosts: { h: {} } }, ['db.port=2', 'db.port=3']);
+  const { resolver } = resolve(t, { vars: { db: { host: 'x', port: 1 } }, hosts: { h: {} } }, [
+    'db.port=2',
+    'db.port=3',
+  ]);
   assert.deepEqual(resolver.vars('h'), { db: { host: 'x', port: 3 } });
 });
 
@@ -114,7 +121,12 @@ test('templates see canopy.host facts, read-only', (t) => {
     hosts: { h: { address: '198.18.0.9', labels: { role: 'web' } } },
   });
   const facts = resolver.templateVars('h').canopy as { host: Record<string, unknown> };
-  assert.deepEqual(facts.host, { name: 'h', address: '198.18.0.9', labels: { role: 'web' }, groups: ['all', 'web'] });
+  assert.deepEqual(facts.host, {
+    name: 'h',
+    address: '198.18.0.9',
+    labels: { role: 'web' },
+    groups: ['all', 'web'],
+  });
   assert.ok(Object.isFrozen(facts.host));
   assert.ok(Object.isFrozen(facts.host.labels));
 });
