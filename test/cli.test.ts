@@ -19,7 +19,18 @@ test('render prints the rendered template for a host', () => {
 });
 
 test('render --var overrides every inventory layer', () => {
-  const r = canopy(['render', TPL, '-i', INV, '--host', 'db-01', '--var', 'nginx.worker_connections=7', '--var', 'release.channel=canary']);
+  const r = canopy([
+    'render',
+    TPL,
+    '-i',
+    INV,
+    '--host',
+    'db-01',
+    '--var',
+    'nginx.worker_connections=7',
+    '--var',
+    'release.channel=canary',
+  ]);
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /worker_connections 7;/);
   assert.match(r.stdout, /X-Canary/);
@@ -27,8 +38,30 @@ test('render --var overrides every inventory layer', () => {
 
 test('render --vars-file and --var apply in command-line order', (t) => {
   const dir = tempTree(t, { 'v.yaml': 'nginx: {worker_connections: 11}\n' });
-  const a = canopy(['render', TPL, '-i', INV, '--host', 'db-01', '--var', 'nginx.worker_connections=10', '--vars-file', `${dir}/v.yaml`]);
-  const b = canopy(['render', TPL, '-i', INV, '--host', 'db-01', '--vars-file', `${dir}/v.yaml`, '--var', 'nginx.worker_connections=10']);
+  const a = canopy([
+    'render',
+    TPL,
+    '-i',
+    INV,
+    '--host',
+    'db-01',
+    '--var',
+    'nginx.worker_connections=10',
+    '--vars-file',
+    `${dir}/v.yaml`,
+  ]);
+  const b = canopy([
+    'render',
+    TPL,
+    '-i',
+    INV,
+    '--host',
+    'db-01',
+    '--vars-file',
+    `${dir}/v.yaml`,
+    '--var',
+    'nginx.worker_connections=10',
+  ]);
   assert.match(a.stdout, /worker_connections 11;/);
   assert.match(b.stdout, /worker_connections 10;/);
 });
@@ -50,7 +83,10 @@ test('a render error exits 1, names template line, host and variable, and writes
   const r = canopy(['render', `${dir}/t.njk`, '-i', INV, '--host', 'web-01', '--out', `${dir}/out.conf`]);
   assert.equal(r.code, 1);
   assert.equal(r.stdout, '');
-  assert.match(r.stderr, /t\.njk:2: "app\.wokers" is undefined for host web-01; did you mean "app\.workers"\?/);
+  assert.match(
+    r.stderr,
+    /t\.njk:2: "app\.wokers" is undefined for host web-01; did you mean "app\.workers"\?/,
+  );
   assert.deepEqual(readdirSync(dir), ['t.njk']);
 });
 
@@ -72,7 +108,13 @@ test('an unknown host exits 2 with the closest name', () => {
 });
 
 test('usage errors exit 2 and point at --help', () => {
-  for (const args of [['render'], ['render', TPL, '-i', INV], ['render', TPL, '--bogus'], ['nosuchcommand'], ['vars', 'explain', 'web-01', '-i', INV]]) {
+  for (const args of [
+    ['render'],
+    ['render', TPL, '-i', INV],
+    ['render', TPL, '--bogus'],
+    ['nosuchcommand'],
+    ['vars', 'explain', 'web-01', '-i', INV],
+  ]) {
     const r = canopy(args);
     assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
     assert.match(r.stderr, /canopy: error: .*--help/);
@@ -97,7 +139,12 @@ test('vars --json prints the merged variables with the canopy facts', () => {
   const v = JSON.parse(r.stdout);
   assert.equal(v.app.port, 8081);
   assert.equal(v.app.db.host, 'pg.bj.internal');
-  assert.deepEqual(v.canopy.host, { name: 'app-01', address: '127.0.0.14', labels: { idc: 'bj', role: 'app', rack: 'r2' }, groups: ['all', 'bj'] });
+  assert.deepEqual(v.canopy.host, {
+    name: 'app-01',
+    address: '127.0.0.14',
+    labels: { idc: 'bj', role: 'app', rack: 'r2' },
+    groups: ['all', 'bj'],
+  });
 });
 
 test('vars prints YAML by default', () => {
@@ -112,7 +159,10 @@ test('vars explain shows each layer with file:line and the winner', () => {
   const lines = r.stdout.trim().split('\n');
   assert.equal(lines[0], 'app.log.level for web-01 = "debug"');
   assert.match(lines[1] ?? '', /^ {2}group all +examples\/inventory\.yaml:14:\d+ +"info" +overridden$/);
-  assert.match(lines[2] ?? '', /^ {2}group canary \(custom, priority 10\) +examples\/inventory\.yaml:48:\d+ +"debug" +<- wins$/);
+  assert.match(
+    lines[2] ?? '',
+    /^ {2}group canary \(custom, priority 10\) +examples\/inventory\.yaml:48:\d+ +"debug" +<- wins$/,
+  );
 });
 
 test('vars explain --json has a stable shape', () => {
@@ -128,7 +178,16 @@ test('vars explain --json has a stable shape', () => {
       ['group canary (custom, priority 10)', 'merged'],
     ],
   );
-  assert.deepEqual(Object.keys(e.entries[0]), ['layer', 'kind', 'origin', 'line', 'column', 'path', 'value', 'status']);
+  assert.deepEqual(Object.keys(e.entries[0]), [
+    'layer',
+    'kind',
+    'origin',
+    'line',
+    'column',
+    'path',
+    'value',
+    'status',
+  ]);
 });
 
 test('inventory --json lists groups and hosts', () => {
@@ -138,9 +197,20 @@ test('inventory --json lists groups and hosts', () => {
   assert.equal(j.format, 'canopy');
   assert.deepEqual(
     j.groups.map((g: { name: string; hosts: string[] }) => [g.name, g.hosts.length]),
-    [['bj', 4], ['canary', 2], ['db', 2], ['sh', 4], ['web', 4]],
+    [
+      ['bj', 4],
+      ['canary', 2],
+      ['db', 2],
+      ['sh', 4],
+      ['web', 4],
+    ],
   );
-  assert.deepEqual(j.hosts.find((h: { name: string }) => h.name === 'web-01').groups, ['all', 'bj', 'web', 'canary']);
+  assert.deepEqual(j.hosts.find((h: { name: string }) => h.name === 'web-01').groups, [
+    'all',
+    'bj',
+    'web',
+    'canary',
+  ]);
 });
 
 test('a broken inventory exits 2 listing every problem with file:line:column', (t) => {
@@ -156,7 +226,9 @@ test('a broken inventory exits 2 listing every problem with file:line:column', (
 });
 
 test('inventory warnings go to stderr and do not fail the command', (t) => {
-  const dir = tempTree(t, { 'inv.yaml': 'groups:\n  g: {match: {role: nope}}\nhosts:\n  a: {labels: {role: web}}\n' });
+  const dir = tempTree(t, {
+    'inv.yaml': 'groups:\n  g: {match: {role: nope}}\nhosts:\n  a: {labels: {role: web}}\n',
+  });
   const r = canopy(['inventory', '-i', `${dir}/inv.yaml`, '--json']);
   assert.equal(r.code, 0);
   assert.match(r.stderr, /warning: .*inv\.yaml:2:\d+: group "g": match selects no host/);
@@ -174,7 +246,7 @@ test('demo renders every example template for every host and explains variables'
 });
 
 test('no color without a TTY, and --version prints the package version', () => {
-  assert.doesNotMatch(canopy(['demo']).stdout, /\u001b\[/);
+  assert.ok(!canopy(['demo']).stdout.includes('\u001b['), 'no ANSI escapes');
   const pkg = JSON.parse(readFileSync(`${ROOT}package.json`, 'utf8'));
   assert.equal(canopy(['--version']).stdout, `canopy ${pkg.version}\n`);
 });

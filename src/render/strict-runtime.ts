@@ -102,7 +102,15 @@ export class StrictRuntime {
     if (Object.hasOwn(context.ctx, name)) return context.ctx[name];
     if (Object.hasOwn(context.env.globals, name)) return context.env.globals[name];
     if (!strict) return undefined;
-    throw new UndefinedLookup(name, [...Object.keys(context.ctx), ...frameNames(frame)], '', name, tpl, line, col);
+    throw new UndefinedLookup(
+      name,
+      [...Object.keys(context.ctx), ...frameNames(frame)],
+      '',
+      name,
+      tpl,
+      line,
+      col,
+    );
   }
 
   member(

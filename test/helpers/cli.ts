@@ -12,7 +12,10 @@ export interface RunResult {
   stderr: string;
 }
 
-export function canopy(args: string[], options: { cwd?: string; env?: Record<string, string> } = {}): RunResult {
+export function canopy(
+  args: string[],
+  options: { cwd?: string; env?: Record<string, string> } = {},
+): RunResult {
   if (!existsSync(BIN)) throw new Error(`${BIN} is missing: run npm run build first`);
   const r = spawnSync(process.execPath, [BIN, ...args], {
     cwd: options.cwd ?? ROOT,
