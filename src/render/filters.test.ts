@@ -1,6 +1,8 @@
 /**
- * Tests of filters.ts: every Ansible filter, its keyword arguments and its failure paths, plus a few
- * renders through nunjucks itself. Expected strings come from Python 3.11 (json, re, shlex, base64),
+ * Tests of filters.ts: the table, argument binding (filter-args.ts) and the filters defined in
+ * filters.ts, with their keyword arguments and failure paths, plus a few renders through nunjucks
+ * itself. The encoding and regex filters are tested in py-codec-filters.test.ts and
+ * py-regex-filters.test.ts. Expected strings come from Python 3.11 (json, re, shlex, base64),
  * Jinja2 3.1 and PyYAML 6.0, run once by hand and pasted in as literals.
  */
 
@@ -8,15 +10,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import nunjucks from 'nunjucks';
 import { CanopyError } from '../errors/index.js';
-import {
-  ansibleFilters,
-  compilePyRegex,
-  pyCompare,
-  pyEqual,
-  pyParseFloat,
-  pyParseInt,
-  pyTruthy,
-} from './filters.js';
+import { ansibleFilters } from './filters.js';
 
 /** Calls a filter the way nunjucks does: value first, then the arguments. */
 function call(name: string, ...args: unknown[]): unknown {
@@ -47,8 +41,6 @@ function render(template: string, context: Record<string, unknown> = {}): string
   for (const [name, fn] of Object.entries(ansibleFilters())) env.addFilter(name, fn);
   return env.renderString(template, context);
 }
-
-const SAMPLE = { name: 'web', ports: [80, 443], env: { DEBUG: 'false', LEVEL: 3 } };
 
 // --- the table
 
@@ -115,425 +107,6 @@ test('a filter rejects too many positional arguments', () => {
 
 test('a filter mixes positional and keyword arguments', () => {
   assert.equal(call('int', 'zz', 7, kw({ base: 10 })), 7);
-});
-
-// --- to_json
-
-test('to_json uses Python separators and key order', () => {
-  assert.equal(
-    call('to_json', SAMPLE),
-    '{"name": "web", "ports": [80, 443], "env": {"DEBUG": "false", "LEVEL": 3}}',
-  );
-});
-
-test('to_json escapes non-ASCII by default', () => {
-  assert.equal(call('to_json', 'é😀'), '"\\u00e9\\ud83d\\ude00"');
-});
-
-test('to_json takes json.dumps keyword arguments', () => {
-  assert.equal(
-    call('to_json', { b: 'é', a: 1 }, kw({ sort_keys: true, ensure_ascii: false })),
-    '{"a": 1, "b": "é"}',
-  );
-  assert.equal(call('to_json', [1, 2], kw({ indent: 2 })), '[\n  1,\n  2\n]');
-  assert.equal(call('to_json', { a: [1] }, kw({ separators: [',', ':'] })), '{"a":[1]}');
-});
-
-test('to_json rejects positional arguments, as json.dumps does', () => {
-  assertFilterError(() => call('to_json', {}, 2), 'to_json', /at most 0 argument/);
-});
-
-test('to_json rejects bad separators', () => {
-  assertFilterError(() => call('to_json', {}, kw({ separators: ',' })), 'to_json', /separators/);
-});
-
-test('to_json fails on an undefined value', () => {
-  assertFilterError(() => call('to_json', undefined), 'to_json', /undefined/);
-});
-
-test('to_json fails on a circular value', () => {
-  const obj: Record<string, unknown> = {};
-  obj.me = obj;
-  assertFilterError(() => call('to_json', obj), 'to_json', /Circular reference/);
-});
-
-// --- to_nice_json
-
-test('to_nice_json indents by 4 and sorts keys', () => {
-  assert.equal(call('to_nice_json', { b: [1], a: {} }), '{\n    "a": {},\n    "b": [\n        1\n    ]\n}');
-});
-
-test('to_nice_json takes indent positionally or by keyword', () => {
-  assert.equal(call('to_nice_json', { a: 1 }, 2), '{\n  "a": 1\n}');
-  assert.equal(call('to_nice_json', { a: 1 }, kw({ indent: 1 })), '{\n "a": 1\n}');
-});
-
-test('to_nice_json keeps key order with sort_keys=false', () => {
-  assert.equal(
-    call('to_nice_json', { b: 1, a: 2 }, kw({ sort_keys: false, indent: 0 })),
-    '{\n"b": 1,\n"a": 2\n}',
-  );
-});
-
-test('to_nice_json rejects a non-integer indent', () => {
-  assertFilterError(() => call('to_nice_json', {}, 2.5), 'to_nice_json', /indent/);
-});
-
-// --- to_yaml, to_nice_yaml
-
-test('to_yaml writes collections of scalars in flow style and sorts keys', () => {
-  assert.equal(call('to_yaml', SAMPLE), "env: {DEBUG: 'false', LEVEL: 3}\nname: web\nports: [80, 443]\n");
-});
-
-test('to_yaml writes lists of mappings in block style without indenting the items', () => {
-  assert.equal(call('to_yaml', { hosts: [{ h: 'a' }, { h: 'b' }] }), 'hosts:\n- {h: a}\n- {h: b}\n');
-});
-
-test('to_yaml ends a plain scalar with ...', () => {
-  assert.equal(call('to_yaml', 'abc'), 'abc\n...\n');
-});
-
-test('to_yaml quotes strings that would read as other types', () => {
-  assert.equal(
-    call('to_yaml', ['yes', 'null', '123', '1.5', '', 'true']),
-    "['yes', 'null', '123', '1.5', '', 'true']\n",
-  );
-});
-
-test('to_yaml takes PyYAML keyword arguments', () => {
-  assert.equal(call('to_yaml', { a: [1] }, kw({ default_flow_style: false })), 'a:\n- 1\n');
-  assert.equal(call('to_yaml', { b: 1, a: 2 }, kw({ sort_keys: false })), '{b: 1, a: 2}\n');
-  assert.equal(call('to_yaml', { a: 1 }, kw({ explicit_start: true })), '--- {a: 1}\n');
-  assert.equal(
-    call('to_yaml', { a: { b: [{ c: 1, d: [2] }] } }, kw({ indent: 4 })),
-    'a:\n    b:\n    -   c: 1\n        d: [2]\n',
-  );
-});
-
-test('to_yaml fails on an undefined value', () => {
-  assertFilterError(() => call('to_yaml', undefined), 'to_yaml', /undefined/);
-});
-
-test('to_yaml rejects an unknown keyword argument', () => {
-  assertFilterError(
-    () => call('to_yaml', {}, kw({ flow: true })),
-    'to_yaml',
-    /unexpected keyword argument 'flow'/,
-  );
-});
-
-test('to_nice_yaml writes block style with indent 4', () => {
-  assert.equal(
-    call('to_nice_yaml', { env: { A: 1 }, hosts: [{ h: 'a', up: true }], ports: [80] }),
-    'env:\n    A: 1\nhosts:\n-   h: a\n    up: true\nports:\n- 80\n',
-  );
-});
-
-test('to_nice_yaml takes indent positionally or by keyword', () => {
-  const expected = 'env:\n  A: 1\nhosts:\n- h: a\n';
-  assert.equal(call('to_nice_yaml', { env: { A: 1 }, hosts: [{ h: 'a' }] }, 2), expected);
-  assert.equal(call('to_nice_yaml', { env: { A: 1 }, hosts: [{ h: 'a' }] }, kw({ indent: 2 })), expected);
-});
-
-test('to_nice_yaml fails on a function', () => {
-  assertFilterError(() => call('to_nice_yaml', { f: () => 1 }), 'to_nice_yaml', /cannot serialize/);
-});
-
-// --- b64encode, b64decode
-
-test('b64encode encodes UTF-8', () => {
-  assert.equal(call('b64encode', 'héllo wörld ✓'), 'aMOpbGxvIHfDtnJsZCDinJM=');
-});
-
-test('b64encode encodes utf-16-le for PowerShell', () => {
-  assert.equal(call('b64encode', 'hi', kw({ encoding: 'utf-16-le' })), 'aABpAA==');
-});
-
-test('b64encode encodes a non-string through str()', () => {
-  assert.equal(call('b64encode', true), Buffer.from('True').toString('base64'));
-});
-
-test('b64encode fails on an undefined value', () => {
-  assertFilterError(() => call('b64encode', undefined), 'b64encode', /undefined/);
-});
-
-test('b64encode fails on an unknown encoding', () => {
-  assertFilterError(() => call('b64encode', 'x', 'ebcdic'), 'b64encode', /unsupported encoding "ebcdic"/);
-});
-
-test('b64encode fails when latin-1 cannot hold the text', () => {
-  assertFilterError(() => call('b64encode', '✓', 'latin-1'), 'b64encode', /cannot be encoded as latin1/);
-});
-
-test('b64decode decodes UTF-8', () => {
-  assert.equal(call('b64decode', 'aMOpbGxvIHfDtnJsZCDinJM='), 'héllo wörld ✓');
-});
-
-test('b64decode ignores whitespace and line breaks', () => {
-  assert.equal(call('b64decode', 'aMOpbGxv\nIHfDtnJs ZCDinJM=\n'), 'héllo wörld ✓');
-});
-
-test('b64decode decodes utf-16-le', () => {
-  assert.equal(call('b64decode', 'aABpAA==', 'utf-16-le'), 'hi');
-});
-
-test('b64decode decodes the empty string', () => {
-  assert.equal(call('b64decode', ''), '');
-});
-
-test('b64decode fails on characters outside the alphabet', () => {
-  assertFilterError(() => call('b64decode', 'abc$'), 'b64decode', /"abc\$" is not valid base64/);
-});
-
-test('b64decode fails on a bad length', () => {
-  assertFilterError(() => call('b64decode', 'abc'), 'b64decode', /not valid base64/);
-  assertFilterError(() => call('b64decode', 'YQ'), 'b64decode', /not valid base64/);
-});
-
-test('b64decode fails on URL-safe characters', () => {
-  assertFilterError(() => call('b64decode', 'a-_b'), 'b64decode', /not valid base64/);
-});
-
-test('b64decode fails on bytes that are not UTF-8', () => {
-  assertFilterError(() => call('b64decode', '/w=='), 'b64decode', /not valid utf-8/);
-});
-
-test('b64decode truncates a long value in its message', () => {
-  assertFilterError(
-    () => call('b64decode', `${'A'.repeat(100)}$`),
-    'b64decode',
-    /"A{57}\.\.\." is not valid/,
-  );
-});
-
-// --- regex_replace
-
-test('regex_replace replaces every match', () => {
-  assert.equal(call('regex_replace', 'a.b.c', '\\.', '-'), 'a-b-c');
-});
-
-test('regex_replace defaults to an empty replacement', () => {
-  assert.equal(call('regex_replace', 'a1b22', '\\d'), 'ab');
-});
-
-test('regex_replace expands \\1 and \\g<name> in the replacement', () => {
-  assert.equal(call('regex_replace', 'hello world', '(\\w+) (\\w+)', '\\2 \\1'), 'world hello');
-  assert.equal(
-    call('regex_replace', 'k=v', '(?P<key>\\w)=(?P<val>\\w)', '\\g<val>:\\g<key>\\g<0>'),
-    'v:kk=v',
-  );
-  assert.equal(call('regex_replace', '2024-01-02', '(\\d+)-(\\d+)-(\\d+)', '\\3/\\2/\\1'), '02/01/2024');
-});
-
-test('regex_replace keeps $ in the replacement literal', () => {
-  assert.equal(call('regex_replace', 'price 10', '(\\d+)', '$\\1.00 $1 $&'), 'price $10.00 $1 $&');
-});
-
-test('regex_replace inserts an empty string for a group that did not match', () => {
-  assert.equal(call('regex_replace', 'ab', '(a)|(b)', '[\\2]'), '[][b]');
-});
-
-test('regex_replace translates (?P=name) backreferences', () => {
-  assert.equal(call('regex_replace', 'aa bb cd', '(?P<c>\\w)(?P=c)', '<\\g<c>>'), '<a> <b> cd');
-});
-
-test('regex_replace replaces empty matches like Python 3.7+', () => {
-  assert.equal(call('regex_replace', 'abxd', 'x*', '-'), '-a-b--d-');
-});
-
-test('regex_replace matches $ before a final newline, like Python', () => {
-  assert.equal(call('regex_replace', 'line1\nline2\n', '$', '!'), 'line1\nline2!\n!');
-});
-
-test('regex_replace with multiline anchors ^ and $ at every line', () => {
-  assert.equal(call('regex_replace', 'line1\nline2\n', '^l', 'L', false, true), 'Line1\nLine2\n');
-  assert.equal(call('regex_replace', 'a\nb', '$', ';', kw({ multiline: true })), 'a;\nb;');
-});
-
-test('regex_replace with ignorecase matches either case', () => {
-  assert.equal(call('regex_replace', 'ABC abc', 'b', '*', true), 'A*C a*c');
-  assert.equal(call('regex_replace', 'ABC', 'b', '*', kw({ ignorecase: true })), 'A*C');
-});
-
-test('regex_replace honours inline flags at the start of the pattern', () => {
-  assert.equal(call('regex_replace', 'foo.bar', '(?i)FOO', 'x'), 'x.bar');
-  assert.equal(call('regex_replace', 'foo\nbar', '(?s)o.b', 'x'), 'foxar');
-  assert.equal(call('regex_replace', 'foo bar', '(?x) o o  # two o\n', 'X'), 'fX bar');
-});
-
-test('regex_replace makes . skip only \\n, as Python does', () => {
-  assert.equal(call('regex_replace', 'x\r\ny', '.', '_'), '__\n_');
-});
-
-test('regex_replace uses Unicode \\w, \\d and \\b', () => {
-  assert.equal(call('regex_replace', 'café au lait', '\\b\\w', '^'), '^afé ^u ^ait');
-  assert.equal(call('regex_replace', 'a1٣b', '\\d', '#'), 'a##b');
-});
-
-test('regex_replace treats a stray ] or { as a literal', () => {
-  assert.equal(call('regex_replace', 'a]b', ']', 'X'), 'aXb');
-  assert.equal(call('regex_replace', 'a{b}', '{b}', 'X'), 'aX');
-  assert.equal(call('regex_replace', 'abc', '[]a]', 'X'), 'Xbc');
-});
-
-test('regex_replace accepts the {,n} repeat', () => {
-  assert.equal(call('regex_replace', 'aaa', 'a{,2}', 'X'), 'XXX');
-});
-
-test('regex_replace accepts escaped punctuation Python allows', () => {
-  assert.equal(call('regex_replace', 'x-y a b', '\\-|\\ ', '+'), 'x+y+a+b');
-});
-
-test('regex_replace translates \\A and \\Z', () => {
-  assert.equal(call('regex_replace', 'abc', '\\Aa|c\\Z', 'X'), 'XbX');
-  assert.equal(call('regex_replace', 'ab\n', 'b\\Z', 'X'), 'ab\n');
-});
-
-test('regex_replace handles escapes in the replacement', () => {
-  assert.equal(call('regex_replace', 'tab\there', '\\t', '\\n'), 'tab\nhere');
-  assert.equal(call('regex_replace', 'q', 'q', '\\\\'), '\\');
-  assert.equal(call('regex_replace', 'q', 'q', '\\-'), '\\-');
-  assert.equal(call('regex_replace', 'a', 'a', '\\101'), 'A');
-});
-
-test('regex_replace works on astral characters as single characters', () => {
-  assert.equal(call('regex_replace', '😀x😀', '.', '-'), '---');
-});
-
-test('regex_replace stops after count replacements', () => {
-  assert.equal(call('regex_replace', 'aaa', 'a', 'b', kw({ count: 2 })), 'bba');
-});
-
-test('regex_replace fails when mandatory_count is not met', () => {
-  assertFilterError(
-    () => call('regex_replace', 'aaa', 'a', 'b', kw({ mandatory_count: 2 })),
-    'regex_replace',
-    /expected 2 substitution\(s\).*made 3/,
-  );
-});
-
-test('regex_replace converts a non-string value with str()', () => {
-  assert.equal(call('regex_replace', 12345, '3', '-'), '12-45');
-});
-
-test('regex_replace fails on an invalid pattern', () => {
-  assertFilterError(
-    () => call('regex_replace', 'x', '(', ''),
-    'regex_replace',
-    /"\(" is not a valid regular expression/,
-  );
-  assertFilterError(
-    () => call('regex_replace', 'x', '*x', ''),
-    'regex_replace',
-    /not a valid regular expression/,
-  );
-});
-
-test('regex_replace fails on escapes Python rejects', () => {
-  assertFilterError(() => call('regex_replace', 'x', '\\q', ''), 'regex_replace', /bad escape \\q/);
-});
-
-test('regex_replace fails on Python syntax JS cannot run', () => {
-  assertFilterError(() => call('regex_replace', 'x', '(?i:x)', ''), 'regex_replace', /scoped inline flags/);
-  assertFilterError(
-    () => call('regex_replace', 'x', 'a(?i)', ''),
-    'regex_replace',
-    /global flags not at the start/,
-  );
-  assertFilterError(() => call('regex_replace', 'x', '(?>x)', ''), 'regex_replace', /atomic groups/);
-});
-
-test('regex_replace fails on a backreference to an unknown group', () => {
-  assertFilterError(
-    () => call('regex_replace', 'x', '(x)\\2', ''),
-    'regex_replace',
-    /invalid group reference 2/,
-  );
-  assertFilterError(
-    () => call('regex_replace', 'x', '(?P=nope)', ''),
-    'regex_replace',
-    /unknown group name 'nope'/,
-  );
-});
-
-test('regex_replace fails on a replacement naming an unknown group', () => {
-  assertFilterError(
-    () => call('regex_replace', 'x', '(x)', '\\2'),
-    'regex_replace',
-    /bad replacement.*invalid group reference 2/,
-  );
-  assertFilterError(
-    () => call('regex_replace', 'x', 'x', '\\g<n>'),
-    'regex_replace',
-    /unknown group name 'n'/,
-  );
-  assertFilterError(() => call('regex_replace', 'x', 'x', '\\q'), 'regex_replace', /bad escape \\q/);
-});
-
-test('regex_replace fails on an undefined value', () => {
-  assertFilterError(() => call('regex_replace', undefined, 'x'), 'regex_replace', /undefined/);
-});
-
-// --- regex_search, regex_findall, regex_escape
-
-test('regex_search returns the first match', () => {
-  assert.equal(call('regex_search', 'server-12.example', '\\d+'), '12');
-});
-
-test('regex_search returns undefined when nothing matches', () => {
-  assert.equal(call('regex_search', 'abc', '\\d'), undefined);
-});
-
-test('regex_search returns the listed groups', () => {
-  assert.deepEqual(call('regex_search', 'k=v', '(?P<key>\\w)=(\\w)', '\\2', '\\g<key>'), ['v', 'k']);
-});
-
-test('regex_search takes ignorecase and multiline keywords', () => {
-  assert.equal(call('regex_search', 'a\nFOO', '^foo', kw({ ignorecase: true, multiline: true })), 'FOO');
-});
-
-test('regex_search fails on a bad group argument', () => {
-  assertFilterError(() => call('regex_search', 'x', '(x)', 'one'), 'regex_search', /unknown argument "one"/);
-  assertFilterError(
-    () => call('regex_search', 'x', '(x)', '\\3'),
-    'regex_search',
-    /invalid group reference 3/,
-  );
-});
-
-test('regex_search fails without a pattern', () => {
-  assertFilterError(() => call('regex_search', 'x'), 'regex_search', /missing required argument 'regex'/);
-});
-
-test('regex_findall returns whole matches, the group, or all groups', () => {
-  assert.deepEqual(call('regex_findall', 'a1 b22', '\\d+'), ['1', '22']);
-  assert.deepEqual(call('regex_findall', 'a1 b22', '[a-z](\\d+)'), ['1', '22']);
-  assert.deepEqual(call('regex_findall', 'a1 b22', '([a-z])(\\d+)'), [
-    ['a', '1'],
-    ['b', '22'],
-  ]);
-});
-
-test('regex_findall fails without a pattern', () => {
-  assertFilterError(() => call('regex_findall', 'x'), 'regex_findall', /missing required argument 'regex'/);
-});
-
-test('regex_escape escapes like Python re.escape', () => {
-  assert.equal(call('regex_escape', 'a.b*c (d) e_f-g'), 'a\\.b\\*c\\ \\(d\\)\\ e_f\\-g');
-});
-
-test('regex_escape escapes POSIX basic specials', () => {
-  assert.equal(call('regex_escape', 'a.b*[c]^$', 'posix_basic'), 'a\\.b\\*\\[c\\]\\^\\$');
-});
-
-test('regex_escape fails on an unknown regex type', () => {
-  assertFilterError(() => call('regex_escape', 'x', 'pcre'), 'regex_escape', /invalid regex type "pcre"/);
-});
-
-test('compilePyRegex reports the number and names of groups', () => {
-  const re = compilePyRegex('(a)(?P<b>b)(?:c)');
-  assert.equal(re.groups, 2);
-  assert.equal(re.names.get('b'), 2);
 });
 
 // --- mandatory
@@ -675,27 +248,6 @@ test('int fails on infinity, as Python raises OverflowError', () => {
   assertFilterError(() => call('int', Infinity), 'int', /infinity/);
 });
 
-test('pyParseInt follows Python int() rules', () => {
-  assert.equal(pyParseInt('0x_1f', 16), 31);
-  assert.equal(pyParseInt('0x1F', 36), 42819);
-  assert.equal(pyParseInt('010', 0), undefined);
-  assert.equal(pyParseInt('00', 0), 0);
-  assert.equal(pyParseInt('0b1', 16), 177);
-  assert.equal(pyParseInt('1__0', 10), undefined);
-  assert.equal(pyParseInt('_1', 10), undefined);
-  assert.equal(pyParseInt('- 5', 10), undefined);
-  assert.equal(pyParseInt('42', 1), undefined);
-});
-
-test('pyParseFloat follows Python float() rules', () => {
-  assert.equal(pyParseFloat(' .5 '), 0.5);
-  assert.equal(pyParseFloat('5.'), 5);
-  assert.equal(pyParseFloat('1_0.5'), 10.5);
-  assert.equal(pyParseFloat('-Infinity'), -Infinity);
-  assert.equal(pyParseFloat('1e'), undefined);
-  assert.equal(pyParseFloat('.'), undefined);
-});
-
 // --- default, d
 
 test('default returns the value when it is defined', () => {
@@ -718,13 +270,6 @@ test('default with boolean=true replaces falsy values', () => {
 
 test('d is an alias of default', () => {
   assert.equal(call('d', undefined, 'fallback'), 'fallback');
-});
-
-test('pyTruthy follows Python truthiness', () => {
-  assert.deepEqual(
-    [0, '', [], {}, null, undefined, false, Number.NaN, 'x', [0], { a: 0 }, -1].map(pyTruthy),
-    [false, false, false, false, false, false, false, true, true, true, true, true],
-  );
 });
 
 // --- join
@@ -806,13 +351,6 @@ test('dictsort renders in a nunjucks for loop', () => {
     render('{% for k, v in m | dictsort %}{{ k }}={{ v }};{% endfor %}', { m: { b: 2, a: 1 } }),
     'a=1;b=2;',
   );
-});
-
-test('pyCompare orders numbers, strings and lists like Python', () => {
-  assert.ok(pyCompare(true, 2) < 0);
-  assert.ok(pyCompare('B', 'a') < 0);
-  assert.ok(pyCompare([1, 'a'], [1, 'b']) < 0);
-  assert.throws(() => pyCompare(null, 1), TypeError);
 });
 
 // --- ternary
@@ -914,12 +452,6 @@ test('combine fails on an unknown keyword or list_merge', () => {
     'combine',
     /list_merge must be one of/,
   );
-});
-
-test('pyEqual compares like Python ==', () => {
-  assert.equal(pyEqual(1, true), true);
-  assert.equal(pyEqual({ a: [1] }, { a: [1.0] }), true);
-  assert.equal(pyEqual({ a: 1 }, { b: 1 }), false);
 });
 
 // --- lower, upper

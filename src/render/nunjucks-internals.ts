@@ -37,9 +37,35 @@ export interface NjCompiler {
 interface NunjucksModule {
   Environment: new (loaders: unknown[], opts: Record<string, unknown>) => NjEnvironment;
   Template: new (src: { type: 'code'; obj: unknown }, env: NjEnvironment, path: string) => NjTemplate;
-  parser: { parse(src: string, extensions: unknown[], opts: Record<string, unknown>): NjNode };
+  parser: {
+    parse(src: string, extensions: unknown[], opts: Record<string, unknown>): NjNode;
+    Parser: new (tokens: NjTokenizer) => NjParser;
+  };
+  lexer: { lex(src: string, opts: Record<string, unknown>): NjTokenizer };
   compiler: { Compiler: new (name: string, throwOnUndefined: boolean) => NjCompiler };
   nodes: Record<'Filter' | 'Symbol' | 'NodeList' | 'Literal', NodeCtor>;
+}
+
+export interface NjToken {
+  type: string;
+  value: string;
+  lineno: number;
+  colno: number;
+}
+
+export interface NjTokenizer {
+  trimBlocks: boolean;
+  nextToken(): NjToken | null;
+  current(): string;
+  forward(): void;
+  back(): void;
+}
+
+export interface NjParser {
+  tokens: NjTokenizer;
+  extensions: unknown[];
+  parseRaw(tagName?: string): NjNode;
+  parseAsRoot(): NjNode;
 }
 
 export interface NjEnvironment {

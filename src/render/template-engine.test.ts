@@ -254,3 +254,15 @@ test('render errors do not leak between hosts (one host failing leaves the next 
   );
   assert.equal(tpl.render({ a: { b: 'ok' } }, 'h2'), 'ok');
 });
+
+// Regression: nunjucks' trimBlocks skips the newline after block tags only; Jinja2 also
+// skips it after comments and {% endraw %}, so templates opening with a comment line
+// rendered with an extra blank line.
+test('trim_blocks also drops the newline after a comment and after endraw, as Jinja2 does', (t) => {
+  assert.equal(render(t, 'a\n{# note #}\nb\n{#- x -#}\n  c\n'), 'a\nbc\n');
+  assert.equal(render(t, '{% raw %}\n{{ x }}\n{% endraw %}\nz\n'), '\n{{ x }}\nz\n');
+});
+
+test('CRLF templates render with LF line ends, as Ansible (newline_sequence) does', (t) => {
+  assert.equal(render(t, 'a\r\n{# note #}\r\nb\r\n{% if true %}\r\nc\r\n{% endif %}\r\n'), 'a\nb\nc\n');
+});

@@ -14,6 +14,8 @@ import { existsSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { CanopyError, isCanopyError } from '../errors/index.js';
 import { ansibleFilters } from './filters.js';
+import { jinjaFilters } from './jinja-filters.js';
+import { parseTemplate } from './jinja-parser.js';
 import type { VarMap } from './merge.js';
 import {
   type NjCompiler,
@@ -53,6 +55,7 @@ export class TemplateEngine {
     const loader = { cache: {}, getSource: (name: string) => this.#source(name) };
     this.#env = new nunjucks.Environment([loader], { ...LEXER_OPTIONS, throwOnUndefined: false, dev: true });
     this.#env.canopyStrict = new StrictRuntime();
+    for (const [name, fn] of Object.entries(jinjaFilters())) this.#env.addFilter(name, fn);
     for (const [name, fn] of Object.entries(ansibleFilters())) this.#env.addFilter(name, fn);
     for (const [name, fn] of Object.entries(jinjaTests())) this.#env.addTest(name, fn);
     this.#env.addFilter(STR_FILTER, printable);
@@ -136,7 +139,7 @@ export class CompiledTemplate {
 function compileSource(src: string, name: string): unknown {
   let ast: NjNode;
   try {
-    ast = nunjucks.parser.parse(src, [], LEXER_OPTIONS);
+    ast = parseTemplate(src, LEXER_OPTIONS);
   } catch (err) {
     // nunjucks' parser reports 1-based positions; its lexer reports none.
     const e = err as NjTemplateError;
