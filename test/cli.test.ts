@@ -250,3 +250,32 @@ test('no color without a TTY, and --version prints the package version', () => {
   const pkg = JSON.parse(readFileSync(`${ROOT}package.json`, 'utf8'));
   assert.equal(canopy(['--version']).stdout, `canopy ${pkg.version}\n`);
 });
+
+test('an include leaving the template root exits 1 and names the include and the root', (t) => {
+  const dir = tempTree(t, { 'tpl/t.njk': '{% include "../secret.txt" %}', 'secret.txt': 'nope' });
+  const r = canopy(['render', `${dir}/tpl/t.njk`, '-i', INV, '--host', 'web-01']);
+  assert.equal(r.code, 1);
+  assert.equal(r.stdout, '');
+  assert.match(r.stderr, /template "\.\.\/secret\.txt" is outside the template root .*tpl/);
+});
+
+test('a template syntax error exits 1 with template:line:column', (t) => {
+  const dir = tempTree(t, { 't.njk': 'a\n{{ x + }}\n' });
+  const r = canopy(['render', `${dir}/t.njk`, '-i', INV, '--host', 'web-01', '--json']);
+  assert.equal(r.code, 1);
+  assert.equal(JSON.parse(r.stdout).error.code, 'RENDER_SYNTAX');
+  assert.match(r.stderr, /t\.njk:2:8: template syntax error: unexpected token: }}/);
+});
+
+test('an Ansible inventory directory is listed with its groups in layer order', (t) => {
+  const dir = tempTree(t, {
+    'hosts.yml': 'all:\n  children:\n    web:\n      hosts: {w1: {ansible_host: 198.18.0.7}}\n',
+    'group_vars/web.yml': 'canopy_group_kind: set\n',
+  });
+  const r = canopy(['inventory', '-i', dir, '--json']);
+  assert.equal(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+  assert.equal(j.format, 'ansible');
+  assert.deepEqual(j.hosts, [{ name: 'w1', address: '198.18.0.7', labels: {}, groups: ['all', 'web'] }]);
+  assert.equal(j.groups[0].kind, 'set');
+});
