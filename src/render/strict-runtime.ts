@@ -127,9 +127,9 @@ export class StrictRuntime {
       throw new UndefinedLookup(path, [], parentOf(path), String(key), tpl, line, col, true);
     }
     const found = lookup(obj, key);
-    if (found.ok) return found.value;
+    if (found !== MISSING) return found;
     if (!strict) return undefined;
-    throw new UndefinedLookup(path, found.candidates, parentOf(path), String(key), tpl, line, col);
+    throw new UndefinedLookup(path, candidates(obj), parentOf(path), String(key), tpl, line, col);
   }
 
   filter(
@@ -149,44 +149,52 @@ export class StrictRuntime {
   }
 }
 
-function lookup(
-  obj: unknown,
-  key: unknown,
-): { ok: true; value: unknown } | { ok: false; candidates: string[] } {
-  if (typeof obj === 'string' || obj instanceof String) {
-    const s = String(obj);
-    if (typeof key === 'number') {
-      const i = key < 0 ? s.length + key : key;
-      if (Number.isInteger(i) && i >= 0 && i < s.length) return { ok: true, value: s[i] };
-    }
-    const m = method(STRING_METHODS, key);
-    if (m) return { ok: true, value: (...args: never[]) => m(s as never, ...args) };
-    return { ok: false, candidates: Object.keys(STRING_METHODS) };
-  }
-  if (Array.isArray(obj)) {
-    const n =
-      typeof key === 'number' ? key : typeof key === 'string' && /^-?\d+$/.test(key) ? Number(key) : NaN;
-    if (Number.isInteger(n)) {
-      const i = n < 0 ? obj.length + n : n;
-      if (i >= 0 && i < obj.length) return { ok: true, value: obj[i] };
-      return { ok: false, candidates: [] };
-    }
-    const m = method(LIST_METHODS, key);
-    if (m) return { ok: true, value: (...args: never[]) => m(obj as never, ...args) };
-    return { ok: false, candidates: [] };
-  }
-  if (typeof obj === 'object') {
+/** Returned by lookup for a key that is not there (a value of its own would allocate per lookup). */
+const MISSING: unique symbol = Symbol('missing');
+
+function lookup(obj: unknown, key: unknown): unknown {
+  // Mappings first: nearly every lookup in a config template is `a.b.c`.
+  if (typeof obj === 'object' && obj !== null && !Array.isArray(obj) && !(obj instanceof String)) {
     const rec = obj as Record<string, unknown>;
     const k = String(key);
     if (Object.hasOwn(rec, k)) {
       const v = rec[k];
-      return { ok: true, value: typeof v === 'function' ? v.bind(rec) : v };
+      return typeof v === 'function' ? v.bind(rec) : v;
     }
     const m = isMapping(obj) ? method(DICT_METHODS, k) : undefined;
-    if (m) return { ok: true, value: (...args: never[]) => m(rec as never, ...args) };
-    return { ok: false, candidates: Object.keys(rec) };
+    return m ? (...args: never[]) => m(rec as never, ...args) : MISSING;
   }
-  return { ok: false, candidates: [] };
+  if (typeof obj === 'string' || obj instanceof String) {
+    const s = String(obj);
+    if (typeof key === 'number') {
+      const i = key < 0 ? s.length + key : key;
+      if (Number.isInteger(i) && i >= 0 && i < s.length) return s[i];
+    }
+    const m = method(STRING_METHODS, key);
+    return m ? (...args: never[]) => m(s as never, ...args) : MISSING;
+  }
+  if (Array.isArray(obj)) {
+    const n =
+      typeof key === 'number'
+        ? key
+        : typeof key === 'string' && /^-?\d+$/.test(key)
+          ? Number(key)
+          : Number.NaN;
+    if (Number.isInteger(n)) {
+      const i = n < 0 ? obj.length + n : n;
+      return i >= 0 && i < obj.length ? obj[i] : MISSING;
+    }
+    const m = method(LIST_METHODS, key);
+    return m ? (...args: never[]) => m(obj as never, ...args) : MISSING;
+  }
+  return MISSING;
+}
+
+/** The names a failed lookup could have meant. */
+function candidates(obj: unknown): string[] {
+  if (typeof obj === 'string' || obj instanceof String) return Object.keys(STRING_METHODS);
+  if (typeof obj === 'object' && obj !== null && !Array.isArray(obj)) return Object.keys(obj);
+  return [];
 }
 
 function frameNames(frame: Frame | null): string[] {

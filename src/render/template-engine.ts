@@ -157,8 +157,37 @@ function compileSource(src: string, name: string): unknown {
   markLookups(ast);
   const compiler = strictCompiler(name);
   compiler.compile(transformer.transform(ast, [], name));
-  return new Function(compiler.getCode())();
+  return new Function(fastLoopVars(compiler.getCode()))();
 }
+
+/**
+ * nunjucks' loops set seven `loop.*` variables one by one on every iteration
+ * (frame.set splits each dotted name and writes a dictionary-mode object: a
+ * quarter of all render time on the push workload). This sets one fresh
+ * `loop` object instead: the same values, one write. If nunjucks ever emits
+ * different code, the pattern does not match and the code is left as it is.
+ */
+export function fastLoopVars(code: string): string {
+  return code.replace(
+    LOOP_VARS,
+    (_m, i: string, n: string) =>
+      `frame.variables.loop = { index: ${i} + 1, index0: ${i}, revindex: ${n} - ${i}, revindex0: ${n} - ${i} - 1, ` +
+      `first: ${i} === 0, last: ${i} === ${n} - 1, length: ${n} };`,
+  );
+}
+
+const LOOP_VARS = new RegExp(
+  [
+    'frame\\.set\\("loop\\.index", (t_\\d+) \\+ 1\\);',
+    'frame\\.set\\("loop\\.index0", \\1\\);',
+    'frame\\.set\\("loop\\.revindex", (t_\\d+) - \\1\\);',
+    'frame\\.set\\("loop\\.revindex0", \\2 - \\1 - 1\\);',
+    'frame\\.set\\("loop\\.first", \\1 === 0\\);',
+    'frame\\.set\\("loop\\.last", \\1 === \\2 - 1\\);',
+    'frame\\.set\\("loop\\.length", \\2\\);',
+  ].join('\\n'),
+  'g',
+);
 
 /** A nunjucks compiler whose lookups and filter calls go through StrictRuntime. */
 function strictCompiler(name: string): NjCompiler {
