@@ -50,9 +50,8 @@ function loadFile(path: string, options: LoadOptions, d: Diagnostics): Inventory
       { file: path },
     );
   }
-  const probe = YamlSource.parse(path, text, '1.2');
-  const format = options.format ?? (looksLikeCanopyInventory(probe.value) ? 'canopy' : 'ansible');
-  if (format === 'canopy') return loadCanopyInventory(path, [probe], d);
+  const format = options.format ?? detectFormat(path, text);
+  if (format === 'canopy') return loadCanopyInventory(path, [YamlSource.parse(path, text, '1.2')], d);
   return loadAnsibleInventory(path, [YamlSource.parse(path, text, '1.1')], dirname(path), d);
 }
 
@@ -104,6 +103,20 @@ function readText(path: string): string {
       cause: err,
     });
   }
+}
+
+/**
+ * canopy's format when every top-level key is one of canopy's. Read from the
+ * unindented `key:` lines, so a large inventory is parsed once, in the right
+ * YAML version; a document without such lines (flow style) is parsed to tell.
+ */
+function detectFormat(path: string, text: string): 'canopy' | 'ansible' {
+  const keys = [...text.matchAll(/^([A-Za-z0-9_"'.-][^:#\n]*):(?:\s|$)/gm)].map((m) =>
+    (m[1] ?? '').replace(/^["']|["']$/g, ''),
+  );
+  if (keys.length === 0)
+    return looksLikeCanopyInventory(YamlSource.parse(path, text, '1.2').value) ? 'canopy' : 'ansible';
+  return looksLikeCanopyInventory(Object.fromEntries(keys.map((k) => [k, true]))) ? 'canopy' : 'ansible';
 }
 
 function looksLikeIni(text: string): boolean {

@@ -31,6 +31,7 @@ export class YamlSource {
   readonly value: unknown;
   readonly #root: Node | null;
   readonly #lines: LineCounter;
+  readonly #indexes: MapIndexes = new WeakMap();
 
   private constructor(file: string, value: unknown, root: Node | null, lines: LineCounter) {
     this.file = file;
@@ -46,18 +47,26 @@ export class YamlSource {
     version: YamlVersion,
     code: ErrorCode = 'INVENTORY_YAML',
   ): YamlSource {
+    // yaml's own duplicate-key check is quadratic in a mapping's size (an
+    // inventory's `hosts:` can hold thousands): ours below is linear.
     const lines = new LineCounter();
-    const doc = parseDocument(text, { lineCounter: lines, version, merge: true, prettyErrors: false });
+    const doc = parseDocument(text, {
+      lineCounter: lines,
+      version,
+      merge: true,
+      prettyErrors: false,
+      uniqueKeys: false,
+    });
     const first = doc.errors[0];
-    if (first?.code === 'DUPLICATE_KEY') {
-      const dup = findDuplicateKey(text, version);
+    if (!first) {
+      const dup = findDuplicateKey(doc.contents);
       if (dup) {
         const at = lines.linePos(dup.offset);
         const prev = lines.linePos(dup.firstOffset);
         throw new CanopyError(
           code,
           `${file}:${at.line}:${at.col}: duplicate key "${dup.key}" (first at line ${prev.line}); keep one of them`,
-          { file, line: at.line, column: at.col, cause: first },
+          { file, line: at.line, column: at.col },
         );
       }
     }
@@ -92,7 +101,7 @@ export class YamlSource {
     let node: unknown = this.#root;
     let offset = rangeStart(node) ?? 0;
     for (const segment of path) {
-      const found = child(node, segment);
+      const found = child(node, segment, this.#indexes);
       if (!found) break;
       offset = found.offset;
       node = found.node;
@@ -103,11 +112,7 @@ export class YamlSource {
 }
 
 /** The second occurrence of a key in one mapping, anywhere in the document. */
-function findDuplicateKey(
-  text: string,
-  version: YamlVersion,
-): { key: string; offset: number; firstOffset: number } | undefined {
-  const doc = parseDocument(text, { version, merge: true, uniqueKeys: false });
+function findDuplicateKey(root: unknown): { key: string; offset: number; firstOffset: number } | undefined {
   let found: { key: string; offset: number; firstOffset: number } | undefined;
   const walk = (node: unknown): void => {
     if (found) return;
@@ -118,7 +123,7 @@ function findDuplicateKey(
         const key = String(isScalar(pair.key) ? pair.key.value : pair.key);
         const offset = rangeStart(pair.key) ?? 0;
         const first = seen.get(key);
-        if (first !== undefined) {
+        if (first !== undefined && key !== '<<') {
           found = { key, offset, firstOffset: first };
           return;
         }
@@ -127,7 +132,7 @@ function findDuplicateKey(
       }
     } else if (isSeq(node)) for (const item of node.items) walk(item);
   };
-  walk(doc.contents);
+  walk(root);
   return found;
 }
 
@@ -139,16 +144,27 @@ function rangeStart(node: unknown): number | undefined {
   return undefined;
 }
 
-function child(node: unknown, segment: string | number): { node: unknown; offset: number } | undefined {
+type MapIndexes = WeakMap<object, Map<string, { node: unknown; offset: number }>>;
+
+/** A key's child; each mapping's keys are indexed on first use, so locating every host of a 10,000-host map stays linear. */
+function child(
+  node: unknown,
+  segment: string | number,
+  mapIndexes: MapIndexes,
+): { node: unknown; offset: number } | undefined {
   if (isMap(node)) {
-    for (const pair of node.items) {
-      if (!isPair(pair)) continue;
-      const key = isScalar(pair.key) ? pair.key.value : pair.key;
-      if (key === segment || String(key) === String(segment)) {
-        return { node: pair.value, offset: rangeStart(pair.key) ?? rangeStart(pair.value) ?? 0 };
+    let index = mapIndexes.get(node);
+    if (!index) {
+      index = new Map();
+      for (const pair of node.items) {
+        if (!isPair(pair)) continue;
+        const key = String(isScalar(pair.key) ? pair.key.value : pair.key);
+        if (!index.has(key))
+          index.set(key, { node: pair.value, offset: rangeStart(pair.key) ?? rangeStart(pair.value) ?? 0 });
       }
+      mapIndexes.set(node, index);
     }
-    return undefined;
+    return index.get(String(segment));
   }
   if (isSeq(node) && typeof segment === 'number') {
     const item = node.items[segment];
