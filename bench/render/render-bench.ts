@@ -29,16 +29,18 @@
  * or any failure.
  *
  *   npm run build && npm run bench:render -- [--hosts N] [--jinja-hosts M]
- *     [--verify K|all] [--timeout SECONDS] [--no-pin] [--tmp DIR]
+ *     [--verify K|all] [--timeout SECONDS] [--no-pin] [--tmp DIR] [--harness DIR]
  *   env: PUSHBENCH_HARNESS (default ../shared/bench/push), PYTHON (default /usr/bin/python3)
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import {
   accessSync,
   constants,
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
   rmSync,
   statSync,
@@ -85,6 +87,7 @@ interface VerifyResult {
 
 /** What the canopy child reports (one JSON line on its stdout). */
 interface WorkerResult {
+  code_hash: string;
   hosts: number;
   warnings: number;
   startup_s: number;
@@ -276,7 +279,7 @@ function run(cmd: string, args: string[], timeoutS: number, what: string): Promi
       clearTimeout(timer);
       current = null;
       if (timedOut)
-        reject(new Error(`${what}: killed after the time limit (${Math.round(timeoutS)} s left)`));
+        reject(new Error(`${what}: killed after ${Math.round(timeoutS)} s, when the --timeout ran out`));
       else if (code !== 0) reject(new Error(`${what}: exited with ${code ?? signal}`));
       else resolvePromise({ seconds, stdout: Buffer.concat(chunks).toString('utf8') });
     });
@@ -285,6 +288,24 @@ function run(cmd: string, args: string[], timeoutS: number, what: string): Promi
 
 // ---------------------------------------------------------------------------
 // the canopy child: timed load + render, then untimed verification
+
+/**
+ * Which canopy was measured: a hash of the render component's compiled files
+ * (src/render beside this script's tree: dist/src/render when built). Others
+ * rebuild dist/ while working, so figures are only comparable at equal hashes.
+ */
+function renderCodeHash(): string {
+  const dir = fileURLToPath(new URL('../../src/render/', import.meta.url));
+  const h = createHash('sha256');
+  for (const f of readdirSync(dir).sort()) {
+    if (!/\.(js|ts)$/.test(f) || /\.test\.(js|ts)$/.test(f) || f.endsWith('.d.ts')) continue;
+    h.update(f)
+      .update('\0')
+      .update(readFileSync(join(dir, f)))
+      .update('\0');
+  }
+  return h.digest('hex').slice(0, 12);
+}
 
 function worker(job: WorkerJob): WorkerResult {
   const startup = process.uptime(); // node start-up + importing canopy
@@ -352,6 +373,7 @@ function worker(job: WorkerJob): WorkerResult {
 
   verify.seconds = now() - t;
   return {
+    code_hash: renderCodeHash(),
     hosts: inv.hosts.size,
     warnings: inv.warnings.length,
     startup_s: startup,
@@ -464,7 +486,8 @@ async function main(opts: Options): Promise<number> {
 
   // figures
   const canopyE2e = c.startup_s + c.load_s + c.task_vars_s + c.engine_s + c.render_s;
-  const jinjaPerHost = (jinja.seconds - fixed.seconds) / M;
+  // (clamped: at a handful of hosts the difference is below the noise)
+  const jinjaPerHost = Math.max(jinja.seconds - fixed.seconds, 0.001) / M;
   const jinjaN = M < N ? fixed.seconds + jinjaPerHost * N : jinja.seconds;
   const canopyHps = N / c.render_s;
   const canopyE2eHps = N / canopyE2e;
@@ -475,6 +498,8 @@ async function main(opts: Options): Promise<number> {
   const verified = v.checked > 0 && v.identical === v.checked;
 
   const result = {
+    ts: new Date().toISOString(),
+    code_hash: c.code_hash,
     hosts: N,
     templates: rows.length,
     canopy_render_s: round(c.render_s),
@@ -516,6 +541,7 @@ async function main(opts: Options): Promise<number> {
   const lines = [
     '',
     `render benchmark: ${N} hosts x ${rows.length} templates (${rows.map((r) => r.template).join(', ')})`,
+    `canopy src/render hash ${c.code_hash}, ${result.ts}`,
     '                                               seconds    hosts/s',
     `canopy  start-up (node + imports)            ${f(c.startup_s)}`,
     `canopy  inventory load                       ${f(c.load_s)}`,
