@@ -1,40 +1,17 @@
 /**
  * Tests of filters.ts: the table, argument binding (filter-args.ts) and the filters defined in
  * filters.ts, with their keyword arguments and failure paths, plus a few renders through nunjucks
- * itself. The encoding and regex filters are tested in py-codec-filters.test.ts and
- * py-regex-filters.test.ts. Expected strings come from Python 3.11 (json, re, shlex, base64),
+ * itself. The encoding and regex filters are tested in codec-filters.test.ts and
+ * regex-filters.test.ts. Expected strings come from Python 3.11 (json, re, shlex, base64),
  * Jinja2 3.1 and PyYAML 6.0, run once by hand and pasted in as literals.
  */
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import nunjucks from 'nunjucks';
+import { assertFilterError, call, kw } from '../../test/helpers/filters.js';
 import { CanopyError } from '../errors/index.js';
 import { ansibleFilters } from './filters.js';
-
-/** Calls a filter the way nunjucks does: value first, then the arguments. */
-function call(name: string, ...args: unknown[]): unknown {
-  const fn = ansibleFilters()[name];
-  assert.ok(fn, `no filter ${name}`);
-  return fn(...args);
-}
-
-/** Nunjucks's keyword arguments: a trailing object marked `__keywords`. */
-function kw(args: Record<string, unknown>): Record<string, unknown> {
-  return { ...args, __keywords: true };
-}
-
-/** Asserts a RENDER_FILTER_FAILED error whose message starts with the filter's name. */
-function assertFilterError(fn: () => unknown, filter: string, pattern?: RegExp): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof CanopyError, `not a CanopyError: ${String(err)}`);
-    assert.equal(err.code, 'RENDER_FILTER_FAILED');
-    assert.equal(err.subject.filter, filter);
-    assert.ok(err.message.startsWith(`${filter}: `), err.message);
-    if (pattern) assert.match(err.message, pattern);
-    return true;
-  });
-}
 
 function render(template: string, context: Record<string, unknown> = {}): string {
   const env = new nunjucks.Environment(null, { autoescape: false });
