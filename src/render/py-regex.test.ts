@@ -1,6 +1,6 @@
 /**
  * Tests of py-regex.ts used directly; the translation itself is tested through the regex filters in
- * py-regex-filters.test.ts.
+ * regex-filters.test.ts.
  */
 
 import assert from 'node:assert/strict';
