@@ -51,7 +51,7 @@ export function demoCommand(argv: string[], io: CliIO): number {
     report.push({ host, files, explain: explained });
     if (values.json) continue;
     io.out.write(
-      `\n${p.bold(`== ${host}`)} (${inv.hosts.get(host)?.address}; groups ${vars.canopy ? (inv.memberships.get(host) ?? []).map((g) => g.name).join(', ') : ''})\n`,
+      `\n${p.bold(`== ${host}`)} (${inv.hosts.get(host)?.address}; groups ${(inv.memberships.get(host) ?? []).map((g) => g.name).join(', ')})\n`,
     );
     for (const f of files) {
       io.out.write(`${p.cyan(`-- ${f.template}`)} ${p.dim(`md5 ${f.md5}`)}\n${f.text}`);

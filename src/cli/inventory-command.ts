@@ -30,6 +30,10 @@ export function inventoryCommand(argv: string[], io: CliIO): number {
 }
 
 export function inventoryJson(inv: Inventory) {
+  const members = new Map<string, string[]>();
+  for (const [host, groups] of inv.memberships) {
+    for (const g of groups) members.set(g.name, [...(members.get(g.name) ?? []), host]);
+  }
   return {
     format: inv.format,
     path: inv.path,
@@ -40,7 +44,7 @@ export function inventoryJson(inv: Inventory) {
         name: g.name,
         kind: g.kind,
         priority: g.priority,
-        hosts: [...inv.hosts.keys()].filter((h) => inv.memberships.get(h)?.includes(g)).sort(),
+        hosts: (members.get(g.name) ?? []).sort(),
         ...(g.match ? { match: g.match } : {}),
       })),
     hosts: [...inv.hosts.values()]

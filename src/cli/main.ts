@@ -4,6 +4,8 @@
  * codes (0 ok; 1 the operation failed, e.g. a render error; 2 a usage,
  * input or inventory error). The only place that touches process.exit.
  */
+import { realpathSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
 import { CanopyError, type ErrorCode, isCanopyError } from '../errors/index.js';
 import { DEMO_HELP, demoCommand } from './demo-command.js';
 import { INVENTORY_HELP, inventoryCommand } from './inventory-command.js';
@@ -85,8 +87,8 @@ export function main(argv: string[], io: CliIO): number {
   }
 }
 
-const isEntry =
-  process.argv[1] !== undefined &&
-  import.meta.url ===
-    (await import('node:url')).pathToFileURL((await import('node:fs')).realpathSync(process.argv[1])).href;
-if (isEntry) process.exitCode = main(process.argv.slice(2), processIO());
+// Run only when this file is the program (npm's bin link is a symlink to it), not when imported.
+const entry = process.argv[1];
+if (entry !== undefined && import.meta.url === pathToFileURL(realpathSync(entry)).href) {
+  process.exitCode = main(process.argv.slice(2), processIO());
+}

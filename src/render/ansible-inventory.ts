@@ -23,7 +23,6 @@ import {
   type GroupKind,
   type Host,
   type Inventory,
-  RESERVED_VAR,
   type VarSource,
 } from './inventory-model.js';
 import { isMapping, mergeAll, type VarMap } from './merge.js';
@@ -297,7 +296,6 @@ function readVarsDir(
       files.push(p);
       const c = new Checker(src, d);
       const vars = c.vars([], src.value, `${what}_vars file`);
-      if (Object.hasOwn(vars, RESERVED_VAR)) continue;
       const list = out.get(name) ?? [];
       list.push({ origin: p, yaml: { version: '1.1', keyPath: [] }, vars });
       out.set(name, list);

@@ -14,7 +14,7 @@ import { CanopyError } from '../errors/index.js';
 import { loadAnsibleInventory } from './ansible-inventory.js';
 import { loadCanopyInventory, looksLikeCanopyInventory } from './canopy-inventory.js';
 import { Diagnostics } from './diagnostics.js';
-import type { Inventory } from './inventory-model.js';
+import { type Inventory, matchesLabels } from './inventory-model.js';
 import { YamlSource } from './yaml-source.js';
 
 export interface LoadOptions {
@@ -80,10 +80,11 @@ function loadDirectory(path: string, options: LoadOptions, d: Diagnostics): Inve
 
 /** A `match:` that selects no host is almost always a typo in a label. */
 function warnUnmatched(inv: Inventory, d: Diagnostics): void {
+  const hosts = [...inv.hosts.values()];
   for (const g of inv.groups.values()) {
     if (!g.match || Object.keys(g.match).length === 0) continue;
-    const hosts = [...inv.hosts.values()];
-    if (hosts.some((h) => Object.entries(g.match ?? {}).every(([k, v]) => h.labels[k] === v))) continue;
+    const match = g.match;
+    if (hosts.some((h) => matchesLabels(h.labels, match))) continue;
     const missing = Object.entries(g.match).find(([k, v]) => !hosts.some((h) => h.labels[k] === v));
     const detail = missing
       ? hosts.some((h) => missing[0] in h.labels)

@@ -5,19 +5,8 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { SAMPLE } from '../../test/helpers/py-sample.js';
 import { pyYamlDump } from './py-yaml.js';
-
-const SAMPLE = {
-  name: 'web',
-  ports: [80, 443],
-  env: { DEBUG: 'false', LEVEL: 3 },
-  hosts: [
-    { h: 'a', up: true },
-    { h: 'b', up: null },
-  ],
-  empty: [],
-  note: "it's",
-};
 
 /** PyYAML's to_yaml: yaml.dump(v, allow_unicode=True, default_flow_style=None). */
 const toYaml = (value: unknown) => pyYamlDump(value, { defaultFlowStyle: null });

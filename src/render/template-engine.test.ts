@@ -3,7 +3,8 @@ import { symlinkSync } from 'node:fs';
 import { test } from 'node:test';
 import { tempTree } from '../../test/helpers/tree.js';
 import { type CanopyError, isCanopyError } from '../errors/index.js';
-import { TemplateEngine } from './template-engine.js';
+import { nunjucks, transformer } from './nunjucks-internals.js';
+import { fastLoopVars, TemplateEngine } from './template-engine.js';
 
 type T = Parameters<typeof tempTree>[0];
 
@@ -265,4 +266,20 @@ test('trim_blocks also drops the newline after a comment and after endraw, as Ji
 
 test('CRLF templates render with LF line ends, as Ansible (newline_sequence) does', (t) => {
   assert.equal(render(t, 'a\r\n{# note #}\r\nb\r\n{% if true %}\r\nc\r\n{% endif %}\r\n'), 'a\nb\nc\n');
+});
+
+// Guards the loop fast path: fastLoopVars rewrites nunjucks' generated loop code by pattern.
+// If a nunjucks upgrade changes that code, rendering stays correct but slow; this test says so.
+test('the loop fast path still matches the code nunjucks generates', () => {
+  const c = new nunjucks.compiler.Compiler('t', false);
+  c.compile(
+    transformer.transform(
+      nunjucks.parser.parse('{% for x in l %}{{ loop.index }}{% endfor %}', [], {}),
+      [],
+      't',
+    ),
+  );
+  const code = fastLoopVars(c.getCode());
+  assert.match(code, /frame\.variables\.loop = \{ index: t_\d+ \+ 1,/);
+  assert.doesNotMatch(code, /frame\.set\("loop\.index"/);
 });

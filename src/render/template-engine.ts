@@ -21,6 +21,7 @@ import {
   type NjCompiler,
   type NjEnvironment,
   type NjNode,
+  type NjTemplate,
   type NjTemplateError,
   nunjucks,
   transformer,
@@ -66,8 +67,7 @@ export class TemplateEngine {
     const rel = this.#relativeName(name);
     let t = this.#templates.get(rel);
     if (!t) {
-      this.#env.getTemplate(rel);
-      t = new CompiledTemplate(rel, join(this.root, rel), this.#env);
+      t = new CompiledTemplate(rel, join(this.root, rel), this.#env.getTemplate(rel));
       this.#templates.set(rel, t);
     }
     return t;
@@ -117,18 +117,18 @@ export class CompiledTemplate {
   /** The name relative to the template root. */
   readonly name: string;
   readonly file: string;
-  readonly #env: NjEnvironment;
+  readonly #template: NjTemplate;
 
-  constructor(name: string, file: string, env: NjEnvironment) {
+  constructor(name: string, file: string, template: NjTemplate) {
     this.name = name;
     this.file = file;
-    this.#env = env;
+    this.#template = template;
   }
 
   /** Renders for one host; `vars` are the host's template variables. */
   render(vars: VarMap, host: string): string {
     try {
-      return this.#env.getTemplate(this.name).render(vars);
+      return this.#template.render(vars);
     } catch (err) {
       throw renderError(err, this.name, host);
     }
