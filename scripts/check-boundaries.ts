@@ -1,7 +1,8 @@
 /**
  * The module-boundary lint (DESIGN.md "Components and boundaries"):
  *  - a component imports another only through its index.ts;
- *  - render and transfer never import coordinator, agent, ssh or cli;
+ *  - render, transfer, protocol and pki never import coordinator, agent, ssh or cli;
+ *  - pki imports only errors (both daemons and the CLI use it);
  *  - coordinator and agent never import each other (they share protocol).
  * Prints each violation as file:line and exits 1 if there is any.
  */
@@ -14,6 +15,7 @@ const FORBIDDEN: Record<string, string[]> = {
   render: DAEMONS,
   transfer: DAEMONS,
   protocol: DAEMONS,
+  pki: [...DAEMONS, 'render', 'transfer', 'protocol'],
   errors: [...DAEMONS, 'render', 'transfer', 'protocol'],
   coordinator: ['agent', 'cli'],
   agent: ['coordinator', 'cli'],

@@ -7,28 +7,57 @@
 import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { CanopyError, type ErrorCode, isCanopyError } from '../errors/index.js';
-import { DEMO_HELP, demoCommand } from './demo-command.js';
-import { INVENTORY_HELP, inventoryCommand } from './inventory-command.js';
 import { type CliIO, palette, processIO, writeJson } from './io.js';
 import { packageVersion } from './package-root.js';
-import { RENDER_HELP, renderCommand } from './render-command.js';
-import { VARS_HELP, varsCommand } from './vars-command.js';
 
-type Command = (argv: string[], io: CliIO) => number;
+type Command = (argv: string[], io: CliIO) => number | Promise<number>;
 
-const COMMANDS: Record<string, { run: Command; help: string; summary: string }> = {
-  render: { run: renderCommand, help: RENDER_HELP, summary: 'render a template for one host' },
+/** Each command's module loads only when it runs: `canopy agent` never loads the renderer or fastify. */
+const COMMANDS: Record<string, { load: () => Promise<{ run: Command; help: string }>; summary: string }> = {
+  render: {
+    load: async () =>
+      import('./render-command.js').then((m) => ({ run: m.renderCommand, help: m.RENDER_HELP })),
+    summary: 'render a template for one host',
+  },
   vars: {
-    run: varsCommand,
-    help: VARS_HELP,
+    load: async () => import('./vars-command.js').then((m) => ({ run: m.varsCommand, help: m.VARS_HELP })),
     summary: "a host's merged variables; `vars explain` shows where one comes from",
   },
   inventory: {
-    run: inventoryCommand,
-    help: INVENTORY_HELP,
+    load: async () =>
+      import('./inventory-command.js').then((m) => ({ run: m.inventoryCommand, help: m.INVENTORY_HELP })),
     summary: 'check an inventory and list its groups and hosts',
   },
-  demo: { run: demoCommand, help: DEMO_HELP, summary: 'render the example fleet in examples/' },
+  coordinator: {
+    load: async () =>
+      import('./coordinator-command.js').then((m) => ({
+        run: m.coordinatorCommand,
+        help: m.COORDINATOR_HELP,
+      })),
+    summary: 'run the coordinator daemon (CA, agent sessions, API)',
+  },
+  agent: {
+    load: async () => import('./agent-command.js').then((m) => ({ run: m.agentCommand, help: m.AGENT_HELP })),
+    summary: 'run the agent daemon (join once with --join TOKEN)',
+  },
+  token: {
+    load: async () =>
+      import('./fleet-commands.js').then((m) => ({ run: m.tokenCommand, help: m.TOKEN_HELP })),
+    summary: 'create a one-time join token for an agent',
+  },
+  agents: {
+    load: async () =>
+      import('./fleet-commands.js').then((m) => ({ run: m.agentsCommand, help: m.AGENTS_HELP })),
+    summary: 'list agents (online, heartbeat, facts); `agents revoke NAME`',
+  },
+  run: {
+    load: async () => import('./run-command.js').then((m) => ({ run: m.runCommand, help: m.RUN_HELP })),
+    summary: 'run a command on hosts and collect every result',
+  },
+  demo: {
+    load: async () => import('./demo-command.js').then((m) => ({ run: m.demoCommand, help: m.DEMO_HELP })),
+    summary: 'start a demo fleet on this machine, run a command, render the examples',
+  },
 };
 
 export const HELP = `usage: canopy COMMAND [options]   (canopy COMMAND --help for each)
@@ -51,19 +80,24 @@ const INPUT_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'INVENTORY_UNKNOWN_HOST',
   'VARS_RESERVED',
   'VARS_BAD_TASK_VAR',
+  'AGENT_CONFIG',
+  'API_BAD_REQUEST',
+  'RUN_UNKNOWN_TARGET',
+  'CLIENT_CONFIG',
 ]);
 
 export function exitCodeFor(err: CanopyError): number {
   return INPUT_CODES.has(err.code) ? 2 : 1;
 }
 
-export function main(argv: string[], io: CliIO): number {
+export async function main(argv: string[], io: CliIO): Promise<number> {
   const json = argv.includes('--json');
   try {
     const [name, ...rest] = argv;
     if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
       const topic = name === 'help' ? rest[0] : undefined;
-      io.out.write(topic && COMMANDS[topic] ? (COMMANDS[topic]?.help ?? HELP) : HELP);
+      const c = topic ? COMMANDS[topic] : undefined;
+      io.out.write(c ? (await c.load()).help : HELP);
       return name === undefined ? 2 : 0;
     }
     if (name === '--version' || name === 'version') {
@@ -77,7 +111,7 @@ export function main(argv: string[], io: CliIO): number {
         `unknown command "${name}" (commands: ${Object.keys(COMMANDS).join(', ')}); see: canopy --help`,
       );
     }
-    return command.run(rest, io);
+    return await (await command.load()).run(rest, io);
   } catch (err) {
     if (!isCanopyError(err)) throw err;
     const p = palette(io.err, io.env);
@@ -90,5 +124,13 @@ export function main(argv: string[], io: CliIO): number {
 // Run only when this file is the program (npm's bin link is a symlink to it), not when imported.
 const entry = process.argv[1];
 if (entry !== undefined && import.meta.url === pathToFileURL(realpathSync(entry)).href) {
-  process.exitCode = main(process.argv.slice(2), processIO());
+  main(process.argv.slice(2), processIO()).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (err: unknown) => {
+      process.stderr.write(`canopy: internal error: ${(err as Error)?.stack ?? String(err)}\n`);
+      process.exitCode = 1;
+    },
+  );
 }

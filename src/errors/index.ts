@@ -28,6 +28,43 @@ export const CODES = {
   RENDER_TEMPLATE_NOT_FOUND: 'a template, include or import names a file that does not exist',
   RENDER_OUTSIDE_ROOT: 'an include or import would leave the template root',
   RENDER_FAILED: 'a template failed to render for another reason (the message says which)',
+  // certificate authority (src/pki)
+  PKI_BAD_CSR:
+    'a certificate signing request is not PKCS#10 PEM, not for a P-256 ECDSA key, or its signature fails',
+  PKI_BAD_CA:
+    'the CA certificate or key cannot issue: not PEM, not a P-256 CA, key and certificate differ, or expired',
+  PKI_BAD_CERT: 'a certificate is not a parseable X.509 PEM',
+  PKI_BAD_OPTION: 'a name, address or validity asked of the CA is invalid',
+  PKI_WRONG_PEER: 'a TLS peer presented a certificate of the trusted CA, but not for the expected name',
+  // control channel, agents and join tokens
+  AGENT_CONFIG: 'an agent config file or flag is invalid (file:line and key named)',
+  AGENT_UNKNOWN: 'no agent of that name has joined',
+  AGENT_REVOKED: 'the agent was revoked: the coordinator refuses its certificate',
+  AGENT_CERT_REFUSED:
+    "a control connection without a certificate from the coordinator's CA, or with one not issued to that name",
+  JOIN_FAILED:
+    'an agent could not join: unreachable coordinator, damaged token, or the coordinator refused the join',
+  JOIN_CA_MISMATCH:
+    'the server an agent reached presented a CA other than the one its join token pins; nothing was sent',
+  TOKEN_INVALID: 'a join token this coordinator did not issue, or with a wrong secret',
+  TOKEN_USED: 'a join token that was already used (tokens are one-time)',
+  TOKEN_EXPIRED: 'a join token past its time to live',
+  TOKEN_NAME_MISMATCH: 'a join token created for another agent name',
+  PROTOCOL_INVALID:
+    'a control-channel message that is not valid JSON, has another protocol version, or breaks its schema (refused and logged)',
+  // HTTP API and its CLI client
+  API_UNAUTHORIZED: 'an API request without the admin bearer token, or with a wrong one (HTTP 401)',
+  API_BAD_REQUEST:
+    'an API request body that is not JSON or breaks the schema; `field` names the field (HTTP 400)',
+  API_NOT_FOUND: 'no such API route (HTTP 404)',
+  API_INTERNAL: 'the coordinator failed on a request; its log has the details (HTTP 500)',
+  API_REQUEST_FAILED: "the CLI got another error answer from the API; the message carries the API's code",
+  RUN_UNKNOWN_TARGET:
+    'a run target that is not a host, group, host range or label selector, or that matches no host (HTTP 400)',
+  RUN_NOT_FOUND: 'no run with that id (HTTP 404)',
+  CLIENT_CONFIG:
+    'the CLI has no coordinator configured: no client config file and no --coordinator/--token/--ca',
+  COORDINATOR_UNREACHABLE: "the CLI cannot connect to the coordinator's API",
 } as const;
 
 export type ErrorCode = keyof typeof CODES;

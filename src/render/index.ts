@@ -22,6 +22,7 @@ export {
 } from './inventory-model.js';
 export { deepMerge, getPath, isMapping, type VarMap } from './merge.js';
 export { pyStr } from './py-format.js';
+export { closest, didYouMean } from './suggest.js';
 export { parseTaskVars, parseVarFlag, readVarsFile, type TaskVarInput } from './task-vars.js';
 export { CompiledTemplate, TemplateEngine, type TemplateEngineOptions } from './template-engine.js';
 export { type HostFacts, hostFacts, hostLayers, type Layer, requireHost, VarResolver } from './vars.js';

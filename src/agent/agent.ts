@@ -1,0 +1,337 @@
+/**
+ * The agent daemon: one outgoing, mutually authenticated TLS 1.3 WebSocket
+ * to the coordinator, kept open (jittered exponential backoff), with
+ * heartbeats that carry facts. It runs the tasks it receives under its own
+ * allowlists, exactly once per task id: the id is journaled before the
+ * process starts, the result is journaled before it is sent and re-sent
+ * after every reconnect until the coordinator acknowledges it. It also
+ * pulls its queue on connect and periodically, so a lost push is found.
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import WebSocket from 'ws';
+import { COORDINATOR_SAN, certInfo, checkSan, createKeyAndCsr, verifyIssuedBy } from '../pki/index.js';
+import {
+  type AgentMessage,
+  type CoordinatorMessage,
+  decodeCoordinatorMessage,
+  encode,
+  type Task,
+  type TaskResult,
+  type WithoutV,
+} from '../protocol/index.js';
+import type { AgentConfig } from './config.js';
+import { type ExecPolicy, runCommand } from './executor.js';
+import { gatherFacts } from './facts.js';
+import { type AgentIdentity, saveIdentity } from './identity.js';
+import { Journal } from './journal.js';
+
+export interface AgentOptions {
+  dataDir: string;
+  config: AgentConfig;
+  identity: AgentIdentity;
+  logger: Logger;
+  version: string;
+  now?: () => number;
+}
+
+const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+const RECONNECT_BASE_MS = 250;
+
+export class Agent {
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private readonly journal: Journal;
+  private readonly policy: ExecPolicy;
+  private identity: AgentIdentity;
+  private ws: WebSocket | undefined;
+  private attempt = 0;
+  private stopped = false;
+  private reconnectTimer: NodeJS.Timeout | undefined;
+  private beatTimer: NodeJS.Timeout | undefined;
+  private pullTimer: NodeJS.Timeout | undefined;
+  private lastHeard = 0;
+  private readonly running = new Map<string, AbortController>();
+  private readonly startedAt: number;
+  private pendingKey: string | undefined;
+  private renewing = false;
+  /** Resolves when the agent has said hello at least once (tests and the demo wait on it). */
+  readonly ready: Promise<void>;
+  private markReady: () => void = () => {};
+
+  constructor(private readonly opts: AgentOptions) {
+    this.log = opts.logger;
+    this.now = opts.now ?? Date.now;
+    this.identity = opts.identity;
+    this.journal = new Journal(join(opts.dataDir, 'journal'));
+    const roots = opts.config.roots.length > 0 ? opts.config.roots : [join(opts.dataDir, 'work')];
+    this.policy = { roots, runAs: opts.config.runAs, defaultCwd: roots[0] ?? '/' };
+    this.startedAt = this.now();
+    this.ready = new Promise((resolve) => {
+      this.markReady = resolve;
+    });
+  }
+
+  get name(): string {
+    return this.identity.name;
+  }
+
+  async start(): Promise<void> {
+    if (this.opts.config.roots.length === 0)
+      await mkdir(this.policy.defaultCwd, { recursive: true, mode: 0o700 });
+    const interrupted = await this.journal.open(this.now());
+    for (const r of interrupted) {
+      this.log.warn({ task: r.taskId }, 'task was running when the agent stopped; reporting it interrupted');
+    }
+    this.connect();
+  }
+
+  /** Stops: closes the channel and stops running commands (their results are kept as interrupted). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.reconnectTimer);
+    clearInterval(this.beatTimer);
+    clearInterval(this.pullTimer);
+    for (const c of this.running.values()) c.abort(new Error('agent stopping'));
+    const deadline = this.now() + 10_000;
+    while (this.running.size > 0 && this.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    this.ws?.close(1001, 'agent stopping');
+  }
+
+  private send(message: WithoutV<AgentMessage>): boolean {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(encode(message));
+    return true;
+  }
+
+  private connect(): void {
+    if (this.stopped) return;
+    const id = this.identity;
+    const url = `${(this.opts.config.coordinator ?? id.url).replace(/^https:/, 'wss:')}/v1/agent`;
+    const ws = new WebSocket(url, {
+      ca: id.caPem,
+      cert: id.certPem,
+      key: id.keyPem,
+      minVersion: 'TLSv1.3',
+      checkServerIdentity: checkSan(COORDINATOR_SAN),
+      maxPayload: MAX_MESSAGE_BYTES,
+      handshakeTimeout: 10_000,
+      ...(this.opts.config.bind ? { localAddress: this.opts.config.bind } : {}),
+    } as unknown as WebSocket.ClientOptions); // ws types checkServerIdentity wrongly; it is passed to tls.connect
+    this.ws = ws;
+    let refusedCode: string | undefined;
+    ws.on('unexpected-response', (_req, res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => {
+        let body: { code?: string; message?: string } = {};
+        try {
+          body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+        } catch {
+          // not JSON
+        }
+        refusedCode = body.code;
+        this.log.error(
+          { status: res.statusCode, code: body.code },
+          `the coordinator refused this agent: ${body.message ?? res.statusMessage}${body.code === 'AGENT_REVOKED' ? ' (re-join with a new token: canopy agent --join TOKEN)' : ''}`,
+        );
+        ws.terminate();
+        this.scheduleReconnect(refusedCode);
+      });
+    });
+    ws.on('open', () => {
+      this.lastHeard = this.now();
+      this.log.info({ url }, 'connected to the coordinator');
+      this.send({ type: 'hello', facts: this.facts(), running: [...this.running.keys()] });
+      this.startTimers();
+    });
+    ws.on('message', (data, isBinary) => {
+      this.lastHeard = this.now();
+      if (isBinary) return;
+      const decoded = decodeCoordinatorMessage(data.toString());
+      if (!decoded.ok) {
+        this.log.warn({ reason: decoded.reason }, 'refused an invalid message from the coordinator');
+        return;
+      }
+      this.handle(decoded.message).catch((err: unknown) => {
+        this.log.error({ err, type: decoded.message.type }, 'handling a coordinator message failed');
+      });
+    });
+    ws.on('pong', () => {
+      this.lastHeard = this.now();
+    });
+    ws.on('close', () => {
+      if (this.ws !== ws) return;
+      clearInterval(this.beatTimer);
+      clearInterval(this.pullTimer);
+      if (!this.stopped && refusedCode === undefined) {
+        this.log.warn('lost the connection to the coordinator; reconnecting');
+        this.scheduleReconnect(undefined);
+      }
+    });
+    ws.on('error', (err) => {
+      if (refusedCode === undefined) this.log.debug({ err: err.message }, 'connection error');
+    });
+  }
+
+  private scheduleReconnect(refusedCode: string | undefined): void {
+    if (this.stopped) return;
+    clearTimeout(this.reconnectTimer);
+    const max = this.opts.config.reconnectMaxMs;
+    const ceiling = refusedCode ? max : Math.min(max, RECONNECT_BASE_MS * 2 ** this.attempt);
+    this.attempt = Math.min(this.attempt + 1, 30);
+    const wait = Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
+    this.reconnectTimer = setTimeout(() => this.connect(), wait);
+  }
+
+  private startTimers(): void {
+    clearInterval(this.beatTimer);
+    const hb = this.opts.config.heartbeatMs;
+    this.beatTimer = setInterval(() => {
+      if (this.now() - this.lastHeard > 3 * hb) {
+        this.log.warn(
+          { silentMs: this.now() - this.lastHeard },
+          'no sign of the coordinator for three heartbeats; reconnecting',
+        );
+        this.ws?.terminate();
+        return;
+      }
+      this.send({ type: 'heartbeat', facts: this.facts(), running: [...this.running.keys()] });
+      this.ws?.ping();
+    }, hb);
+  }
+
+  private facts() {
+    return gatherFacts(this.opts.config, this.opts.version, this.startedAt, this.now());
+  }
+
+  private async handle(m: CoordinatorMessage): Promise<void> {
+    switch (m.type) {
+      case 'welcome': {
+        this.attempt = 0;
+        for (const r of await this.journal.unacknowledged()) this.send({ type: 'result', result: r });
+        this.send({ type: 'pull' });
+        clearInterval(this.pullTimer);
+        this.pullTimer = setInterval(() => this.send({ type: 'pull' }), m.pullIntervalMs);
+        this.markReady();
+        await this.maybeRenew();
+        return;
+      }
+      case 'task':
+        await this.onTask(m.task);
+        return;
+      case 'result-ack':
+        await this.journal.acknowledge(m.taskId);
+        return;
+      case 'renewed':
+        await this.onRenewed(m.cert);
+        return;
+      case 'refuse':
+        this.log.warn({ code: m.code }, `the coordinator refused a message: ${m.message}`);
+        return;
+      default:
+        assertNeverMessage(m);
+    }
+  }
+
+  private async onTask(task: Task): Promise<void> {
+    if (task.host !== this.identity.name) {
+      this.log.warn(
+        { task: task.id, host: task.host },
+        `refused a task addressed to "${task.host}", not this agent`,
+      );
+      return;
+    }
+    if (this.running.has(task.id)) {
+      this.send({ type: 'ack', taskId: task.id });
+      return;
+    }
+    if (this.journal.hasStarted(task.id)) {
+      this.send({ type: 'ack', taskId: task.id });
+      const stored = await this.journal.result(task.id);
+      if (stored) this.send({ type: 'result', result: stored });
+      return;
+    }
+    if (task.expiresInMs <= 0) {
+      this.log.warn({ task: task.id }, 'not starting a task whose run deadline has passed');
+      return;
+    }
+    const controller = new AbortController();
+    this.running.set(task.id, controller); // before any await: a duplicate message must see it
+    let result: TaskResult;
+    try {
+      const startedAt = this.now();
+      await this.journal.markStarted(task, startedAt);
+      this.send({ type: 'ack', taskId: task.id });
+      this.log.info({ task: task.id, command: task.spec.command }, 'running task');
+      const r = await runCommand(task.spec, this.policy, { signal: controller.signal });
+      const aborted = controller.signal.aborted;
+      result = {
+        taskId: task.id,
+        runId: task.runId,
+        ...r,
+        state: aborted ? 'interrupted' : r.state,
+      };
+      if (r.state === 'refused') {
+        this.log.warn(
+          { task: task.id, run: task.runId, reason: r.error },
+          'refused a task from the coordinator',
+        );
+      }
+      await this.journal.saveResult(result);
+    } finally {
+      this.running.delete(task.id);
+    }
+    this.log.info({ task: task.id, state: result.state, exitCode: result.exitCode }, 'task finished');
+    this.send({ type: 'result', result });
+  }
+
+  /** Renews the certificate once two thirds of its lifetime have passed. */
+  private async maybeRenew(): Promise<void> {
+    if (this.renewing) return;
+    const info = certInfo(this.identity.certPem);
+    const life = info.notAfter.getTime() - info.notBefore.getTime();
+    if (this.now() < info.notBefore.getTime() + (life * 2) / 3) {
+      const wait = info.notBefore.getTime() + (life * 2) / 3 - this.now();
+      clearTimeout(this.renewTimer);
+      this.renewTimer = setTimeout(
+        () => {
+          this.maybeRenew().catch((err: unknown) => this.log.warn({ err }, 'certificate renewal failed'));
+        },
+        Math.min(wait + 100, 2 ** 31 - 1),
+      );
+      this.renewTimer.unref();
+      return;
+    }
+    this.renewing = true;
+    const { keyPem, csrPem } = await createKeyAndCsr(this.identity.name);
+    this.pendingKey = keyPem;
+    this.log.info({ notAfter: info.notAfter }, 'renewing the agent certificate');
+    if (!this.send({ type: 'renew', csr: csrPem })) this.renewing = false;
+  }
+
+  private renewTimer: NodeJS.Timeout | undefined;
+
+  private async onRenewed(certPem: string): Promise<void> {
+    const key = this.pendingKey;
+    this.renewing = false;
+    if (
+      !key ||
+      !verifyIssuedBy(certPem, this.identity.caPem) ||
+      certInfo(certPem).commonName !== this.identity.name
+    ) {
+      this.log.warn('ignored a renewed certificate that is not for this agent from the pinned CA');
+      return;
+    }
+    this.identity = { ...this.identity, certPem, keyPem: key };
+    this.pendingKey = undefined;
+    await saveIdentity(this.opts.dataDir, this.identity);
+    this.log.info({ notAfter: certInfo(certPem).notAfter }, 'agent certificate renewed');
+    await this.maybeRenew();
+  }
+}
+
+function assertNeverMessage(m: never): never {
+  throw new Error(`unhandled coordinator message ${JSON.stringify(m)}`);
+}

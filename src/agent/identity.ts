@@ -1,0 +1,168 @@
+/**
+ * The agent's identity on disk (DATA/identity.json, mode 0600): its name,
+ * the coordinator's address, the pinned CA, its certificate and the private
+ * key that never leaves the host. Joining creates it from a one-time token.
+ */
+
+import { chmod, mkdir, open, readFile, rename } from 'node:fs/promises';
+import { request } from 'node:https';
+import { join } from 'node:path';
+import { CanopyError } from '../errors/index.js';
+import {
+  COORDINATOR_SAN,
+  certInfo,
+  checkSan,
+  createKeyAndCsr,
+  fingerprint,
+  verifyIssuedBy,
+} from '../pki/index.js';
+import { decodeJoinToken } from '../protocol/index.js';
+
+export interface AgentIdentity {
+  name: string;
+  url: string;
+  caPem: string;
+  certPem: string;
+  keyPem: string;
+}
+
+export function identityPath(dataDir: string): string {
+  return join(dataDir, 'identity.json');
+}
+
+export async function saveIdentity(dataDir: string, id: AgentIdentity): Promise<void> {
+  await mkdir(dataDir, { recursive: true, mode: 0o700 });
+  const path = identityPath(dataDir);
+  const tmp = `${path}.tmp`;
+  const fh = await open(tmp, 'w', 0o600);
+  try {
+    await fh.writeFile(`${JSON.stringify(id, null, 2)}\n`);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await chmod(tmp, 0o600);
+  await rename(tmp, path);
+}
+
+export async function loadIdentity(dataDir: string): Promise<AgentIdentity | undefined> {
+  let text: string;
+  try {
+    text = await readFile(identityPath(dataDir), 'utf8');
+  } catch {
+    return undefined;
+  }
+  const id = JSON.parse(text) as AgentIdentity;
+  if (!id.name || !id.url || !id.caPem || !id.certPem || !id.keyPem) {
+    throw new CanopyError(
+      'AGENT_CONFIG',
+      `${identityPath(dataDir)} is incomplete; remove it and join again with a new token`,
+    );
+  }
+  return id;
+}
+
+interface HttpsOptions {
+  ca?: string;
+  insecure?: boolean;
+  localAddress?: string;
+  body?: unknown;
+  method?: string;
+  timeoutMs?: number;
+}
+
+/** A JSON request to the coordinator; resolves with status and parsed body. */
+export function httpsJson(url: string, opts: HttpsOptions): Promise<{ status: number; body: unknown }> {
+  return new Promise((resolve, reject) => {
+    const payload = opts.body === undefined ? undefined : JSON.stringify(opts.body);
+    const req = request(
+      url,
+      {
+        method: opts.method ?? (payload ? 'POST' : 'GET'),
+        headers: payload
+          ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) }
+          : {},
+        minVersion: 'TLSv1.3',
+        ...(opts.insecure
+          ? { rejectUnauthorized: false }
+          : { ca: opts.ca, checkServerIdentity: checkSan(COORDINATOR_SAN) }),
+        ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
+        timeout: opts.timeoutMs ?? 15_000,
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let body: unknown = text;
+          try {
+            body = JSON.parse(text);
+          } catch {
+            // not JSON: keep the text
+          }
+          resolve({ status: res.statusCode ?? 0, body });
+        });
+      },
+    );
+    req.on('timeout', () =>
+      req.destroy(new Error(`no answer from ${url} within ${opts.timeoutMs ?? 15_000} ms`)),
+    );
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+/**
+ * Joins with a one-time token: fetch the coordinator's CA, check it against
+ * the fingerprint the token pins, generate a key here, send a CSR, and keep
+ * the certificate that comes back. Throws JOIN_* errors an operator can act on.
+ */
+export async function joinCoordinator(
+  tokenText: string,
+  name: string,
+  opts: { localAddress?: string; url?: string } = {},
+): Promise<AgentIdentity> {
+  const token = decodeJoinToken(tokenText);
+  if (typeof token === 'string') throw new CanopyError('JOIN_FAILED', token);
+  const url = opts.url ?? token.url;
+  const net = opts.localAddress ? { localAddress: opts.localAddress } : {};
+  let caPem: string;
+  try {
+    const res = await httpsJson(`${url}/v1/ca`, { insecure: true, ...net });
+    caPem = String((res.body as { ca?: unknown }).ca ?? '');
+  } catch (err) {
+    throw new CanopyError(
+      'JOIN_FAILED',
+      `cannot reach the coordinator at ${url}: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  const got = caPem ? fingerprint(caPem) : '(none)';
+  if (got !== token.caFingerprint) {
+    throw new CanopyError(
+      'JOIN_CA_MISMATCH',
+      `the server at ${url} presented CA ${got}, but the token pins ${token.caFingerprint}: it is not the coordinator that issued this token (or the token is for another coordinator); nothing was sent`,
+    );
+  }
+  const { keyPem, csrPem } = await createKeyAndCsr(name);
+  const res = await httpsJson(`${url}/v1/join`, {
+    ca: caPem,
+    ...net,
+    body: { tokenId: token.id, secret: token.secret, name, csr: csrPem },
+  });
+  if (res.status !== 200) {
+    const b = res.body as { code?: string; message?: string };
+    throw new CanopyError(
+      'JOIN_FAILED',
+      `the coordinator refused the join (${b.code ?? res.status}): ${b.message ?? JSON.stringify(res.body)}`,
+    );
+  }
+  const certPem = String((res.body as { cert?: unknown }).cert ?? '');
+  if (!verifyIssuedBy(certPem, caPem) || certInfo(certPem).commonName !== name) {
+    throw new CanopyError(
+      'JOIN_FAILED',
+      `the certificate the coordinator returned is not a valid certificate for "${name}" from the pinned CA`,
+    );
+  }
+  return { name, url, caPem, certPem, keyPem };
+}

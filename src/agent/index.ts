@@ -1,0 +1,13 @@
+/**
+ * The agent component: the daemon on each host. It dials the coordinator,
+ * runs what it is sent under its own allowlists, and never runs a task twice.
+ */
+export { Agent, type AgentOptions } from './agent.js';
+export {
+  type AgentConfig,
+  checkAgentConfig,
+  DEFAULT_AGENT_CONFIG,
+  loadAgentConfig,
+  parseDuration,
+} from './config.js';
+export { type AgentIdentity, httpsJson, joinCoordinator, loadIdentity, saveIdentity } from './identity.js';

@@ -1,0 +1,111 @@
+/** `canopy agent`: joins (once, with a token) and runs the agent daemon until SIGINT/SIGTERM. */
+import { hostname } from 'node:os';
+import { resolve } from 'node:path';
+import {
+  Agent,
+  type AgentConfig,
+  checkAgentConfig,
+  DEFAULT_AGENT_CONFIG,
+  joinCoordinator,
+  loadAgentConfig,
+  loadIdentity,
+  parseDuration,
+  saveIdentity,
+} from '../agent/index.js';
+import { CanopyError } from '../errors/index.js';
+import { COMMON_OPTIONS, parse, usage } from './args.js';
+import { daemonLogger, untilSignal } from './daemon.js';
+import type { CliIO } from './io.js';
+import { packageVersion } from './package-root.js';
+
+export const AGENT_HELP = `usage: canopy agent --data DIR [--join TOKEN] [options]
+
+Runs the agent. The first start needs a one-time join token (canopy token
+create): the agent generates its key here, pins the coordinator's CA from the
+token, and stores its certificate under DIR. Later starts need no token.
+
+options:
+  --data DIR             state directory (identity, task journal)
+  --join TOKEN           join (or re-join) with this token
+  --name NAME            the host name it joins as (default: config name, then the hostname)
+  --config FILE          agent config (YAML: name, roots, run_as, labels, heartbeat, bind, coordinator)
+  --root DIR             a directory commands may run in / files may be written to (repeatable)
+  --run-as ACCOUNT       an account commands may run as (repeatable; default: only its own)
+  --label KEY=VALUE      a label (repeatable)
+  --heartbeat DURATION   default 5s; offline after three missed
+  --bind ADDR            source address of its connections
+  --coordinator URL      override the address in the token
+  --reconnect-max DUR    longest wait between reconnects (default 15s)
+  --log-level LEVEL      trace, debug, info (default), warn, error
+`;
+
+export async function agentCommand(argv: string[], io: CliIO): Promise<number> {
+  const { values } = parse('agent', argv, {
+    ...COMMON_OPTIONS,
+    data: { type: 'string' },
+    join: { type: 'string' },
+    name: { type: 'string' },
+    config: { type: 'string' },
+    root: { type: 'string', multiple: true },
+    'run-as': { type: 'string', multiple: true },
+    label: { type: 'string', multiple: true },
+    heartbeat: { type: 'string' },
+    bind: { type: 'string' },
+    coordinator: { type: 'string' },
+    'reconnect-max': { type: 'string' },
+    'log-level': { type: 'string' },
+  });
+  if (values.help) {
+    io.out.write(AGENT_HELP);
+    return 0;
+  }
+  if (!values.data) throw usage('agent', '--data DIR is required');
+  const dataDir = resolve(io.cwd, values.data);
+  const config: AgentConfig = values.config
+    ? loadAgentConfig(resolve(io.cwd, values.config))
+    : { ...DEFAULT_AGENT_CONFIG, labels: {} };
+  if (values.root) config.roots = [...config.roots, ...values.root.map((r) => resolve(io.cwd, r))];
+  if (values['run-as']) config.runAs = [...config.runAs, ...values['run-as']];
+  for (const l of values.label ?? []) {
+    const i = l.indexOf('=');
+    if (i <= 0) throw usage('agent', `--label "${l}" is not KEY=VALUE`);
+    config.labels[l.slice(0, i)] = l.slice(i + 1);
+  }
+  if (values.heartbeat) config.heartbeatMs = parseDuration(values.heartbeat, '--heartbeat');
+  if (values['reconnect-max'])
+    config.reconnectMaxMs = parseDuration(values['reconnect-max'], '--reconnect-max');
+  if (values.bind) config.bind = values.bind;
+  if (values.coordinator) config.coordinator = values.coordinator;
+  if (values.name) config.name = values.name;
+  checkAgentConfig(config, (key) => `--${key.replace('_', '-')}`);
+
+  const log = daemonLogger('agent', values['log-level'], io.env);
+  let identity = await loadIdentity(dataDir);
+  if (values.join) {
+    const name = config.name ?? identity?.name ?? hostname();
+    identity = await joinCoordinator(values.join, name, {
+      ...(config.bind ? { localAddress: config.bind } : {}),
+      ...(config.coordinator ? { url: config.coordinator } : {}),
+    });
+    await saveIdentity(dataDir, identity);
+    log.info({ name, coordinator: identity.url }, 'joined the coordinator');
+  }
+  if (!identity) {
+    throw new CanopyError(
+      'AGENT_CONFIG',
+      `this agent has not joined yet (no ${dataDir}/identity.json): start it once with --join TOKEN (create one with: canopy token create)`,
+    );
+  }
+  if (config.name && config.name !== identity.name) {
+    throw new CanopyError(
+      'AGENT_CONFIG',
+      `this agent joined as "${identity.name}", not "${config.name}"; re-join with --join TOKEN --name ${config.name}`,
+    );
+  }
+  const agent = new Agent({ dataDir, config, identity, logger: log, version: packageVersion() });
+  await agent.start();
+  const sig = await untilSignal();
+  log.info({ signal: sig }, 'stopping');
+  await agent.stop();
+  return 0;
+}

@@ -1,0 +1,82 @@
+/**
+ * JSON schemas of the HTTP API's request bodies (TypeBox), and the one
+ * validator that turns a bad body into a 400 naming the field.
+ */
+import { type Static, type TSchema, Type } from '@sinclair/typebox';
+import { TypeCompiler } from '@sinclair/typebox/compiler';
+
+const NAME = '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$';
+
+export const RunRequestSchema = Type.Object(
+  {
+    targets: Type.Array(Type.String({ minLength: 1, maxLength: 1024 }), { minItems: 1, maxItems: 10_000 }),
+    command: Type.Union([
+      Type.String({ minLength: 1, maxLength: 65536 }),
+      Type.Array(Type.String({ maxLength: 65536 }), { minItems: 1, maxItems: 4096 }),
+    ]),
+    /** Seconds. */
+    timeout: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 7 * 86400 })),
+    concurrency: Type.Optional(Type.Integer({ minimum: 1 })),
+    env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String())),
+    cwd: Type.Optional(Type.String({ minLength: 1, maxLength: 4096, pattern: '^/' })),
+    runAs: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]*$' }),
+    ),
+    maxOutputBytes: Type.Optional(Type.Integer({ minimum: 0, maximum: 64 * 1024 * 1024 })),
+    /** Seconds between TERM and KILL on timeout. */
+    killGrace: Type.Optional(Type.Number({ minimum: 0, maximum: 600 })),
+  },
+  { additionalProperties: false },
+);
+export type RunRequest = Static<typeof RunRequestSchema>;
+
+export const TokenRequestSchema = Type.Object(
+  {
+    /** Seconds. */
+    ttl: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 365 * 86400 })),
+    name: Type.Optional(Type.String({ pattern: NAME })),
+  },
+  { additionalProperties: false },
+);
+export type TokenRequest = Static<typeof TokenRequestSchema>;
+
+export const JoinRequestSchema = Type.Object(
+  {
+    tokenId: Type.String({ minLength: 1, maxLength: 64 }),
+    secret: Type.String({ minLength: 1, maxLength: 256 }),
+    name: Type.String({ pattern: NAME }),
+    csr: Type.String({ minLength: 1, maxLength: 16384 }),
+  },
+  { additionalProperties: false },
+);
+export type JoinRequest = Static<typeof JoinRequestSchema>;
+
+export class BadRequest extends Error {
+  constructor(
+    readonly field: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Returns the body typed, or throws BadRequest naming the first field at fault. */
+export function validator<S extends TSchema>(schema: S): (body: unknown) => Static<S> {
+  const check = TypeCompiler.Compile(schema);
+  return (body) => {
+    if (body === undefined || body === null || typeof body !== 'object' || Array.isArray(body)) {
+      throw new BadRequest('body', 'request body must be a JSON object');
+    }
+    if (check.Check(body)) return body as Static<S>;
+    const first = check.Errors(body).First();
+    const path = first?.path ?? '';
+    const field = path.replace(/^\//, '').replaceAll('/', '.') || 'body';
+    const schemaKeys = Object.keys((schema as { properties?: object }).properties ?? {});
+    const topKey = field.split('.')[0] ?? '';
+    const unknown = first && !schemaKeys.includes(topKey) && topKey !== 'body';
+    const message = unknown
+      ? `unknown field "${field}" (known fields: ${schemaKeys.join(', ')})`
+      : `field "${field}": ${first?.message ?? 'invalid'}${first && first.value !== undefined ? ` (got ${JSON.stringify(first.value)})` : ''}`;
+    throw new BadRequest(field, message);
+  };
+}

@@ -1,0 +1,240 @@
+/**
+ * The HTTP API (fastify over the coordinator's HTTPS listener). Every /v1
+ * route needs the admin bearer token, except the two an agent uses to join
+ * (GET /v1/ca, POST /v1/join: the join token in the body is the credential).
+ * Errors are JSON `{code, message, field?}`; a bad body is a 400 naming the
+ * field, and nothing a client sends can take the coordinator down.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Logger } from 'pino';
+import { isCanopyError } from '../errors/index.js';
+import { fingerprint } from '../pki/index.js';
+import {
+  BadRequest,
+  JoinRequestSchema,
+  RunRequestSchema,
+  TokenRequestSchema,
+  validator,
+} from './api-schemas.js';
+import type { Fleet } from './fleet.js';
+import type { Metrics } from './metrics.js';
+import type { RunEvent, RunManager } from './runs.js';
+import type { HostResult, RunSpec } from './store.js';
+import { type FleetView, resolveTargets } from './targets.js';
+import type { TokenService } from './tokens.js';
+
+export interface ApiDeps {
+  fleet: Fleet;
+  runs: RunManager;
+  tokens: TokenService;
+  metrics: Metrics;
+  logger: Logger;
+  adminToken: string;
+  caPem: string;
+  version: string;
+  view: () => FleetView;
+  count: (name: string, labels?: Record<string, string>) => void;
+}
+
+const PUBLIC = new Set(['/healthz', '/v1/ca', '/v1/join']);
+const DEFAULT_TIMEOUT_S = 60;
+
+const checkRun = validator(RunRequestSchema);
+const checkToken = validator(TokenRequestSchema);
+const checkJoin = validator(JoinRequestSchema);
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly field?: string,
+  ) {
+    super(message);
+  }
+}
+
+export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
+  const { fleet, runs, tokens, logger } = deps;
+  const expected = Buffer.from(`Bearer ${deps.adminToken}`);
+
+  app.addHook('onRequest', async (req: FastifyRequest) => {
+    const path = req.url.split('?')[0] ?? '';
+    if (PUBLIC.has(path)) return;
+    const given = Buffer.from(req.headers.authorization ?? '');
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
+      const why = req.headers.authorization ? 'wrong bearer token' : 'no bearer token';
+      logger.warn({ ip: req.ip, method: req.method, url: path, why }, 'refused API request');
+      deps.count('canopy_refusals_total', { reason: 'API_UNAUTHORIZED' });
+      throw new ApiError(
+        401,
+        'API_UNAUTHORIZED',
+        `${why}: send "Authorization: Bearer <token>" with the admin token (the coordinator printed its path on first start)`,
+      );
+    }
+  });
+
+  app.setErrorHandler((err: unknown, req, reply) => {
+    if (err instanceof ApiError) {
+      return reply
+        .code(err.status)
+        .send({ code: err.code, message: err.message, ...(err.field ? { field: err.field } : {}) });
+    }
+    if (err instanceof BadRequest) {
+      logger.info({ ip: req.ip, url: req.url, field: err.field }, `bad request: ${err.message}`);
+      return reply.code(400).send({ code: 'API_BAD_REQUEST', message: err.message, field: err.field });
+    }
+    if (isCanopyError(err)) {
+      const status = err.code.startsWith('TOKEN_') ? 401 : err.code === 'AGENT_UNKNOWN' ? 404 : 400;
+      logger.warn({ ip: req.ip, url: req.url, code: err.code }, err.message);
+      return reply.code(status).send(err.toJSON());
+    }
+    const e = err as { statusCode?: number; code?: string; message?: string };
+    if (e.statusCode && e.statusCode >= 400 && e.statusCode < 500) {
+      const message =
+        e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE'
+          ? 'send the body as JSON (Content-Type: application/json)'
+          : `request body is not valid JSON: ${e.message ?? ''}`;
+      return reply.code(e.statusCode).send({ code: 'API_BAD_REQUEST', message, field: 'body' });
+    }
+    logger.error({ err, url: req.url }, 'API handler failed');
+    return reply
+      .code(500)
+      .send({ code: 'API_INTERNAL', message: 'internal error (the coordinator log has the details)' });
+  });
+
+  app.setNotFoundHandler((req, reply) => {
+    reply
+      .code(404)
+      .send({ code: 'API_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` });
+  });
+
+  app.get('/healthz', async () => ({ ok: true, version: deps.version, agents: fleet.connected }));
+
+  app.get('/metrics', async (_req, reply) => {
+    reply.type('text/plain; version=0.0.4').send(deps.metrics.render());
+  });
+
+  app.get('/v1/ca', async () => ({ ca: deps.caPem, fingerprint: fingerprint(deps.caPem) }));
+
+  app.post('/v1/join', async (req) => {
+    const body = checkJoin(req.body);
+    return fleet.join({ ...body, ip: req.ip });
+  });
+
+  app.post('/v1/tokens', async (req, reply) => {
+    const body = checkToken(req.body ?? {});
+    const t = await tokens.create({
+      ttlMs: (body.ttl ?? 3600) * 1000,
+      ...(body.name ? { name: body.name } : {}),
+    });
+    logger.info(
+      { token: t.id, name: body.name ?? null, expiresAt: t.expiresAt, ip: req.ip },
+      'join token created',
+    );
+    reply.code(201);
+    return t;
+  });
+
+  app.get('/v1/agents', async () => ({ agents: fleet.list() }));
+
+  app.delete('/v1/agents/:name', async (req) => {
+    const { name } = req.params as { name: string };
+    const r = await fleet.revoke(name, req.ip);
+    return { name: r.name, revokedAt: r.revokedAt };
+  });
+
+  app.post('/v1/runs', async (req, reply) => {
+    const body = checkRun(req.body);
+    const resolved = resolveTargets(body.targets, deps.view());
+    if (!resolved.ok) {
+      throw new ApiError(400, 'RUN_UNKNOWN_TARGET', resolved.message, `targets.${resolved.index}`);
+    }
+    const spec: RunSpec = {
+      targets: body.targets,
+      command: body.command,
+      timeoutMs: Math.ceil((body.timeout ?? DEFAULT_TIMEOUT_S) * 1000),
+      concurrency: body.concurrency ?? resolved.hosts.length,
+      ...(body.env ? { env: body.env } : {}),
+      ...(body.cwd ? { cwd: body.cwd } : {}),
+      ...(body.runAs ? { runAs: body.runAs } : {}),
+      ...(body.maxOutputBytes !== undefined ? { maxOutputBytes: body.maxOutputBytes } : {}),
+      ...(body.killGrace !== undefined ? { killGraceMs: Math.round(body.killGrace * 1000) } : {}),
+    };
+    const run = await runs.create(spec, resolved.hosts);
+    reply.code(201);
+    return { id: run.id, hosts: run.hosts, deadline: run.deadline, createdAt: run.createdAt };
+  });
+
+  app.get('/v1/runs/:id', async (req) => {
+    const { id } = req.params as { id: string };
+    const got = await runs.get(id);
+    if (!got) throw new ApiError(404, 'RUN_NOT_FOUND', `no run "${id}"`);
+    return got;
+  });
+
+  app.get('/v1/runs/:id/events', async (req, reply) => {
+    const { id } = req.params as { id: string };
+    const lastId = Number(req.headers['last-event-id'] ?? 0) || 0;
+    await streamRun(req, reply, runs, id, lastId);
+  });
+}
+
+/** Server-sent events: one `result` event per host (id = its seq), then `done`. */
+async function streamRun(
+  req: FastifyRequest,
+  reply: FastifyReply,
+  runs: RunManager,
+  id: string,
+  after: number,
+): Promise<void> {
+  const buffered: RunEvent[] = [];
+  let live: ((e: RunEvent) => void) | undefined;
+  const unsubscribe = runs.subscribe(id, (e) => (live ? live(e) : buffered.push(e)));
+  const got = await runs.get(id);
+  if (!got) {
+    unsubscribe?.();
+    throw new ApiError(404, 'RUN_NOT_FOUND', `no run "${id}"`);
+  }
+  reply.hijack();
+  const res = reply.raw;
+  res.writeHead(200, {
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-cache',
+    connection: 'keep-alive',
+  });
+  const sent = new Set<number>();
+  const writeResult = (r: HostResult) => {
+    if (r.seq <= after || sent.has(r.seq)) return;
+    sent.add(r.seq);
+    res.write(`id: ${r.seq}\nevent: result\ndata: ${JSON.stringify(r)}\n\n`);
+  };
+  let closed = false;
+  const finish = (summary: unknown) => {
+    if (closed) return;
+    closed = true;
+    res.write(`event: done\ndata: ${JSON.stringify(summary)}\n\n`);
+    res.end();
+    unsubscribe?.();
+    clearInterval(keepalive);
+  };
+  const keepalive = setInterval(() => res.write(': keepalive\n\n'), 15_000);
+  req.raw.on('close', () => {
+    closed = true;
+    unsubscribe?.();
+    clearInterval(keepalive);
+  });
+  for (const r of got.results) writeResult(r);
+  if (!unsubscribe) {
+    finish(got.summary);
+    return;
+  }
+  const handle = (e: RunEvent) => {
+    if (closed) return;
+    if (e.type === 'result') writeResult(e.result);
+    else finish(e.summary);
+  };
+  for (const e of buffered) handle(e);
+  live = handle;
+}

@@ -1,0 +1,454 @@
+/**
+ * The run manager: owns every run from creation to its last host's final
+ * state. One instance, one event loop: all state changes happen in its
+ * methods, in order, and are committed to the store before anyone (agent,
+ * API client) is told about them.
+ *
+ * Delivery: a task is written to its agent's queue before it is pushed; it
+ * stays there until the agent's result is stored (same batch as the delete),
+ * and is sent again whenever the agent says hello or pulls. The agent
+ * dedups by task id, so re-sending is always safe. At the run's deadline
+ * every host without a result becomes `unreachable` and its task is
+ * withdrawn, so an agent that comes back later never starts it; a result
+ * that still arrives is recorded with `late: true`.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import {
+  type CoordinatorMessage,
+  parseTaskId,
+  type Task,
+  type TaskResult,
+  taskIdFor,
+  type WithoutV,
+} from '../protocol/index.js';
+import type { HostFinalState, HostResult, QueueRecord, RunRecord, RunSpec, Store } from './store.js';
+
+export type AgentStatus = 'online' | 'offline' | 'unknown' | 'revoked';
+
+/** How the run manager reaches agents; the fleet implements it. */
+export interface Courier {
+  /** Hands a message to the agent's live session; false if it has none. */
+  send(agent: string, message: WithoutV<CoordinatorMessage>): boolean;
+  status(agent: string): AgentStatus;
+  lastSeen(agent: string): number | undefined;
+}
+
+export type RunEvent = { type: 'result'; result: HostResult } | { type: 'done'; summary: RunSummary };
+export type RunListener = (event: RunEvent) => void;
+
+export interface RunSummary {
+  total: number;
+  counts: Partial<Record<HostFinalState | 'pending' | 'running', number>>;
+  finished: boolean;
+}
+
+interface ActiveRun {
+  record: RunRecord;
+  results: Map<string, HostResult>;
+  queued: Set<string>;
+  acked: Set<string>;
+  pending: string[];
+  seq: number;
+  timer: NodeJS.Timeout | undefined;
+  listeners: Set<RunListener>;
+}
+
+/** Slack on top of a host's command timeout and kill grace before it counts as not answering. */
+export const DEADLINE_SLACK_MS = 10_000;
+const DEFAULT_KILL_GRACE_MS = 5_000;
+
+export interface RunManagerOptions {
+  store: Store;
+  courier: Courier;
+  logger: Logger;
+  now?: () => number;
+  onResult?: (state: HostFinalState, late: boolean) => void;
+}
+
+export function newRunId(now: number): string {
+  return `r${now.toString(36)}${randomBytes(4).toString('hex')}`;
+}
+
+export class RunManager {
+  private readonly store: Store;
+  private readonly courier: Courier;
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private readonly onResultHook: ((state: HostFinalState, late: boolean) => void) | undefined;
+  private readonly active = new Map<string, ActiveRun>();
+  private stopped = false;
+
+  constructor(opts: RunManagerOptions) {
+    this.store = opts.store;
+    this.courier = opts.courier;
+    this.log = opts.logger;
+    this.now = opts.now ?? Date.now;
+    this.onResultHook = opts.onResult;
+  }
+
+  /** Picks up every unfinished run after a (re)start. */
+  async load(): Promise<void> {
+    for (const record of await this.store.values(this.store.runs)) {
+      if (record.finishedAt !== undefined) continue;
+      const results = new Map<string, HostResult>();
+      let seq = 0;
+      for (const r of await this.store.values(this.store.results, `${record.id}/`)) {
+        results.set(r.host, r);
+        seq = Math.max(seq, r.seq);
+      }
+      const queued = new Set<string>();
+      for (const q of await this.store.values(this.store.queue)) {
+        if (q.task.runId === record.id) queued.add(q.task.host);
+      }
+      const pending = record.hosts.filter((h) => !results.has(h) && !queued.has(h));
+      const run: ActiveRun = {
+        record,
+        results,
+        queued,
+        acked: new Set(),
+        pending,
+        seq,
+        timer: undefined,
+        listeners: new Set(),
+      };
+      this.active.set(record.id, run);
+      this.log.info({ run: record.id, hosts: record.hosts.length, done: results.size }, 'resuming run');
+      this.arm(run);
+      await this.dispatch(run);
+      await this.maybeFinish(run);
+    }
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const run of this.active.values()) clearTimeout(run.timer);
+  }
+
+  async create(spec: RunSpec, hosts: string[]): Promise<RunRecord> {
+    const now = this.now();
+    const killGrace = spec.killGraceMs ?? DEFAULT_KILL_GRACE_MS;
+    const waves = Math.ceil(hosts.length / Math.max(1, spec.concurrency));
+    const record: RunRecord = {
+      id: newRunId(now),
+      createdAt: now,
+      deadline: now + waves * (spec.timeoutMs + killGrace + DEADLINE_SLACK_MS),
+      spec,
+      hosts,
+    };
+    const run: ActiveRun = {
+      record,
+      results: new Map(),
+      queued: new Set(),
+      acked: new Set(),
+      pending: [],
+      seq: 0,
+      timer: undefined,
+      listeners: new Set(),
+    };
+    const ops = [this.store.put(this.store.runs, record.id, record)];
+    for (const host of hosts) {
+      const status = this.courier.status(host);
+      if (status === 'online') {
+        run.pending.push(host);
+        continue;
+      }
+      const error =
+        status === 'unknown'
+          ? `no agent has joined under this name; join one: canopy token create --name HOST, then canopy agent --join TOKEN`
+          : status === 'revoked'
+            ? `the agent "${host}" is revoked`
+            : `the agent "${host}" is offline (last heartbeat ${ago(this.courier.lastSeen(host), now)})`;
+      const result = this.finalResult(run, host, 'unreachable', error);
+      ops.push(this.store.put(this.store.results, `${record.id}/${host}`, result));
+    }
+    await this.store.commit(ops);
+    this.active.set(record.id, run);
+    this.log.info(
+      { run: record.id, hosts: hosts.length, targets: spec.targets, command: spec.command },
+      'run created',
+    );
+    for (const r of run.results.values()) this.emit(run, { type: 'result', result: r });
+    this.arm(run);
+    await this.dispatch(run);
+    await this.maybeFinish(run);
+    return record;
+  }
+
+  /** The run and its results so far (from the store), or undefined. */
+  async get(id: string): Promise<{ run: RunRecord; results: HostResult[]; summary: RunSummary } | undefined> {
+    const run = await this.store.runs.get(id);
+    if (!run) return undefined;
+    const results = (await this.store.values(this.store.results, `${id}/`)).sort((a, b) => a.seq - b.seq);
+    return { run, results, summary: this.summarize(run, results) };
+  }
+
+  summarize(run: RunRecord, results: readonly HostResult[]): RunSummary {
+    const counts: RunSummary['counts'] = {};
+    for (const r of results) counts[r.state] = (counts[r.state] ?? 0) + 1;
+    const active = this.active.get(run.id);
+    const open = run.hosts.length - results.length;
+    if (open > 0) {
+      const running = active ? active.acked.size : 0;
+      if (running > 0) counts.running = running;
+      if (open - running > 0) counts.pending = open - running;
+    }
+    return { total: run.hosts.length, counts, finished: run.finishedAt !== undefined };
+  }
+
+  /** Listens to a run's events from now on; returns the unsubscribe function, or undefined if not active. */
+  subscribe(id: string, listener: RunListener): (() => void) | undefined {
+    const run = this.active.get(id);
+    if (!run) return undefined;
+    run.listeners.add(listener);
+    return () => run.listeners.delete(listener);
+  }
+
+  /** Tasks waiting for AGENT, with their remaining time recomputed. */
+  async queuedFor(agent: string): Promise<Task[]> {
+    const now = this.now();
+    const out: Task[] = [];
+    for (const q of await this.store.values<QueueRecord>(this.store.queue, `${agent}/`)) {
+      const run = this.active.get(q.task.runId);
+      if (!run) continue;
+      out.push({ ...q.task, expiresInMs: Math.max(0, run.record.deadline - now) });
+    }
+    return out;
+  }
+
+  onAck(agent: string, taskId: string): void {
+    const id = parseTaskId(taskId);
+    if (!id || id.host !== agent) return;
+    const run = this.active.get(id.runId);
+    if (run?.queued.has(agent)) run.acked.add(agent);
+  }
+
+  /**
+   * Records an agent's result. Returns whether the agent should be sent a
+   * result-ack (true once the result is durably stored, or already was).
+   */
+  async onResult(agent: string, result: TaskResult): Promise<boolean> {
+    const id = parseTaskId(result.taskId);
+    if (!id || id.runId !== result.runId) {
+      this.log.warn({ agent, taskId: result.taskId }, 'refused a result with a malformed task id');
+      return false;
+    }
+    if (id.host !== agent) {
+      this.log.warn(
+        { agent, taskId: result.taskId, host: id.host },
+        `refused a result: agent "${agent}" may not report for host "${id.host}"`,
+      );
+      return false;
+    }
+    const run = this.active.get(id.runId);
+    if (run) {
+      const existing = run.results.get(agent);
+      if (existing && !(existing.state === 'unreachable' && existing.receivedAt >= run.record.deadline)) {
+        return true; // duplicate: already stored, just ack again
+      }
+      const stored = this.fromAgent(run, result, false);
+      await this.store.commit([
+        this.store.put(this.store.results, `${run.record.id}/${agent}`, stored),
+        this.store.del(this.store.queue, `${agent}/${result.taskId}`),
+      ]);
+      run.queued.delete(agent);
+      run.acked.delete(agent);
+      this.onResultHook?.(stored.state, false);
+      this.emit(run, { type: 'result', result: stored });
+      await this.dispatch(run);
+      await this.maybeFinish(run);
+      return true;
+    }
+    const record = await this.store.runs.get(id.runId);
+    if (!record) {
+      this.log.warn({ agent, taskId: result.taskId }, 'result for an unknown run (dropped)');
+      return true;
+    }
+    const key = `${record.id}/${agent}`;
+    const existing = await this.store.results.get(key);
+    if (existing && (existing.state !== 'unreachable' || existing.late)) return true;
+    const seq = (await this.store.values(this.store.results, `${record.id}/`)).reduce(
+      (m, r) => Math.max(m, r.seq),
+      0,
+    );
+    const stored: HostResult = {
+      ...this.fromAgentFields(result),
+      host: agent,
+      receivedAt: this.now(),
+      seq: seq + 1,
+      late: true,
+    };
+    await this.store.commit([
+      this.store.put(this.store.results, key, stored),
+      this.store.del(this.store.queue, `${agent}/${result.taskId}`),
+    ]);
+    this.onResultHook?.(stored.state, true);
+    this.log.info({ run: record.id, host: agent, state: stored.state }, 'late result recorded');
+    return true;
+  }
+
+  private fromAgentFields(r: TaskResult): Omit<HostResult, 'host' | 'receivedAt' | 'seq'> {
+    return {
+      state: r.state,
+      exitCode: r.exitCode,
+      signal: r.signal,
+      stdout: r.stdout,
+      stderr: r.stderr,
+      stdoutTruncated: r.stdoutTruncated,
+      stderrTruncated: r.stderrTruncated,
+      startedAt: r.startedAt,
+      endedAt: r.endedAt,
+      durationMs: r.durationMs,
+      ...(r.error === undefined ? {} : { error: r.error }),
+    };
+  }
+
+  private fromAgent(run: ActiveRun, r: TaskResult, late: boolean): HostResult {
+    run.seq += 1;
+    const stored: HostResult = {
+      ...this.fromAgentFields(r),
+      host: parseTaskId(r.taskId)?.host ?? '',
+      receivedAt: this.now(),
+      seq: run.seq,
+      ...(late ? { late } : {}),
+    };
+    run.results.set(stored.host, stored);
+    return stored;
+  }
+
+  private finalResult(run: ActiveRun, host: string, state: HostFinalState, error: string): HostResult {
+    run.seq += 1;
+    const r: HostResult = {
+      host,
+      state,
+      exitCode: null,
+      signal: null,
+      stdout: '',
+      stderr: '',
+      stdoutTruncated: false,
+      stderrTruncated: false,
+      startedAt: null,
+      endedAt: null,
+      durationMs: null,
+      error,
+      receivedAt: this.now(),
+      seq: run.seq,
+    };
+    run.results.set(host, r);
+    return r;
+  }
+
+  private task(run: ActiveRun, host: string): Task {
+    const spec = run.record.spec;
+    const command = Array.isArray(spec.command)
+      ? spec.command.map((a) => a.replaceAll('?HOST', host))
+      : spec.command.replaceAll('?HOST', shellQuote(host));
+    return {
+      id: taskIdFor(run.record.id, host),
+      runId: run.record.id,
+      host,
+      kind: 'command',
+      spec: {
+        command,
+        timeoutMs: spec.timeoutMs,
+        ...(spec.env ? { env: spec.env } : {}),
+        ...(spec.cwd ? { cwd: spec.cwd } : {}),
+        ...(spec.runAs ? { runAs: spec.runAs } : {}),
+        ...(spec.maxOutputBytes !== undefined ? { maxOutputBytes: spec.maxOutputBytes } : {}),
+        ...(spec.killGraceMs !== undefined ? { killGraceMs: spec.killGraceMs } : {}),
+      },
+      expiresInMs: Math.max(0, run.record.deadline - this.now()),
+    };
+  }
+
+  /** Queues (durably) and pushes tasks up to the run's concurrency. */
+  private async dispatch(run: ActiveRun): Promise<void> {
+    if (this.stopped || run.record.finishedAt !== undefined) return;
+    const slots = run.record.spec.concurrency - run.queued.size;
+    if (slots <= 0 || run.pending.length === 0) return;
+    const hosts = run.pending.splice(0, slots);
+    const tasks = hosts.map((h) => this.task(run, h));
+    for (const h of hosts) run.queued.add(h);
+    const now = this.now();
+    await this.store.commit(
+      tasks.map((task) =>
+        this.store.put<QueueRecord>(this.store.queue, `${task.host}/${task.id}`, {
+          agent: task.host,
+          task,
+          queuedAt: now,
+        }),
+      ),
+    );
+    for (const task of tasks) this.courier.send(task.host, { type: 'task', task });
+  }
+
+  private arm(run: ActiveRun): void {
+    clearTimeout(run.timer);
+    const wait = Math.max(0, run.record.deadline - this.now());
+    run.timer = setTimeout(() => {
+      this.expire(run).catch((err: unknown) =>
+        this.log.error({ err, run: run.record.id }, 'deadline handling failed'),
+      );
+    }, wait);
+    run.timer.unref?.();
+  }
+
+  /** The deadline: every host still open becomes unreachable, and its task is withdrawn. */
+  private async expire(run: ActiveRun): Promise<void> {
+    if (run.record.finishedAt !== undefined || this.stopped) return;
+    const ops = [];
+    const fresh: HostResult[] = [];
+    for (const host of run.record.hosts) {
+      if (run.results.has(host)) continue;
+      const why = run.acked.has(host)
+        ? 'the agent acknowledged the task but sent no result by the run deadline'
+        : run.queued.has(host)
+          ? `no answer by the run deadline (agent ${this.courier.status(host)}, last heartbeat ${ago(this.courier.lastSeen(host), this.now())})`
+          : 'not started: no concurrency slot came free before the run deadline';
+      const r = this.finalResult(run, host, 'unreachable', why);
+      fresh.push(r);
+      ops.push(this.store.put(this.store.results, `${run.record.id}/${host}`, r));
+      if (run.queued.has(host))
+        ops.push(this.store.del(this.store.queue, `${host}/${taskIdFor(run.record.id, host)}`));
+    }
+    run.pending = [];
+    run.queued.clear();
+    run.acked.clear();
+    await this.store.commit(ops);
+    for (const r of fresh) {
+      this.onResultHook?.('unreachable', false);
+      this.emit(run, { type: 'result', result: r });
+    }
+    await this.maybeFinish(run);
+  }
+
+  private async maybeFinish(run: ActiveRun): Promise<void> {
+    if (run.record.finishedAt !== undefined || run.results.size < run.record.hosts.length) return;
+    run.record = { ...run.record, finishedAt: this.now() };
+    await this.store.commit([this.store.put(this.store.runs, run.record.id, run.record)]);
+    clearTimeout(run.timer);
+    const summary = this.summarize(run.record, [...run.results.values()]);
+    this.emit(run, { type: 'done', summary });
+    this.active.delete(run.record.id);
+    this.log.info({ run: run.record.id, counts: summary.counts }, 'run finished');
+  }
+
+  private emit(run: ActiveRun, event: RunEvent): void {
+    for (const l of run.listeners) {
+      try {
+        l(event);
+      } catch (err) {
+        this.log.warn({ err }, 'run listener failed');
+      }
+    }
+  }
+}
+
+export function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_.,:/@%+=-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
+}
+
+function ago(t: number | undefined, now: number): string {
+  if (t === undefined) return 'never';
+  return `${Math.round((now - t) / 1000)} s ago`;
+}

@@ -1,0 +1,186 @@
+/**
+ * The coordinator's durable state, in one LevelDB (the `level` package).
+ *
+ * Sublevels: agents, tokens, revoked (certificate serials), runs, results
+ * (`RUN/HOST`) and queue (`AGENT/TASK`: tasks not yet answered). Writes that
+ * must survive a crash go through `commit`, which groups every write issued
+ * in the same tick into one synced batch (group commit): one fsync for a
+ * burst of 5,000 results instead of 5,000.
+ */
+import { Level } from 'level';
+import type { CommandSpec, Facts, Task } from '../protocol/index.js';
+
+export interface AgentRecord {
+  name: string;
+  joinedAt: number;
+  /** Serials of every certificate issued to this name. */
+  serials: string[];
+  certNotAfter: number;
+  revokedAt?: number;
+  facts?: Facts;
+  lastSeen?: number;
+  address?: string;
+}
+
+export interface TokenRecord {
+  id: string;
+  secretHash: string;
+  createdAt: number;
+  expiresAt: number;
+  name?: string;
+  usedAt?: number;
+  usedBy?: string;
+}
+
+export interface RunSpec {
+  targets: string[];
+  command: string | string[];
+  timeoutMs: number;
+  concurrency: number;
+  env?: Record<string, string>;
+  cwd?: string;
+  runAs?: string;
+  maxOutputBytes?: number;
+  killGraceMs?: number;
+}
+
+export interface RunRecord {
+  id: string;
+  createdAt: number;
+  deadline: number;
+  spec: RunSpec;
+  hosts: string[];
+  finishedAt?: number;
+}
+
+export const HOST_FINAL_STATES = [
+  'ok',
+  'failed',
+  'timeout',
+  'unreachable',
+  'refused',
+  'interrupted',
+] as const;
+export type HostFinalState = (typeof HOST_FINAL_STATES)[number];
+
+export interface HostResult {
+  host: string;
+  state: HostFinalState;
+  exitCode: number | null;
+  signal: string | null;
+  stdout: string;
+  stderr: string;
+  stdoutTruncated: boolean;
+  stderrTruncated: boolean;
+  startedAt: number | null;
+  endedAt: number | null;
+  durationMs: number | null;
+  error?: string;
+  receivedAt: number;
+  /** Order in which results were recorded (1-based); the SSE event id. */
+  seq: number;
+  /** Arrived after the run's deadline had already marked the host unreachable. */
+  late?: boolean;
+}
+
+export interface QueueRecord {
+  agent: string;
+  task: Task;
+  queuedAt: number;
+}
+
+export type { CommandSpec };
+
+/** A typed view of one sublevel (the level package's generics do not survive sublevel()). */
+export interface Sub<V> {
+  get(key: string): Promise<V | undefined>;
+  values(range: object): { all(): Promise<V[]> };
+  iterator(range: object): { all(): Promise<[string, V][]> };
+}
+
+type BatchOp =
+  | { type: 'put'; sublevel: Sub<unknown>; key: string; value: unknown }
+  | {
+      type: 'del';
+      sublevel: Sub<unknown>;
+      key: string;
+    };
+
+export class Store {
+  readonly db: Level<string, unknown>;
+  readonly agents: Sub<AgentRecord>;
+  readonly tokens: Sub<TokenRecord>;
+  readonly revoked: Sub<{ name: string; at: number }>;
+  readonly runs: Sub<RunRecord>;
+  readonly results: Sub<HostResult>;
+  readonly queue: Sub<QueueRecord>;
+  private pending: {
+    ops: BatchOp[];
+    waiters: { resolve: () => void; reject: (e: unknown) => void }[];
+  } | null = null;
+
+  constructor(path: string) {
+    this.db = new Level<string, unknown>(path, { valueEncoding: 'json' });
+    const sub = <V>(name: string) =>
+      this.db.sublevel<string, V>(name, { valueEncoding: 'json' }) as unknown as Sub<V>;
+    this.agents = sub('agents');
+    this.tokens = sub('tokens');
+    this.revoked = sub('revoked');
+    this.runs = sub('runs');
+    this.results = sub('results');
+    this.queue = sub('queue');
+  }
+
+  open(): Promise<void> {
+    return this.db.open();
+  }
+
+  close(): Promise<void> {
+    return this.db.close();
+  }
+
+  put<V>(sublevel: Sub<V>, key: string, value: V): BatchOp {
+    return { type: 'put', sublevel: sublevel as Sub<unknown>, key, value };
+  }
+
+  del<V>(sublevel: Sub<V>, key: string): BatchOp {
+    return { type: 'del', sublevel: sublevel as Sub<unknown>, key };
+  }
+
+  /** Durably applies ops (atomically with every other commit of this tick). */
+  commit(ops: BatchOp[]): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (!this.pending) {
+        this.pending = { ops: [], waiters: [] };
+        setImmediate(() => this.flush());
+      }
+      this.pending.ops.push(...ops);
+      this.pending.waiters.push({ resolve, reject });
+    });
+  }
+
+  private flush(): void {
+    const batch = this.pending;
+    this.pending = null;
+    if (!batch) return;
+    // biome-ignore lint/suspicious/noExplicitAny: abstract-level's batch op type is generic over sublevels
+    this.db.batch(batch.ops as any, { sync: true }).then(
+      () => {
+        for (const w of batch.waiters) w.resolve();
+      },
+      (err: unknown) => {
+        for (const w of batch.waiters) w.reject(err);
+      },
+    );
+  }
+
+  async values<V>(sublevel: Sub<V>, prefix?: string): Promise<V[]> {
+    const range = prefix === undefined ? {} : { gte: prefix, lt: `${prefix}\xff` };
+    return (await sublevel.values(range).all()) as V[];
+  }
+
+  async entries<V>(sublevel: Sub<V>, prefix?: string): Promise<[string, V][]> {
+    const range = prefix === undefined ? {} : { gte: prefix, lt: `${prefix}\xff` };
+    return (await sublevel.iterator(range).all()) as [string, V][];
+  }
+}

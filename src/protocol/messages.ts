@@ -1,0 +1,220 @@
+/**
+ * The messages the coordinator and agents exchange over the control channel.
+ *
+ * One TypeBox schema per message, discriminated on `type`; every message
+ * carries the protocol version `v`. The TS types derive from the schemas.
+ * `decodeAgentMessage` / `decodeCoordinatorMessage` are the only way bytes
+ * from the socket become messages: they parse, check the version, validate
+ * against the one schema `type` names, and return a reason instead of
+ * throwing, so a peer logs and refuses a bad message and never crashes.
+ */
+import { type Static, type TSchema, Type } from '@sinclair/typebox';
+import { type TypeCheck, TypeCompiler } from '@sinclair/typebox/compiler';
+
+export const PROTOCOL_VERSION = 1;
+
+const Name = Type.String({ pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$' });
+const Id = Type.String({ pattern: '^[A-Za-z0-9_.:@-]{1,200}$' });
+const Version = Type.Literal(PROTOCOL_VERSION);
+
+/** What to run; the agent checks it against its own allowlists before running anything. */
+export const CommandSpecSchema = Type.Object(
+  {
+    command: Type.Union([
+      Type.String({ minLength: 1, maxLength: 65536 }),
+      Type.Array(Type.String({ maxLength: 65536 }), { minItems: 1, maxItems: 4096 }),
+    ]),
+    timeoutMs: Type.Integer({ minimum: 1 }),
+    env: Type.Optional(Type.Record(Type.String(), Type.String())),
+    cwd: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
+    runAs: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+    maxOutputBytes: Type.Optional(Type.Integer({ minimum: 0, maximum: 64 * 1024 * 1024 })),
+    killGraceMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 600_000 })),
+  },
+  { additionalProperties: false },
+);
+export type CommandSpec = Static<typeof CommandSpecSchema>;
+
+export const TaskSchema = Type.Object(
+  {
+    id: Id,
+    runId: Id,
+    host: Name,
+    kind: Type.Literal('command'),
+    spec: CommandSpecSchema,
+    /** How long from receipt the agent may still start it; past that it is not started. */
+    expiresInMs: Type.Integer(),
+  },
+  { additionalProperties: false },
+);
+export type Task = Static<typeof TaskSchema>;
+
+export const RESULT_STATES = ['ok', 'failed', 'timeout', 'refused', 'interrupted'] as const;
+export type AgentResultState = (typeof RESULT_STATES)[number];
+
+export const TaskResultSchema = Type.Object(
+  {
+    taskId: Id,
+    runId: Id,
+    state: Type.Union(RESULT_STATES.map((s) => Type.Literal(s))),
+    exitCode: Type.Union([Type.Integer(), Type.Null()]),
+    signal: Type.Union([Type.String({ maxLength: 32 }), Type.Null()]),
+    stdout: Type.String(),
+    stderr: Type.String(),
+    stdoutTruncated: Type.Boolean(),
+    stderrTruncated: Type.Boolean(),
+    stdoutBytes: Type.Integer({ minimum: 0 }),
+    stderrBytes: Type.Integer({ minimum: 0 }),
+    startedAt: Type.Number(),
+    endedAt: Type.Number(),
+    durationMs: Type.Number(),
+    error: Type.Optional(Type.String({ maxLength: 4096 })),
+  },
+  { additionalProperties: false },
+);
+export type TaskResult = Static<typeof TaskResultSchema>;
+
+export const FactsSchema = Type.Object(
+  {
+    hostname: Type.String({ maxLength: 255 }),
+    os: Type.String({ maxLength: 255 }),
+    kernel: Type.String({ maxLength: 255 }),
+    arch: Type.String({ maxLength: 64 }),
+    addresses: Type.Array(Type.String({ maxLength: 64 }), { maxItems: 256 }),
+    labels: Type.Record(Type.String(), Type.String()),
+    version: Type.String({ maxLength: 64 }),
+    uptimeSec: Type.Number(),
+    agentUptimeSec: Type.Number(),
+    load: Type.Array(Type.Number(), { maxItems: 3 }),
+    roots: Type.Array(Type.String({ maxLength: 4096 }), { maxItems: 256 }),
+    runAs: Type.Array(Type.String({ maxLength: 64 }), { maxItems: 256 }),
+    heartbeatMs: Type.Integer({ minimum: 100 }),
+  },
+  { additionalProperties: false },
+);
+export type Facts = Static<typeof FactsSchema>;
+
+function message<T extends string, P extends Record<string, TSchema>>(type: T, props: P) {
+  return Type.Object({ v: Version, type: Type.Literal(type), ...props }, { additionalProperties: false });
+}
+
+// agent -> coordinator
+export const HelloSchema = message('hello', { facts: FactsSchema, running: Type.Array(Id) });
+export const HeartbeatSchema = message('heartbeat', { facts: FactsSchema, running: Type.Array(Id) });
+export const AckSchema = message('ack', { taskId: Id });
+export const ResultSchema = message('result', { result: TaskResultSchema });
+export const PullSchema = message('pull', {});
+export const RenewSchema = message('renew', { csr: Type.String({ maxLength: 16384 }) });
+
+// coordinator -> agent
+export const WelcomeSchema = message('welcome', { now: Type.Number(), pullIntervalMs: Type.Integer() });
+export const TaskMessageSchema = message('task', { task: TaskSchema });
+export const ResultAckSchema = message('result-ack', { taskId: Id });
+export const RenewedSchema = message('renewed', { cert: Type.String({ maxLength: 16384 }) });
+export const RefuseSchema = message('refuse', {
+  code: Type.String({ maxLength: 64 }),
+  message: Type.String({ maxLength: 4096 }),
+});
+
+export type Hello = Static<typeof HelloSchema>;
+export type Heartbeat = Static<typeof HeartbeatSchema>;
+export type Ack = Static<typeof AckSchema>;
+export type ResultMessage = Static<typeof ResultSchema>;
+export type Pull = Static<typeof PullSchema>;
+export type Renew = Static<typeof RenewSchema>;
+export type Welcome = Static<typeof WelcomeSchema>;
+export type TaskMessage = Static<typeof TaskMessageSchema>;
+export type ResultAck = Static<typeof ResultAckSchema>;
+export type Renewed = Static<typeof RenewedSchema>;
+export type Refuse = Static<typeof RefuseSchema>;
+
+export type AgentMessage = Hello | Heartbeat | Ack | ResultMessage | Pull | Renew;
+export type CoordinatorMessage = Welcome | TaskMessage | ResultAck | Renewed | Refuse;
+
+const AGENT_SCHEMAS = {
+  hello: HelloSchema,
+  heartbeat: HeartbeatSchema,
+  ack: AckSchema,
+  result: ResultSchema,
+  pull: PullSchema,
+  renew: RenewSchema,
+} as const;
+const COORDINATOR_SCHEMAS = {
+  welcome: WelcomeSchema,
+  task: TaskMessageSchema,
+  'result-ack': ResultAckSchema,
+  renewed: RenewedSchema,
+  refuse: RefuseSchema,
+} as const;
+
+function compileAll<S extends Record<string, TSchema>>(schemas: S): Map<string, TypeCheck<TSchema>> {
+  return new Map(Object.entries(schemas).map(([k, s]) => [k, TypeCompiler.Compile(s)]));
+}
+const agentChecks = compileAll(AGENT_SCHEMAS);
+const coordinatorChecks = compileAll(COORDINATOR_SCHEMAS);
+
+export type Decoded<M> = { ok: true; message: M } | { ok: false; reason: string };
+
+function decode<M>(raw: string, checks: Map<string, TypeCheck<TSchema>>, from: string): Decoded<M> {
+  let value: unknown;
+  try {
+    value = JSON.parse(raw);
+  } catch (err) {
+    return { ok: false, reason: `not JSON: ${(err as Error).message}` };
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    return { ok: false, reason: 'not a JSON object' };
+  }
+  const { v, type } = value as { v?: unknown; type?: unknown };
+  if (v !== PROTOCOL_VERSION) {
+    return {
+      ok: false,
+      reason: `protocol version ${JSON.stringify(v)} (this side speaks ${PROTOCOL_VERSION})`,
+    };
+  }
+  const check = typeof type === 'string' ? checks.get(type) : undefined;
+  if (!check) {
+    return {
+      ok: false,
+      reason: `unknown ${from} message type ${JSON.stringify(type)} (known: ${[...checks.keys()].join(', ')})`,
+    };
+  }
+  if (!check.Check(value)) {
+    const first = check.Errors(value).First();
+    const where = first?.path || '/';
+    return {
+      ok: false,
+      reason: `${type} message invalid at ${where}: ${first?.message ?? 'schema mismatch'}`,
+    };
+  }
+  return { ok: true, message: value as M };
+}
+
+/** Bytes from an agent, as the coordinator receives them. */
+export function decodeAgentMessage(raw: string): Decoded<AgentMessage> {
+  return decode<AgentMessage>(raw, agentChecks, 'agent');
+}
+
+/** Bytes from the coordinator, as an agent receives them. */
+export function decodeCoordinatorMessage(raw: string): Decoded<CoordinatorMessage> {
+  return decode<CoordinatorMessage>(raw, coordinatorChecks, 'coordinator');
+}
+
+/** A message as its sender builds it; `encode` adds the version. */
+export type WithoutV<M> = M extends unknown ? Omit<M, 'v'> : never;
+
+/** Serializes a message, stamping the protocol version. */
+export function encode(message: WithoutV<AgentMessage> | WithoutV<CoordinatorMessage>): string {
+  return JSON.stringify({ v: PROTOCOL_VERSION, ...message });
+}
+
+/** A task id is `RUN:HOST`: one task per host per run, so re-sending is idempotent by construction. */
+export function taskIdFor(runId: string, host: string): string {
+  return `${runId}:${host}`;
+}
+
+export function parseTaskId(taskId: string): { runId: string; host: string } | undefined {
+  const i = taskId.indexOf(':');
+  if (i <= 0 || i === taskId.length - 1) return undefined;
+  return { runId: taskId.slice(0, i), host: taskId.slice(i + 1) };
+}
