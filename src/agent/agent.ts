@@ -38,6 +38,7 @@ export interface AgentOptions {
 
 const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 const RECONNECT_BASE_MS = 250;
+const CERT_BACKDATE_MS = 60_000;
 
 export class Agent {
   private readonly log: Logger;
@@ -291,15 +292,16 @@ export class Agent {
   private async maybeRenew(): Promise<void> {
     if (this.renewing) return;
     const info = certInfo(this.identity.certPem);
-    const life = info.notAfter.getTime() - info.notBefore.getTime();
-    if (this.now() < info.notBefore.getTime() + (life * 2) / 3) {
-      const wait = info.notBefore.getTime() + (life * 2) / 3 - this.now();
+    // The CA backdates notBefore by a minute for clock skew; the lifetime counts from issuance.
+    const issued = info.notBefore.getTime() + CERT_BACKDATE_MS;
+    const renewAt = issued + ((info.notAfter.getTime() - issued) * 2) / 3;
+    if (this.now() < renewAt) {
       clearTimeout(this.renewTimer);
       this.renewTimer = setTimeout(
         () => {
           this.maybeRenew().catch((err: unknown) => this.log.warn({ err }, 'certificate renewal failed'));
         },
-        Math.min(wait + 100, 2 ** 31 - 1),
+        Math.min(renewAt - this.now() + 50, 2 ** 31 - 1),
       );
       this.renewTimer.unref();
       return;
