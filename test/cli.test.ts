@@ -1,5 +1,6 @@
 // The built `canopy` binary on the example fleet and on broken fixtures: output, --json shapes, exit codes.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
@@ -235,14 +236,23 @@ test('inventory warnings go to stderr and do not fail the command', (t) => {
   assert.equal(JSON.parse(r.stdout).warnings.length, 1);
 });
 
-test('demo renders every example template for every host and explains variables', () => {
+test('demo starts 8 agents, runs a command on all, renders every example template and explains variables', () => {
   const r = canopy(['demo'], { env: { NO_COLOR: '1' } });
   assert.equal(r.code, 0, r.stderr);
+  assert.match(
+    r.stdout,
+    /^8 agents joined with one-time tokens, each from its own address: web-01@127\.0\.0\.11 /m,
+  );
+  assert.match(r.stdout, /^app-\[01-02\],db-\[01-02\],web-\[01-04\] \(8\): ok$/m);
+  assert.match(r.stdout, /^8 ok, 8 total$/m);
   assert.equal((r.stdout.match(/^== /gm) ?? []).length, 8);
   assert.equal((r.stdout.match(/^-- nginx\.conf\.njk md5 [0-9a-f]{32}$/gm) ?? []).length, 8);
   assert.match(r.stdout, /app\.log\.level = "debug" +\(group all < group canary/);
   const json = JSON.parse(canopy(['demo', '--json']).stdout);
   assert.equal(json.hosts.length, 8);
+  assert.deepEqual(json.run.summary.counts, { ok: 8 });
+  const leftover = spawnSync('pgrep', ['-f', 'canopy-demo-'], { encoding: 'utf8' }).stdout.trim();
+  assert.equal(leftover, '', 'the demo stopped every agent it started');
 });
 
 test('no color without a TTY, and --version prints the package version', () => {

@@ -1,28 +1,54 @@
 /**
  * `canopy demo`: canopy on its embedded example fleet (examples/), with no
- * setup. For now it loads the example inventory, renders every example
- * template for every host, and explains a few variables; later capabilities
- * (agents, pushes, distribution) join it here.
+ * setup. It starts a coordinator in this process (state in a temporary
+ * directory) and 8 real agent processes on 127.0.0.11-18, one per example
+ * host, each with its own root directory and the host's labels; joins them
+ * with one-time tokens; runs a command on all of them; then renders every
+ * example template for every host and explains a few variables. --keep
+ * leaves the fleet running until Ctrl-C. Every process it started is
+ * stopped on exit, and the temporary directory removed.
  */
+import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, openSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { explainVar, loadInventory, TemplateEngine, VarResolver } from '../render/index.js';
+import { fileURLToPath } from 'node:url';
+import { pino } from 'pino';
+import { Coordinator } from '../coordinator/index.js';
+import { explainVar, type Inventory, loadInventory, TemplateEngine, VarResolver } from '../render/index.js';
 import { COMMON_OPTIONS, parse } from './args.js';
-import { type CliIO, palette, writeJson } from './io.js';
-import { packageRoot } from './package-root.js';
+import { ApiClient } from './client.js';
+import { untilSignal } from './daemon.js';
+import { type CliIO, palette, type Stream, writeJson } from './io.js';
+import { packageRoot, packageVersion } from './package-root.js';
+import { runCommand } from './run-command.js';
 import { shortPath } from './vars-command.js';
 
-export const DEMO_HELP = `usage: canopy demo [--json]
+export const DEMO_HELP = `usage: canopy demo [--keep] [--json]
 
-Renders the example fleet in examples/ (8 hosts in two IDCs): every template for
-every host, and where a few variables come from (vars explain).
+Starts a demo fleet on this machine: a coordinator (state in a temporary
+directory) and 8 real agents on 127.0.0.11-18, one per host of examples/
+(two IDCs, labels idc and role), joined with one-time tokens. Runs a command
+on all of them and shows the results, then renders every example template for
+every host and explains where a few variables come from.
+
+  --keep   leave the fleet running and print commands to try; Ctrl-C stops it
 `;
 
 const EXPLAINED = ['app.log.level', 'app.workers', 'release.channel'];
+const DEMO_COMMAND = 'echo "$(id -un) on $(uname -sr)"; test -w "$PWD"';
 
-export function demoCommand(argv: string[], io: CliIO): number {
-  const { values } = parse('demo', argv, COMMON_OPTIONS);
+class Capture implements Stream {
+  text = '';
+  write(chunk: string): boolean {
+    this.text += chunk;
+    return true;
+  }
+}
+
+export async function demoCommand(argv: string[], io: CliIO): Promise<number> {
+  const { values } = parse('demo', argv, { ...COMMON_OPTIONS, keep: { type: 'boolean', default: false } });
   if (values.help) {
     io.out.write(DEMO_HELP);
     return 0;
@@ -30,6 +56,149 @@ export function demoCommand(argv: string[], io: CliIO): number {
   const p = palette(io.out, io.env);
   const root = join(packageRoot(), 'examples');
   const inv = loadInventory(join(root, 'inventory.yaml'));
+  const dir = mkdtempSync(join(tmpdir(), 'canopy-demo-'));
+  const clientConfig = join(dir, 'client.json');
+  const children: ChildProcess[] = [];
+  let coordinator: Coordinator | undefined;
+  // Agents must not outlive the demo, however it ends (Ctrl-C, a closed pipe, a crash).
+  const killAll = () => {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  };
+  process.once('exit', killAll);
+  const onSignal = () => {
+    killAll();
+    rmSync(dir, { recursive: true, force: true });
+    process.exit(130);
+  };
+  if (!values.keep) {
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+  }
+  const say = (t: string) => {
+    if (!values.json) io.out.write(t);
+  };
+  try {
+    const log = pino(
+      { level: 'info', base: { component: 'coordinator' } },
+      pino.destination({ dest: join(dir, 'coordinator.log'), sync: true }),
+    );
+    coordinator = await Coordinator.start({
+      dataDir: join(dir, 'coordinator'),
+      host: '127.0.0.1',
+      port: 0,
+      inventoryPath: inv.path,
+      logger: log,
+      version: packageVersion(),
+      clientConfigPath: clientConfig,
+    });
+    say(`${p.bold('canopy demo')}: coordinator on ${coordinator.url} (state in ${dir})\n`);
+    const api = new ApiClient({ url: coordinator.url, token: coordinator.adminToken, ca: coordinator.caPem });
+    const bin = fileURLToPath(new URL('./main.js', import.meta.url));
+    for (const host of inv.hosts.values()) {
+      const { token } = await api.call<{ token: string }>('POST', '/v1/tokens', {
+        ttl: 600,
+        name: host.name,
+      });
+      const data = join(dir, 'agents', host.name);
+      const hostRoot = join(data, 'root');
+      mkdirSync(hostRoot, { recursive: true });
+      const logFd = openSync(join(data, 'agent.log'), 'a');
+      const args = [
+        bin,
+        'agent',
+        '--data',
+        data,
+        '--join',
+        token,
+        '--name',
+        host.name,
+        '--bind',
+        host.address,
+        '--root',
+        hostRoot,
+        '--heartbeat',
+        '2s',
+      ];
+      for (const [k, v] of Object.entries(host.labels)) args.push('--label', `${k}=${v}`);
+      children.push(
+        spawn(process.execPath, args, {
+          stdio: ['ignore', 'ignore', logFd],
+          env: { PATH: process.env.PATH ?? '' },
+        }),
+      );
+    }
+    const names = [...inv.hosts.keys()];
+    const deadline = Date.now() + 30_000;
+    while (coordinator.fleet.list().filter((a) => a.online).length < names.length) {
+      if (Date.now() > deadline) {
+        const missing = names.filter((n) => !coordinator?.fleet.list().some((a) => a.name === n && a.online));
+        throw new Error(
+          `agents did not come online within 30 s: ${missing.join(', ')} (logs in ${dir}/agents/NAME/agent.log)`,
+        );
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    say(
+      `8 agents joined with one-time tokens, each from its own address: ${[...inv.hosts.values()].map((h) => `${h.name}@${h.address}`).join(' ')}\n`,
+    );
+    say(`\n${p.bold('Running')} on all: ${p.cyan(`canopy run all -- '${DEMO_COMMAND}'`)}\n`);
+    const runEnv = { ...io.env, CANOPY_CONFIG: clientConfig };
+    let runReport: unknown;
+    let runCode: number;
+    if (values.json) {
+      const cap = new Capture();
+      runCode = await runCommand(['all', '--json', '--', DEMO_COMMAND], {
+        ...io,
+        out: cap,
+        err: new Capture(),
+        env: runEnv,
+      });
+      runReport = JSON.parse(cap.text);
+    } else {
+      runCode = await runCommand(['all', '--', DEMO_COMMAND], { ...io, env: runEnv });
+    }
+    const report = renderExamples(io, values, inv, root);
+    if (values.json) writeJson(io, { coordinator: coordinator.url, run: runReport, hosts: report });
+    if (values.keep) {
+      io.out.write(
+        `\n${p.bold('The fleet keeps running')} (Ctrl-C stops it and removes ${dir}). Try, in another shell:\n` +
+          `  export CANOPY_CONFIG=${clientConfig}\n` +
+          `  canopy agents\n` +
+          `  canopy run idc=bj -- uptime\n` +
+          `  canopy run web -- 'echo ?HOST; cat /etc/os-release | head -1'\n` +
+          `  canopy run all --timeout 2s -- sleep 10\n` +
+          `  canopy token create --name extra-01\n` +
+          `  canopy agents revoke web-04\n`,
+      );
+      await untilSignal();
+    }
+    return runCode;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    await Promise.all(
+      children.map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            if (c.exitCode !== null || c.signalCode !== null) return resolve();
+            const force = setTimeout(() => c.kill('SIGKILL'), 5000);
+            c.once('exit', () => {
+              clearTimeout(force);
+              resolve();
+            });
+            c.kill('SIGTERM');
+          }),
+      ),
+    );
+    process.off('exit', killAll);
+    await coordinator?.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Renders every example template for every host and explains a few variables (the issue-3 demo). */
+function renderExamples(io: CliIO, values: { json: boolean }, inv: Inventory, root: string): unknown[] {
+  const p = palette(io.out, io.env);
   const engine = new TemplateEngine({ root: join(root, 'templates') });
   const templates = readdirSync(engine.root)
     .filter((f) => f.endsWith('.njk'))
@@ -38,7 +207,7 @@ export function demoCommand(argv: string[], io: CliIO): number {
   const report: unknown[] = [];
   if (!values.json) {
     io.out.write(
-      `${p.bold('canopy demo')}: ${inv.hosts.size} hosts from ${shortPath(io.cwd, inv.path)}, templates ${templates.join(', ')}\n`,
+      `\n${p.bold('Rendering')}: ${inv.hosts.size} hosts from ${shortPath(io.cwd, inv.path)}, templates ${templates.join(', ')}\n`,
     );
   }
   for (const host of inv.hosts.keys()) {
@@ -65,10 +234,10 @@ export function demoCommand(argv: string[], io: CliIO): number {
       );
     }
   }
-  if (values.json) writeJson(io, { hosts: report });
-  else
+  if (!values.json) {
     io.out.write(
       `\nTry: canopy vars explain web-01 app.log.level --inventory ${shortPath(io.cwd, inv.path)}\n`,
     );
-  return 0;
+  }
+  return report;
 }

@@ -58,6 +58,7 @@ export class Coordinator {
     readonly adminToken: string,
     readonly adminTokenPath: string,
     readonly caFingerprint: string,
+    readonly caPem: string,
     readonly clientConfigPaths: string[],
     readonly created: string[],
   ) {}
@@ -218,6 +219,7 @@ export class Coordinator {
       identity.adminToken,
       identity.adminTokenPath,
       identity.caFingerprint,
+      identity.ca.certPem,
       clientPaths,
       identity.created,
     );
