@@ -1,0 +1,52 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { decodeJoinToken, encodeJoinToken } from './join-token.js';
+import {
+  decodeAgentMessage,
+  decodeCoordinatorMessage,
+  encode,
+  PROTOCOL_VERSION,
+  parseTaskId,
+  taskIdFor,
+} from './messages.js';
+
+test('encode stamps the version and decode accepts what encode made', () => {
+  const raw = encode({ type: 'ack', taskId: 'r1:web-01' });
+  assert.deepEqual(JSON.parse(raw), { v: PROTOCOL_VERSION, type: 'ack', taskId: 'r1:web-01' });
+  assert.deepEqual(decodeAgentMessage(raw), {
+    ok: true,
+    message: { v: 1, type: 'ack', taskId: 'r1:web-01' },
+  });
+});
+
+test('decode refuses, with a reason, anything that is not a valid message of this side', () => {
+  const reason = (raw: string) => {
+    const d = decodeAgentMessage(raw);
+    return d.ok ? 'accepted' : d.reason;
+  };
+  assert.match(reason('not json'), /not JSON/);
+  assert.match(reason('[1]'), /not a JSON object/);
+  assert.match(reason('{"v":2,"type":"ack","taskId":"a"}'), /protocol version 2/);
+  assert.match(reason('{"v":1,"type":"task","task":{}}'), /unknown agent message type "task"/);
+  assert.match(reason('{"v":1,"type":"ack"}'), /ack message invalid/);
+  assert.match(reason('{"v":1,"type":"ack","taskId":"a","extra":1}'), /ack message invalid at \/extra/);
+  assert.match(reason('{"v":1,"type":"ack","taskId":"../../etc"}'), /invalid at \/taskId/);
+  const c = decodeCoordinatorMessage('{"v":1,"type":"hello"}');
+  assert.equal(c.ok, false);
+});
+
+test('task ids are RUN:HOST and parse back', () => {
+  assert.equal(taskIdFor('r1', 'web-01'), 'r1:web-01');
+  assert.deepEqual(parseTaskId('r1:web-01'), { runId: 'r1', host: 'web-01' });
+  assert.equal(parseTaskId('nohost'), undefined);
+  assert.equal(parseTaskId(':x'), undefined);
+});
+
+test('join tokens round-trip, and damaged ones say what is wrong', () => {
+  const t = { url: 'https://127.0.0.1:7443', caFingerprint: 'a'.repeat(64), id: 'abc', secret: 's3cret' };
+  assert.deepEqual(decodeJoinToken(encodeJoinToken(t)), t);
+  assert.match(String(decodeJoinToken('hello')), /starts with "canopy-join-v1\."/);
+  assert.match(String(decodeJoinToken('canopy-join-v1.%%%')), /damaged|no coordinator/);
+  const noFp = encodeJoinToken({ ...t, caFingerprint: 'xyz' });
+  assert.match(String(decodeJoinToken(noFp)), /no CA fingerprint/);
+});
