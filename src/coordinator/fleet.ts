@@ -87,7 +87,8 @@ export class Fleet implements Courier {
 
   async load(): Promise<void> {
     for (const r of await this.store.values(this.store.agents)) this.records.set(r.name, r);
-    for (const [serial] of await this.store.entries(this.store.revoked)) this.revokedSerials.add(serial);
+    for (const [serial] of await this.store.entries(this.store.revoked))
+      this.revokedSerials.add(normalizeSerial(serial));
     this.sweeper = setInterval(() => this.sweep(), 1000);
     this.sweeper.unref();
   }
@@ -160,8 +161,10 @@ export class Fleet implements Courier {
     csr: string;
     ip: string;
   }): Promise<{ cert: string; ca: string }> {
-    await this.tokens.consume(req.tokenId, req.secret, req.name);
+    // Check the CSR and name before burning the token: a bad request must not cost the operator a token.
+    // (A certificate signed here for a token that then fails is never recorded, so never admitted.)
     const issued = await signCsr(this.ca, req.csr, { name: req.name, ttlMs: this.certTtlMs });
+    await this.tokens.consume(req.tokenId, req.secret, req.name);
     const previous = this.records.get(req.name);
     const record: AgentRecord = {
       name: req.name,
@@ -175,7 +178,7 @@ export class Fleet implements Courier {
     // A re-join replaces the agent's identity: its old certificates stop working.
     for (const serial of previous?.serials ?? []) {
       ops.push(this.store.put(this.store.revoked, serial, { name: req.name, at: this.now() }));
-      this.revokedSerials.add(serial);
+      this.revokedSerials.add(normalizeSerial(serial));
     }
     await this.store.commit(ops);
     this.records.set(req.name, record);
@@ -196,7 +199,7 @@ export class Fleet implements Courier {
       this.store.put(this.store.agents, name, revoked),
       ...r.serials.map((serial) => this.store.put(this.store.revoked, serial, { name, at: now })),
     ]);
-    for (const s of r.serials) this.revokedSerials.add(s);
+    for (const s of r.serials) this.revokedSerials.add(normalizeSerial(s));
     this.records.set(name, revoked);
     const s = this.sessions.get(name);
     if (s) {
@@ -235,18 +238,15 @@ export class Fleet implements Courier {
         `client certificate not issued by this coordinator's CA (${authError ?? 'unverified'})`,
       );
     const name = String(cert.subject.CN ?? '');
-    const serial = cert.serialNumber.toLowerCase().replace(/^0+/, '');
+    const serial = normalizeSerial(cert.serialNumber);
     const record = this.records.get(name);
     if (!record) return refuse(403, 'AGENT_UNKNOWN', `certificate for "${name}", which has not joined`);
-    const known = record.serials.some((s) => s.toLowerCase().replace(/^0+/, '') === serial);
-    if (
-      record.revokedAt !== undefined ||
-      this.revokedSerials.has(serial) ||
-      [...this.revokedSerials].some((s) => s.replace(/^0+/, '') === serial)
-    ) {
+    if (record.revokedAt !== undefined || this.revokedSerials.has(serial)) {
       return refuse(403, 'AGENT_REVOKED', `agent "${name}" is revoked (certificate ${serial})`);
     }
-    if (!known) return refuse(403, 'AGENT_CERT_REFUSED', `certificate ${serial} was not issued to "${name}"`);
+    if (!record.serials.some((s) => normalizeSerial(s) === serial)) {
+      return refuse(403, 'AGENT_CERT_REFUSED', `certificate ${serial} was not issued to "${name}"`);
+    }
     return { ok: true, name, serial };
   }
 
@@ -385,6 +385,11 @@ export class Fleet implements Courier {
       }
     }
   }
+}
+
+/** Serials as hex without leading zeros, lowercase (Node prints them uppercase). */
+function normalizeSerial(serial: string): string {
+  return serial.toLowerCase().replace(/^0+(?=.)/, '');
 }
 
 function assertNeverMessage(m: never): never {
