@@ -316,7 +316,11 @@ test('a push lost in a black-holed connection is delivered from the queue after 
   const relay = new Relay(Number(new URL(fleet.url).port));
   await relay.listen();
   t.after(() => relay.close());
-  const agent = await fleet.addAgent('h1', { extra: ['--coordinator', `https://127.0.0.1:${relay.port}`] });
+  // A 2 s heartbeat: the coordinator must still count h1 online (3 beats) when the run is created.
+  const agent = await fleet.addAgent('h1', {
+    heartbeat: '2s',
+    extra: ['--coordinator', `https://127.0.0.1:${relay.port}`],
+  });
   const side = join(agent.dataDir, 'root', 'side');
   // Bytes vanish both ways, but the sockets stay open: the coordinator still thinks h1 is online.
   relay.mode = 'blackhole';
