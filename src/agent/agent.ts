@@ -8,9 +8,10 @@
  * pulls its queue on connect and periodically, so a lost push is found.
  */
 import { mkdir } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import WebSocket from 'ws';
+import type WebSocketType from 'ws';
 import { COORDINATOR_SAN, certInfo, checkSan, createKeyAndCsr, verifyIssuedBy } from '../pki/index.js';
 import {
   type AgentMessage,
@@ -36,6 +37,10 @@ export interface AgentOptions {
   now?: () => number;
 }
 
+// CommonJS packages load through require(): importing CommonJS from ESM starts Node's export
+// lexer, which stays resident (~8 MB) — too much of an idle agent's 60 MB.
+const WebSocket = createRequire(import.meta.url)('ws') as typeof WebSocketType;
+
 const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 const RECONNECT_BASE_MS = 250;
 const CERT_BACKDATE_MS = 60_000;
@@ -46,7 +51,7 @@ export class Agent {
   private readonly journal: Journal;
   private readonly policy: ExecPolicy;
   private identity: AgentIdentity;
-  private ws: WebSocket | undefined;
+  private ws: WebSocketType | undefined;
   private attempt = 0;
   private stopped = false;
   private reconnectTimer: NodeJS.Timeout | undefined;
@@ -119,7 +124,7 @@ export class Agent {
       maxPayload: MAX_MESSAGE_BYTES,
       handshakeTimeout: 10_000,
       ...(this.opts.config.bind ? { localAddress: this.opts.config.bind } : {}),
-    } as unknown as WebSocket.ClientOptions); // ws types checkServerIdentity wrongly; it is passed to tls.connect
+    } as unknown as WebSocketType.ClientOptions); // ws types checkServerIdentity wrongly; it is passed to tls.connect
     this.ws = ws;
     let refusedCode: string | undefined;
     ws.on('unexpected-response', (_req, res) => {

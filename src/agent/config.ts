@@ -11,8 +11,9 @@
  *   coordinator: https://coord.example:7443   # overrides the address in the join token
  */
 import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { isAbsolute } from 'node:path';
-import { isMap, LineCounter, parseDocument } from 'yaml';
+import type * as Yaml from 'yaml';
 import { CanopyError } from '../errors/index.js';
 
 export interface AgentConfig {
@@ -80,6 +81,8 @@ export function checkAgentConfig(c: AgentConfig, where: (key: string) => string)
 
 /** Reads a config file over the defaults. */
 export function loadAgentConfig(path: string): AgentConfig {
+  // yaml is CommonJS and large: required only when a config file is read (see agent.ts on memory).
+  const { isMap, LineCounter, parseDocument } = createRequire(import.meta.url)('yaml') as typeof Yaml;
   let text: string;
   try {
     text = readFileSync(path, 'utf8');

@@ -1,5 +1,10 @@
 /** What the two daemon commands share: the logger and waiting for a stop signal. */
-import { type Logger, pino } from 'pino';
+import { createRequire } from 'node:module';
+import type * as Pino from 'pino';
+import type { Logger } from 'pino';
+
+// pino is CommonJS: required, not imported, so the agent does not pay for Node's ESM export lexer.
+const { pino } = createRequire(import.meta.url)('pino') as typeof Pino;
 
 export function daemonLogger(component: string, level: string | undefined, env: CliEnv): Logger {
   return pino(

@@ -1,14 +1,13 @@
 /**
  * Reading certificates: fingerprint, the fields canopy acts on, and whether a CA issued one.
  *
- * Synchronous and side-effect free; it never signs. Dates, names and SANs come from
- * @peculiar/x509's parse, the fingerprint, CA flag and signature checks from OpenSSL through
- * node:crypto, so a certificate is judged by the same code as in a TLS handshake.
+ * Synchronous and side-effect free; it never signs. Everything comes from OpenSSL through
+ * node:crypto (no @peculiar/x509 here, so reading certificates stays cheap for the agent), so a
+ * certificate is judged by the same code as in a TLS handshake.
  */
 
 import { createHash, X509Certificate } from 'node:crypto';
 import { CanopyError } from '../errors/index.js';
-import { x509 } from './x509.js';
 
 /** What canopy reads from a certificate. `serial` is lowercase hex, `fingerprint` as fingerprint(). */
 export interface CertInfo {
@@ -24,12 +23,14 @@ export interface CertInfo {
 
 interface ParsedCert {
   node: X509Certificate;
-  parsed: x509.X509Certificate;
+  notBefore: Date;
+  notAfter: Date;
 }
 
 function parseCert(certPem: string, what = 'certificate'): ParsedCert {
   try {
-    return { node: new X509Certificate(certPem), parsed: new x509.X509Certificate(certPem) };
+    const node = new X509Certificate(certPem);
+    return { node, notBefore: new Date(node.validFrom), notAfter: new Date(node.validTo) };
   } catch (err) {
     throw new CanopyError(
       'PKI_BAD_CERT',
@@ -50,21 +51,37 @@ export function fingerprint(certPem: string): string {
 
 /** The fields canopy acts on. Throws PKI_BAD_CERT if `certPem` is not a certificate PEM. */
 export function certInfo(certPem: string): CertInfo {
-  const { node, parsed } = parseCert(certPem);
-  const sans = parsed.getExtension(x509.SubjectAlternativeNameExtension)?.names.items ?? [];
+  const { node, notBefore, notAfter } = parseCert(certPem);
+  const sans = parseSans(node.subjectAltName ?? '');
   return {
-    commonName: parsed.subjectName.getField('CN')[0] ?? '',
+    commonName: /^CN=(.*)$/m.exec(node.subject)?.[1] ?? '',
     serial: node.serialNumber.toLowerCase(),
-    notBefore: parsed.notBefore,
-    notAfter: parsed.notAfter,
+    notBefore,
+    notAfter,
     fingerprint: sha256Hex(node),
-    dnsNames: sans.filter((n) => n.type === 'dns').map((n) => n.value),
-    ips: sans.filter((n) => n.type === 'ip').map((n) => n.value),
+    dnsNames: sans.filter((n) => n.type === 'DNS').map((n) => n.value),
+    ips: sans.filter((n) => n.type === 'IP Address').map((n) => canonicalIp(n.value)),
     isCa: node.ca,
   };
 }
 
-function validAt(cert: x509.X509Certificate, now: Date): boolean {
+/** Node's `subjectAltName` text: `DNS:a, IP Address:1.2.3.4`; a value with `,` or `"` is quoted JSON-style. */
+function parseSans(text: string): { type: string; value: string }[] {
+  const out: { type: string; value: string }[] = [];
+  const re = /(DNS|IP Address|URI|email|othername):("(?:[^"\\]|\\.)*"|[^,]*)(?:, |$)/g;
+  for (const m of text.matchAll(re)) {
+    const raw = m[2] ?? '';
+    out.push({ type: m[1] ?? '', value: raw.startsWith('"') ? (JSON.parse(raw) as string) : raw });
+  }
+  return out;
+}
+
+/** OpenSSL prints IPv6 uncompressed (0:0:0:0:0:0:0:1); canopy compares the short form (::1). */
+function canonicalIp(ip: string): string {
+  return ip.includes(':') ? new URL(`http://[${ip}]/`).hostname.slice(1, -1) : ip;
+}
+
+function validAt(cert: ParsedCert, now: Date): boolean {
   return cert.notBefore <= now && now <= cert.notAfter;
 }
 
@@ -84,7 +101,7 @@ export function verifyIssuedBy(certPem: string, caPem: string, now: Date = new D
   return (
     cert.node.checkIssued(ca.node) &&
     cert.node.verify(ca.node.publicKey) &&
-    validAt(cert.parsed, now) &&
-    validAt(ca.parsed, now)
+    validAt(cert, now) &&
+    validAt(ca, now)
   );
 }
