@@ -103,7 +103,9 @@ export async function demoCommand(argv: string[], io: CliIO): Promise<number> {
       const hostRoot = join(data, 'root');
       mkdirSync(hostRoot, { recursive: true });
       const logFd = openSync(join(data, 'agent.log'), 'a');
+      // A small young generation keeps each idle agent's memory down (README: agent memory).
       const args = [
+        '--max-semi-space-size=1',
         bin,
         'agent',
         '--data',
