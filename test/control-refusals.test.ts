@@ -13,6 +13,7 @@ import {
   mkdirSync,
   mkdtempSync,
   readFileSync,
+  realpathSync,
   rmSync,
   symlinkSync,
   writeFileSync,
@@ -191,11 +192,20 @@ function agentSocket(fleet: TestFleet, cred: { cert?: string; key?: string }): P
   });
 }
 
+/** The refused upgrade's status and body; fails (and closes the socket) if the upgrade was accepted. */
+function refusal(o: Opened): { status: number; body: Json } {
+  if (o.kind !== 'refused') {
+    o.ws.terminate();
+    assert.fail('the coordinator accepted the connection');
+  }
+  return o;
+}
+
 /** The join token an agent of the helper was started with (its first process's --join argument). */
 function tokenOf(agent: TestAgent): string {
   const args = agent.child.spawnargs;
-  const token = args[args.indexOf('--join') + 1];
-  assert.ok(token?.startsWith('canopy-join-v1.'), `agent ${agent.name} was started with a join token`);
+  const token = args[args.indexOf('--join') + 1] ?? '';
+  assert.ok(token.startsWith('canopy-join-v1.'), `agent ${agent.name} was started with a join token`);
   return token;
 }
 
@@ -304,10 +314,9 @@ describe('control-plane refusals', () => {
     };
 
     // Another CA's certificate for a name that did join.
-    const foreign = await agentSocket(fleet, await mint(evilCa, 'web-01'));
-    assert.equal(foreign.kind, 'refused');
-    assert.equal(foreign.kind === 'refused' && foreign.status, 401);
-    assert.equal(foreign.kind === 'refused' && foreign.body.code, 'AGENT_CERT_REFUSED');
+    const foreign = refusal(await agentSocket(fleet, await mint(evilCa, 'web-01')));
+    assert.equal(foreign.status, 401);
+    assert.equal(foreign.body.code, 'AGENT_CERT_REFUSED');
     const foreignLine = await logLine(
       fleet.coordinator,
       'the foreign-CA refusal',
@@ -318,9 +327,9 @@ describe('control-plane refusals', () => {
     assert.equal(plainIp(foreignLine.ip), '127.0.0.1');
 
     // No client certificate at all.
-    const bare = await agentSocket(fleet, {});
-    assert.equal(bare.kind === 'refused' && bare.status, 401);
-    assert.equal(bare.kind === 'refused' && bare.body.code, 'AGENT_CERT_REFUSED');
+    const bare = refusal(await agentSocket(fleet, {}));
+    assert.equal(bare.status, 401);
+    assert.equal(bare.body.code, 'AGENT_CERT_REFUSED');
     const bareLine = await logLine(fleet.coordinator, 'the no-certificate refusal', (l) =>
       msgStarts('refused agent connection: no client certificate')(l),
     );
@@ -328,15 +337,15 @@ describe('control-plane refusals', () => {
     assert.equal(bareLine.code, 'AGENT_CERT_REFUSED');
 
     // The right CA, but a certificate the coordinator never issued to web-01 (e.g. from a leaked CA key).
-    const unissued = await agentSocket(fleet, await mint(realCa, 'web-01'));
-    assert.equal(unissued.kind === 'refused' && unissued.status, 403);
-    assert.equal(unissued.kind === 'refused' && unissued.body.code, 'AGENT_CERT_REFUSED');
-    assert.match(String(unissued.kind === 'refused' && unissued.body.message), /was not issued to "web-01"/);
+    const unissued = refusal(await agentSocket(fleet, await mint(realCa, 'web-01')));
+    assert.equal(unissued.status, 403);
+    assert.equal(unissued.body.code, 'AGENT_CERT_REFUSED');
+    assert.match(String(unissued.body.message), /was not issued to "web-01"/);
 
     // The right CA, for a name that never joined.
-    const stranger = await agentSocket(fleet, await mint(realCa, 'stranger-01'));
-    assert.equal(stranger.kind === 'refused' && stranger.status, 403);
-    assert.equal(stranger.kind === 'refused' && stranger.body.code, 'AGENT_UNKNOWN');
+    const stranger = refusal(await agentSocket(fleet, await mint(realCa, 'stranger-01')));
+    assert.equal(stranger.status, 403);
+    assert.equal(stranger.body.code, 'AGENT_UNKNOWN');
     await logLine(
       fleet.coordinator,
       'the unknown-agent refusal',
@@ -359,25 +368,36 @@ describe('control-plane refusals', () => {
     const join_ = (token: string, name: string) =>
       canopy(['agent', '--join', token, '--data', dataDir(name), '--name', name], fleet.env);
 
-    const expiring = await canopy(['token', 'create', '--ttl', '1s'], fleet.env);
+    const token = async (body: Json) => {
+      const r = await api(fleet, 'POST', '/v1/tokens', { body: JSON.stringify(body) });
+      assert.equal(r.status, 201, r.text);
+      return { token: String(r.body.token), id: String(r.body.id) };
+    };
+    const [expiring, forWeb01, toPin, toForge, forBadName] = await Promise.all([
+      canopy(['token', 'create', '--ttl', '1s'], fleet.env),
+      token({ name: 'web-01' }),
+      token({}),
+      token({}),
+      token({}),
+    ]);
     assert.equal(expiring.code, 0, expiring.stderr);
-    const forWeb01 = await fleet.token('web-01');
-    const pinned = editToken(await fleet.token(), (o) => {
+    const pinned = editToken(toPin.token, (o) => {
       o.f = '0'.repeat(64);
     });
-    const forged = editToken(await fleet.token(), (o) => {
+    const forged = editToken(toForge.token, (o) => {
       o.s = 'not-the-secret';
     });
     await new Promise((r) => setTimeout(r, 1500));
 
-    const [used, expired, mismatch, ca, bad, damaged, badName] = await Promise.all([
+    const [used, expired, mismatch, ca, bad, damaged, badName, apiBadName] = await Promise.all([
       join_(tokenOf(web01), 'x'),
       join_(expiring.stdout.trim(), 'late-01'),
-      join_(forWeb01, 'web-02'),
+      join_(forWeb01.token, 'web-02'),
       join_(pinned, 'pinned-01'),
       join_(forged, 'forged-01'),
       join_('canopy-join-v1.!!!', 'damaged-01'),
-      join_(await fleet.token(), 'a;b'),
+      join_(forBadName.token, 'a;b'),
+      fleet.cli(['token', 'create', '--name', 'a;b']),
     ]);
     const check = (r: CliRun, code: number, re: RegExp) => {
       assert.equal(r.code, code, `${r.stdout}\n${r.stderr}`);
@@ -403,20 +423,18 @@ describe('control-plane refusals', () => {
       );
       assert.equal(plainIp(line.ip), '127.0.0.1');
     }
-    // A CA mismatch is caught by the agent before it sends anything: nothing joined.
+    // A CA mismatch is caught by the agent before it sends anything: nothing joined, and the
+    // coordinator never saw that token (it is logged only when created).
     const { agents } = await fleet.cliJson<{ agents: AgentRow[] }>(['agents']);
     assert.deepEqual(agents.map((a) => a.name).sort(), ['gone-01', 'probe-01', 'web-01']);
-    assert.ok(
-      !readJsonLines(fleet.coordinator.log()).some(
-        (l) =>
-          l.msg === 'agent joined' && l.agent !== 'web-01' && l.agent !== 'probe-01' && l.agent !== 'gone-01',
-      ),
-    );
+    const lines = readJsonLines(fleet.coordinator.log());
+    const joined = lines.filter((l) => l.msg === 'agent joined').map((l) => String(l.agent));
+    assert.deepEqual(joined.sort(), ['gone-01', 'probe-01', 'web-01']);
+    assert.ok(!lines.some((l) => l.msg !== 'join token created' && JSON.stringify(l).includes(toPin.id)));
 
     // A name with shell metacharacters is refused by the API too.
-    const token = await fleet.cli(['token', 'create', '--name', 'a;b']);
-    assert.equal(token.code, 2);
-    assert.match(token.stderr, /field "name"/);
+    assert.equal(apiBadName.code, 2);
+    assert.match(apiBadName.stderr, /field "name"/);
     const joinApi = await api(fleet, 'POST', '/v1/join', {
       token: null,
       body: JSON.stringify({ tokenId: 'x', secret: 'y', name: 'a;b', csr: 'z' }),
@@ -441,7 +459,9 @@ describe('control-plane refusals', () => {
     );
     assert.match(String(refused.msg), /agent "gone-01" is revoked/);
     assert.equal(plainIp(refused.ip), '127.0.0.1');
-    await logLine(gone, 'the agent to learn it is revoked', (l) => l.code === 'AGENT_REVOKED');
+    await logLine(gone, 'the agent to lose its session', msgStarts('lost the connection to the coordinator'));
+    const told = await logLine(gone, 'the agent to learn it is revoked', (l) => l.code === 'AGENT_REVOKED');
+    assert.match(String(told.msg), /the coordinator refused this agent: .*re-join with a new token/);
 
     const { agents } = await fleet.cliJson<{ agents: AgentRow[] }>(['agents']);
     const row = agents.find((a) => a.name === 'gone-01');
@@ -472,7 +492,7 @@ describe('control-plane refusals', () => {
     const marker = join(root, 'RAN');
     const run = (opts: string[]) =>
       fleet.cli(['run', 'web-01', '--json', ...opts, '--', `touch ${marker}; pwd`]);
-    const [etc, escape, dotdot, account, fine] = await Promise.all([
+    const [etc, symlinked, dotdot, account, fine] = await Promise.all([
       run(['--cwd', '/etc']),
       run(['--cwd', join(root, 'escape')]),
       run(['--cwd', `${root}/sub/../..`]),
@@ -487,12 +507,15 @@ describe('control-plane refusals', () => {
       return x?.error ?? '';
     };
     assert.match(result(etc), /working directory "\/etc" is outside the allowed roots/);
-    assert.match(result(escape), /resolves to "\/etc", which is outside the allowed roots/);
+    assert.match(result(symlinked), /resolves to "\/etc", which is outside the allowed roots/);
     assert.match(result(dotdot), /is outside the allowed roots/);
     assert.match(result(account), /run-as account "nobody" is not allowed/);
     assert.equal(existsSync(marker), false, 'no refused command ran');
     assert.equal(fine.code, 0, fine.stdout + fine.stderr);
-    assert.equal((JSON.parse(fine.stdout) as RunJson).results[0]?.stdout, `${join(root, 'sub')}\n`);
+    assert.equal(
+      (JSON.parse(fine.stdout) as RunJson).results[0]?.stdout,
+      `${realpathSync(join(root, 'sub'))}\n`,
+    );
 
     // Text output: exit 1, the host listed as refused with the reason.
     const text = await fleet.cli(['run', 'web-01', '--cwd', '/etc', '--', 'pwd']);
@@ -546,9 +569,18 @@ describe('control-plane refusals', () => {
     }
 
     // An environment variable name cannot smuggle anything either.
-    const badEnv = await fleet.cli(['run', 'web-01', '--env', 'A;touch X=1', '--', 'true']);
-    assert.equal(badEnv.code, 2);
-    assert.match(badEnv.stderr, /field "env/);
+    const badEnv = await fleet.cli(['run', 'web-01', '--json', '--env', 'A;touch INJECTED7=1', '--', 'true']);
+    assert.notEqual(badEnv.code, 0, badEnv.stdout);
+    assert.equal(existsSync(join(root, 'INJECTED7')), false);
+  });
+
+  test('an environment variable name that is not a variable name is a 400 naming env', async () => {
+    const r = await api(fleet, 'POST', '/v1/runs', {
+      body: JSON.stringify({ targets: ['web-01'], command: 'true', env: { 'A;touch INJECTED8': '1' } }),
+    });
+    assert.equal(r.status, 400, `the API accepted an invalid env name: ${r.text}`);
+    assert.equal(r.body.code, 'API_BAD_REQUEST');
+    assert.match(String(r.body.field), /^env\b/);
   });
 
   test('bad bodies to POST /v1/runs are 400s naming the field; the coordinator keeps running', async () => {
@@ -640,11 +672,13 @@ describe('control-plane refusals', () => {
   });
 
   test('invalid protocol messages from an agent are refused and logged; the coordinator stays up', async () => {
+    // The real probe-01 stops, so its reconnects do not take the session over from this test.
     await probe.kill('SIGTERM');
-    await waitFor('probe-01 offline', async () => {
-      const { agents } = await fleet.cliJson<{ agents: AgentRow[] }>(['agents']);
-      return agents.find((a) => a.name === 'probe-01')?.online === false;
-    });
+    await logLine(
+      fleet.coordinator,
+      'probe-01 to disconnect',
+      (l) => l.msg === 'agent disconnected' && l.agent === 'probe-01',
+    );
     const id = JSON.parse(readFileSync(join(probe.dataDir, 'identity.json'), 'utf8')) as {
       certPem: string;
       keyPem: string;
@@ -653,6 +687,25 @@ describe('control-plane refusals', () => {
     assert.equal(opened.kind, 'open');
     if (opened.kind !== 'open') return;
     const { ws, messages } = opened;
+    // A valid hello first (with a long heartbeat, so the session is not swept while the test runs).
+    const facts = {
+      hostname: 'probe',
+      os: 'linux',
+      kernel: '6',
+      arch: 'x64',
+      addresses: [],
+      labels: {},
+      version: '0',
+      uptimeSec: 1,
+      agentUptimeSec: 1,
+      load: [],
+      roots: [],
+      runAs: [],
+      heartbeatMs: 60_000,
+    };
+    ws.send(JSON.stringify({ v: 1, type: 'hello', facts, running: [] }));
+    await waitFor('the welcome', () => messages.find((m) => m.type === 'welcome'));
+    const refusals = () => messages.filter((m) => m.type === 'refuse');
     const result = {
       taskId: 'rnope:web-01',
       runId: 'rnope',
@@ -682,7 +735,7 @@ describe('control-plane refusals', () => {
     ];
     for (const [i, [data, reason]] of cases.entries()) {
       ws.send(data);
-      const reply = await waitFor(`refusal ${i + 1}`, () => messages[i]);
+      const reply = await waitFor(`refusal ${i + 1}`, () => refusals()[i]);
       assert.equal(reply.type, 'refuse');
       assert.equal(reply.v, 1);
       assert.equal(reply.code, 'PROTOCOL_INVALID');
@@ -704,6 +757,7 @@ describe('control-plane refusals', () => {
     assert.equal(forged.agent, 'probe-01');
     assert.equal(ws.readyState, WebSocket.OPEN, 'the session survives invalid messages');
     assert.ok(!messages.some((m) => m.type === 'result-ack'));
+    assert.equal(refusals().length, cases.length);
     ws.close();
 
     const health = await api(fleet, 'GET', '/healthz', { token: null });

@@ -17,7 +17,11 @@ export const RunRequestSchema = Type.Object(
     /** Seconds. */
     timeout: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 7 * 86400 })),
     concurrency: Type.Optional(Type.Integer({ minimum: 1 })),
-    env: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String())),
+    env: Type.Optional(
+      Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String(), {
+        additionalProperties: false,
+      }),
+    ),
     cwd: Type.Optional(Type.String({ minLength: 1, maxLength: 4096, pattern: '^/' })),
     runAs: Type.Optional(
       Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]*$' }),

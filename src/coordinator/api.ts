@@ -77,6 +77,10 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
 
   app.setErrorHandler((err: unknown, req, reply) => {
     if (err instanceof ApiError) {
+      logger.info(
+        { ip: req.ip, url: req.url, code: err.code, field: err.field ?? null },
+        `API request refused: ${err.message}`,
+      );
       return reply
         .code(err.status)
         .send({ code: err.code, message: err.message, ...(err.field ? { field: err.field } : {}) });
@@ -95,7 +99,13 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       const message =
         e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE'
           ? 'send the body as JSON (Content-Type: application/json)'
-          : `request body is not valid JSON: ${e.message ?? ''}`;
+          : e.code === 'FST_ERR_CTP_BODY_TOO_LARGE'
+            ? 'request body is larger than 1 MiB'
+            : `request body is not valid JSON: ${e.message ?? ''}`;
+      logger.info(
+        { ip: req.ip, url: req.url, status: e.statusCode, code: e.code ?? null },
+        `bad request: ${message}`,
+      );
       return reply.code(e.statusCode).send({ code: 'API_BAD_REQUEST', message, field: 'body' });
     }
     logger.error({ err, url: req.url }, 'API handler failed');
@@ -105,6 +115,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
   });
 
   app.setNotFoundHandler((req, reply) => {
+    logger.info({ ip: req.ip, method: req.method, url: req.url.split('?')[0] }, 'API request for no route');
     reply
       .code(404)
       .send({ code: 'API_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` });
@@ -120,7 +131,15 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
 
   app.post('/v1/join', async (req) => {
     const body = checkJoin(req.body);
-    return fleet.join({ ...body, ip: req.ip });
+    try {
+      return await fleet.join({ ...body, ip: req.ip });
+    } catch (err) {
+      logger.warn(
+        { ip: req.ip, name: body.name, token: body.tokenId, code: isCanopyError(err) ? err.code : null },
+        'refused a join',
+      );
+      throw err;
+    }
   });
 
   app.post('/v1/tokens', async (req, reply) => {

@@ -125,11 +125,13 @@ export class Fleet implements Courier {
     return true;
   }
 
-  /** Labels reported by each joined, unrevoked agent (targets resolve against them). */
+  /**
+   * Labels reported by each joined agent (targets resolve against them). Revoked agents stay
+   * targetable by name, so a run on one reports it `unreachable` (revoked) instead of an unknown target.
+   */
   labels(): Map<string, Record<string, string>> {
     const out = new Map<string, Record<string, string>>();
     for (const r of this.records.values()) {
-      if (r.revokedAt !== undefined) continue;
       out.set(r.name, this.sessions.get(r.name)?.facts?.labels ?? r.facts?.labels ?? {});
     }
     return out;

@@ -9,7 +9,7 @@ import { closest, type Inventory } from '../render/index.js';
 
 export interface FleetView {
   inventory: Inventory | undefined;
-  /** Joined, unrevoked agents and the labels they report. */
+  /** Joined agents (revoked ones too: they resolve, then show as unreachable) and the labels they report. */
   agents: ReadonlyMap<string, Readonly<Record<string, string>>>;
 }
 
