@@ -17,6 +17,7 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { Coordinator } from '../coordinator/index.js';
 import { explainVar, type Inventory, loadInventory, TemplateEngine, VarResolver } from '../render/index.js';
+import { AGENT_NODE_FLAGS } from './agent-command.js';
 import { COMMON_OPTIONS, parse } from './args.js';
 import { ApiClient } from './client.js';
 import { untilSignal } from './daemon.js';
@@ -103,9 +104,8 @@ export async function demoCommand(argv: string[], io: CliIO): Promise<number> {
       const hostRoot = join(data, 'root');
       mkdirSync(hostRoot, { recursive: true });
       const logFd = openSync(join(data, 'agent.log'), 'a');
-      // A small young generation keeps each idle agent's memory down (README: agent memory).
       const args = [
-        '--max-semi-space-size=1',
+        ...AGENT_NODE_FLAGS,
         bin,
         'agent',
         '--data',

@@ -6,6 +6,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
+import { AGENT_NODE_FLAGS } from '../../src/cli/agent-command.js';
 import { BIN, ROOT } from './cli.js';
 
 export interface Proc {
