@@ -204,7 +204,8 @@ export class Agent {
         return;
       }
       this.send({ type: 'heartbeat', facts: this.facts(), running: [...this.running.keys()] });
-      this.ws?.ping();
+      // Ping only after a quiet interval: at 5,000 agents a pong per heartbeat is real coordinator work.
+      if (this.now() - this.lastHeard >= hb) this.ws?.ping();
     }, hb);
   }
 

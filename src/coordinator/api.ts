@@ -127,7 +127,8 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     reply.type('text/plain; version=0.0.4').send(deps.metrics.render());
   });
 
-  app.get('/v1/ca', async () => ({ ca: deps.caPem, fingerprint: fingerprint(deps.caPem) }));
+  const ca = { ca: deps.caPem, fingerprint: fingerprint(deps.caPem) };
+  app.get('/v1/ca', async () => ca);
 
   app.post('/v1/join', async (req) => {
     const body = checkJoin(req.body);

@@ -187,7 +187,8 @@ export class Coordinator {
       );
     });
 
-    await app.listen({ host: opts.host, port: opts.port });
+    // A deep accept queue: thousands of agents reconnect at once after a coordinator restart.
+    await app.listen({ host: opts.host, port: opts.port, backlog: 4096 });
     const addr = app.server.address();
     const port = typeof addr === 'object' && addr ? addr.port : opts.port;
     const dialHost = opts.host === '0.0.0.0' || opts.host === '::' ? '127.0.0.1' : opts.host;

@@ -316,7 +316,7 @@ export class Fleet implements Courier {
           await this.store.commit([this.store.put(this.store.agents, s.name, updated)]);
         }
         this.send(s.name, { type: 'welcome', now: this.now(), pullIntervalMs: PULL_INTERVAL_MS });
-        await this.deliverQueued(s.name);
+        this.deliverQueued(s.name, false);
         return;
       }
       case 'heartbeat':
@@ -325,7 +325,7 @@ export class Fleet implements Courier {
         s.heartbeatMs = m.facts.heartbeatMs;
         return;
       case 'pull':
-        await this.deliverQueued(s.name);
+        this.deliverQueued(s.name, true);
         return;
       case 'ack':
         this.runs?.onAck(s.name, m.taskId);
@@ -358,8 +358,9 @@ export class Fleet implements Courier {
     }
   }
 
-  private async deliverQueued(name: string): Promise<void> {
-    const tasks = (await this.runs?.queuedFor(name)) ?? [];
+  /** After hello every queued task (the agent may have restarted); on a pull only unacknowledged ones. */
+  private deliverQueued(name: string, unackedOnly: boolean): void {
+    const tasks = this.runs?.queuedFor(name, unackedOnly) ?? [];
     for (const task of tasks) this.send(name, { type: 'task', task });
   }
 

@@ -204,14 +204,17 @@ export class RunManager {
     return () => run.listeners.delete(listener);
   }
 
-  /** Tasks waiting for AGENT, with their remaining time recomputed. */
-  async queuedFor(agent: string): Promise<Task[]> {
-    const now = this.now();
+  /**
+   * Tasks waiting for AGENT, rebuilt from memory (the queue sublevel is read only at load: a
+   * prefix scan per pull walked the tombstones of every finished run). `unackedOnly` (for the
+   * periodic pull) skips tasks the agent has already acknowledged on this run.
+   */
+  queuedFor(agent: string, unackedOnly = false): Task[] {
     const out: Task[] = [];
-    for (const q of await this.store.values<QueueRecord>(this.store.queue, `${agent}/`)) {
-      const run = this.active.get(q.task.runId);
-      if (!run) continue;
-      out.push({ ...q.task, expiresInMs: Math.max(0, run.record.deadline - now) });
+    for (const run of this.active.values()) {
+      if (!run.queued.has(agent)) continue;
+      if (unackedOnly && run.acked.has(agent)) continue;
+      out.push(this.task(run, agent));
     }
     return out;
   }

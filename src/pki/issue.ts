@@ -37,6 +37,25 @@ function randomSerial(): string {
   return bytes.toString('hex');
 }
 
+/**
+ * The parsed CA for signing agent CSRs, kept for a minute: parsing and importing the CA key was
+ * most of a join's CPU. The validity check inside loadIssuer runs again when the entry expires.
+ */
+const ISSUER_CACHE_MS = 60_000;
+let issuerCache: { certPem: string; keyPem: string; at: number; issuer: Promise<Issuer> } | undefined;
+
+function cachedIssuer(ca: CertAndKey, now: number): Promise<Issuer> {
+  const c = issuerCache;
+  if (c && c.certPem === ca.certPem && c.keyPem === ca.keyPem && now - c.at < ISSUER_CACHE_MS)
+    return c.issuer;
+  const issuer = loadIssuer(ca, new Date(now));
+  issuerCache = { certPem: ca.certPem, keyPem: ca.keyPem, at: now, issuer };
+  issuer.catch(() => {
+    if (issuerCache?.issuer === issuer) issuerCache = undefined;
+  });
+  return issuer;
+}
+
 function pem(cert: x509.X509Certificate): string {
   return `${cert.toString('pem')}\n`;
 }
@@ -144,7 +163,7 @@ export async function signCsr(
   checkDuration('ttlMs', opts.ttlMs);
   const publicKey = await verifiedCsrKey(csrPem, opts.name);
   const now = Date.now();
-  const issuer = await loadIssuer(ca, new Date(now));
+  const issuer = await cachedIssuer(ca, now);
   const cert = await issueLeaf(issuer, {
     commonName: opts.name,
     publicKey,

@@ -147,15 +147,21 @@ const COORDINATOR_SCHEMAS = {
   refuse: RefuseSchema,
 } as const;
 
-function compileAll<S extends Record<string, TSchema>>(schemas: S): Map<string, TypeCheck<TSchema>> {
-  return new Map(Object.entries(schemas).map(([k, s]) => [k, TypeCompiler.Compile(s)]));
+/** Validators compile on first use: an agent never pays for the schemas only the coordinator checks. */
+function lazyChecks<S extends Record<string, TSchema>>(schemas: S): Map<string, () => TypeCheck<TSchema>> {
+  return new Map(
+    Object.entries(schemas).map(([k, schema]) => {
+      let compiled: TypeCheck<TSchema> | undefined;
+      return [k, () => (compiled ??= TypeCompiler.Compile(schema))];
+    }),
+  );
 }
-const agentChecks = compileAll(AGENT_SCHEMAS);
-const coordinatorChecks = compileAll(COORDINATOR_SCHEMAS);
+const agentChecks = lazyChecks(AGENT_SCHEMAS);
+const coordinatorChecks = lazyChecks(COORDINATOR_SCHEMAS);
 
 export type Decoded<M> = { ok: true; message: M } | { ok: false; reason: string };
 
-function decode<M>(raw: string, checks: Map<string, TypeCheck<TSchema>>, from: string): Decoded<M> {
+function decode<M>(raw: string, checks: Map<string, () => TypeCheck<TSchema>>, from: string): Decoded<M> {
   let value: unknown;
   try {
     value = JSON.parse(raw);
@@ -172,7 +178,7 @@ function decode<M>(raw: string, checks: Map<string, TypeCheck<TSchema>>, from: s
       reason: `protocol version ${JSON.stringify(v)} (this side speaks ${PROTOCOL_VERSION})`,
     };
   }
-  const check = typeof type === 'string' ? checks.get(type) : undefined;
+  const check = typeof type === 'string' ? checks.get(type)?.() : undefined;
   if (!check) {
     return {
       ok: false,
