@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { canopy, ROOT } from './helpers/cli.js';
 import { tempTree } from './helpers/tree.js';
@@ -288,4 +288,12 @@ test('an Ansible inventory directory is listed with its groups in layer order', 
   assert.equal(j.format, 'ansible');
   assert.deepEqual(j.hosts, [{ name: 'w1', address: '198.18.0.7', labels: {}, groups: ['all', 'web'] }]);
   assert.equal(j.groups[0].kind, 'set');
+});
+
+test('an agent refuses to start with a root that does not exist, naming it (exit 2, nothing joined)', (t) => {
+  const dir = tempTree(t, {});
+  const r = canopy(['agent', '--data', `${dir}/data`, '--root', `${dir}/missing`, '--join', 'canopy-join-v1.x']);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /root .*missing is not an existing directory; create it/);
+  assert.equal(existsSync(`${dir}/data/identity.json`), false);
 });

@@ -1,4 +1,5 @@
 /** `canopy agent`: joins (once, with a token) and runs the agent daemon until SIGINT/SIGTERM. */
+import { statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import {
@@ -84,6 +85,15 @@ export async function agentCommand(argv: string[], io: CliIO): Promise<number> {
   if (values.coordinator) config.coordinator = values.coordinator;
   if (values.name) config.name = values.name;
   checkAgentConfig(config, (key) => `--${key.replace('_', '-')}`);
+  for (const root of config.roots) {
+    if (!statSync(root, { throwIfNoEntry: false })?.isDirectory()) {
+      throw new CanopyError(
+        'AGENT_CONFIG',
+        `root ${root} is not an existing directory; create it (mkdir -p ${root}) or remove it from roots`,
+        { path: root },
+      );
+    }
+  }
 
   const log = daemonLogger('agent', values['log-level'], io.env);
   let identity = await loadIdentity(dataDir);

@@ -9,7 +9,7 @@ import { type IncomingMessage, request } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { CanopyError } from '../errors/index.js';
 import { COORDINATOR_SAN, checkSan } from '../pki/index.js';
-import { defaultClientConfigPath } from '../protocol/index.js';
+import { defaultClientConfigPath } from '../protocol/client-config.js';
 import type { CliIO } from './io.js';
 
 export const CLIENT_OPTIONS = {

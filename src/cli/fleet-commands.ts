@@ -1,5 +1,5 @@
 /** `canopy token create`, `canopy agents`, `canopy agents revoke NAME`: small API calls. */
-import { parseDuration } from '../agent/index.js';
+import { parseDuration } from '../agent/config.js';
 import { COMMON_OPTIONS, parse, usage } from './args.js';
 import { ApiClient, CLIENT_OPTIONS, clientSettings } from './client.js';
 import { type CliIO, palette, writeJson } from './io.js';

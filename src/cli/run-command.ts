@@ -5,7 +5,7 @@
  * prints the tally and names every host that was not ok. Exit 0 only if
  * every host is ok.
  */
-import { parseDuration } from '../agent/index.js';
+import { parseDuration } from '../agent/config.js';
 import type { HostResult, RunSummary } from '../coordinator/index.js';
 import { isCanopyError } from '../errors/index.js';
 import { COMMON_OPTIONS, parse, usage } from './args.js';
@@ -144,9 +144,21 @@ export async function runCommand(argv: string[], io: CliIO): Promise<number> {
       await new Promise((r) => setTimeout(r, 1000));
     }
   }
-  const final = await api.call<{ results: HostResult[]; summary: RunSummary }>('GET', `/v1/runs/${run.id}`);
+  const final = await api.call<{
+    run: { createdAt: number; finishedAt?: number; deadline: number };
+    results: HostResult[];
+    summary: RunSummary;
+  }>('GET', `/v1/runs/${run.id}`);
   if (values.json) {
-    writeJson(io, { run: run.id, summary: final.summary, results: final.results });
+    const { createdAt, finishedAt = null, deadline } = final.run;
+    writeJson(io, {
+      run: run.id,
+      createdAt,
+      finishedAt,
+      deadline,
+      summary: final.summary,
+      results: final.results,
+    });
   } else {
     report(io, p, final.results, final.summary);
   }
