@@ -292,7 +292,15 @@ test('an Ansible inventory directory is listed with its groups in layer order', 
 
 test('an agent refuses to start with a root that does not exist, naming it (exit 2, nothing joined)', (t) => {
   const dir = tempTree(t, {});
-  const r = canopy(['agent', '--data', `${dir}/data`, '--root', `${dir}/missing`, '--join', 'canopy-join-v1.x']);
+  const r = canopy([
+    'agent',
+    '--data',
+    `${dir}/data`,
+    '--root',
+    `${dir}/missing`,
+    '--join',
+    'canopy-join-v1.x',
+  ]);
   assert.equal(r.code, 2);
   assert.match(r.stderr, /root .*missing is not an existing directory; create it/);
   assert.equal(existsSync(`${dir}/data/identity.json`), false);
