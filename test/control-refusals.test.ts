@@ -7,7 +7,6 @@
 // status or error code and for the coordinator (or agent) log line that names
 // who was refused and why; the coordinator keeps running through all of it.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import {
   existsSync,
   mkdirSync,
@@ -24,9 +23,11 @@ import { join } from 'node:path';
 import { after, before, describe, type TestContext, test } from 'node:test';
 import WebSocket from 'ws';
 import { COORDINATOR_SAN, checkSan, createCa, createKeyAndCsr, signCsr } from '../src/pki/index.js';
-import { BIN, ROOT } from './helpers/cli.js';
 import {
   type CliRun,
+  cli,
+  clientConfig,
+  type RunJson,
   readJsonLines,
   startFleet,
   type TestAgent,
@@ -35,19 +36,6 @@ import {
 } from './helpers/fleet.js';
 
 type Json = Record<string, unknown>;
-
-interface RunJson {
-  run: string;
-  summary: { total: number; counts: Record<string, number> };
-  results: {
-    host: string;
-    state: string;
-    exitCode: number | null;
-    stdout: string;
-    stderr: string;
-    error?: string;
-  }[];
-}
 
 interface AgentRow {
   name: string;
@@ -70,34 +58,6 @@ function suiteContext(): { t: TestContext; cleanup: () => Promise<void> } {
       for (const fn of fns.reverse()) await fn();
     },
   };
-}
-
-/** The canopy CLI with a time limit, for commands that must fail (a join that wrongly succeeded would run on). */
-function canopy(args: string[], env: Record<string, string>, timeoutMs = 30_000): Promise<CliRun> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      cwd: ROOT,
-      env: { PATH: process.env.PATH ?? '', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (c: string) => {
-      stdout += c;
-    });
-    child.stderr.setEncoding('utf8').on('data', (c: string) => {
-      stderr += c;
-    });
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
-
-function clientConfig(fleet: TestFleet): { url: string; token: string; ca: string } {
-  return JSON.parse(readFileSync(join(fleet.dir, 'coordinator', 'client.json'), 'utf8'));
 }
 
 interface Reply {
@@ -241,7 +201,7 @@ describe('control-plane refusals', () => {
   test('the API refuses requests without the admin token, logs who and why; /healthz is open', async () => {
     const none = await api(fleet, 'GET', '/v1/agents', { token: null });
     assert.equal(none.status, 401);
-    assert.equal(none.body.code, 'API_UNAUTHORIZED');
+    await assert.equal(none.body.code, 'API_UNAUTHORIZED');
     assert.match(String(none.body.message), /no bearer token/);
 
     const admin = clientConfig(fleet).token;
@@ -366,7 +326,7 @@ describe('control-plane refusals', () => {
   test('join tokens: used, expired, for another name, pinned to another CA, forged, or a bad name', async () => {
     const dataDir = (n: string) => join(scratch, 'joins', n);
     const join_ = (token: string, name: string) =>
-      canopy(['agent', '--join', token, '--data', dataDir(name), '--name', name], fleet.env);
+      cli(['agent', '--join', token, '--data', dataDir(name), '--name', name], fleet.env);
 
     const token = async (body: Json) => {
       const r = await api(fleet, 'POST', '/v1/tokens', { body: JSON.stringify(body) });
@@ -374,7 +334,7 @@ describe('control-plane refusals', () => {
       return { token: String(r.body.token), id: String(r.body.id) };
     };
     const [expiring, forWeb01, toPin, toForge, forBadName] = await Promise.all([
-      canopy(['token', 'create', '--ttl', '1s'], fleet.env),
+      cli(['token', 'create', '--ttl', '1s'], fleet.env),
       token({ name: 'web-01' }),
       token({}),
       token({}),

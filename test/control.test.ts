@@ -10,33 +10,25 @@ import { createServer, type Server, type Socket, connect as tcpConnect } from 'n
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { COORDINATOR_SAN, checkSan } from '../src/pki/index.js';
-import { cli, fileText, readJsonLines, startFleet, type TestFleet, waitFor } from './helpers/fleet.js';
+import {
+  cli,
+  clientConfig,
+  fileText,
+  type RunJson,
+  readJsonLines,
+  startFleet,
+  type TestFleet,
+  waitFor,
+} from './helpers/fleet.js';
 import { tempTree } from './helpers/tree.js';
-
-interface RunJson {
-  run: string;
-  summary: { total: number; counts: Record<string, number> };
-  results: {
-    host: string;
-    state: string;
-    exitCode: number | null;
-    stdout: string;
-    stderr: string;
-    error?: string;
-  }[];
-}
 
 function byHost(r: RunJson): Record<string, RunJson['results'][number]> {
   return Object.fromEntries(r.results.map((x) => [x.host, x]));
 }
 
-function client(fleet: TestFleet): { url: string; token: string; ca: string } {
-  return JSON.parse(readFileSync(fleet.env.CANOPY_CONFIG ?? '', 'utf8'));
-}
-
 /** Reads a run's server-sent events to the end. */
 function sse(fleet: TestFleet, runId: string): Promise<{ event: string; data: string; id?: string }[]> {
-  const c = client(fleet);
+  const c = clientConfig(fleet);
   return new Promise((resolve, reject) => {
     const req = request(`${c.url}/v1/runs/${runId}/events`, {
       headers: { authorization: `Bearer ${c.token}` },
@@ -160,7 +152,7 @@ test('join, heartbeat facts, a run on several agents, grouped output and the SSE
   assert.equal(b?.stdoutTruncated, true);
 
   // Metrics count what happened.
-  const c = client(fleet);
+  const c = clientConfig(fleet);
   const metrics = await new Promise<string>((resolve, reject) => {
     request(
       `${c.url}/metrics`,

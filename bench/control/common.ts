@@ -7,6 +7,7 @@
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { Agent, request } from 'node:https';
+import { sseParser } from '../../src/cli/sse.js';
 import { COORDINATOR_SAN, checkSan } from '../../src/pki/index.js';
 
 /** Wall-clock milliseconds with sub-millisecond resolution, comparable across processes on one machine. */
@@ -125,30 +126,15 @@ export class AdminApi {
           done(new Error(`GET ${path}: HTTP ${res.statusCode}`));
           return;
         }
-        let buf = '';
-        let event = 'message';
-        let data: string[] = [];
         res.setEncoding('utf8');
+        const feed = sseParser((event, data) => {
+          seen++;
+          return onEvent(event, data);
+        });
         res.on('data', (chunk: string) => {
-          buf += chunk;
-          let nl = buf.indexOf('\n');
-          while (nl >= 0) {
-            const line = buf.slice(0, nl);
-            buf = buf.slice(nl + 1);
-            if (line === '') {
-              if (data.length > 0) {
-                seen++;
-                if (onEvent(event, data.join('\n'))) {
-                  req.destroy();
-                  done();
-                  return;
-                }
-              }
-              event = 'message';
-              data = [];
-            } else if (line.startsWith('event: ')) event = line.slice(7);
-            else if (line.startsWith('data: ')) data.push(line.slice(6));
-            nl = buf.indexOf('\n');
+          if (feed(chunk)) {
+            req.destroy();
+            done();
           }
         });
         res.on('end', () => done());

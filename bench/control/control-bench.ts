@@ -69,6 +69,7 @@ import {
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { runBench } from '../lib/run-bench.js';
 import {
   AdminApi,
   type ConnectReport,
@@ -1048,23 +1049,7 @@ async function main(opts: Options): Promise<number> {
 }
 
 export async function cli(argv: string[]): Promise<void> {
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.on(sig, () => {
-      process.stderr.write(`control-bench: ${sig}, cleaning up\n`);
-      cleanupSync();
-      process.exit(sig === 'SIGINT' ? 130 : 143);
-    });
-  }
-  process.on('exit', cleanupSync);
-  let code = 1;
-  try {
-    code = await main(parseArgs(argv));
-  } catch (err) {
-    process.stderr.write(`control-bench: ${(err as Error).stack ?? (err as Error).message}\n`);
-  } finally {
-    cleanupSync();
-  }
-  process.exitCode = code;
+  await runBench('control-bench', () => main(parseArgs(argv)), cleanupSync);
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await cli(process.argv.slice(2));

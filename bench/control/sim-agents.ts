@@ -22,8 +22,7 @@
 import { randomInt } from 'node:crypto';
 import { release } from 'node:os';
 import WebSocket from 'ws';
-import { type AgentIdentity, joinCoordinator } from '../../src/agent/index.js';
-import { COORDINATOR_SAN, checkSan } from '../../src/pki/index.js';
+import { type AgentIdentity, controlSocket, joinCoordinator } from '../../src/agent/index.js';
 import {
   type AgentMessage,
   decodeCoordinatorMessage,
@@ -46,7 +45,6 @@ import {
   wallMs,
 } from './common.js';
 
-const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 const RECONNECT_MS = 1000;
 const OS_NAME = 'Debian GNU/Linux 12 (bookworm)';
 const KERNEL = release();
@@ -160,16 +158,10 @@ class SimAgent {
         if (err) reject(err);
         else resolve();
       };
-      const ws = new WebSocket(`${id.url.replace(/^https:/, 'wss:')}/v1/agent`, {
-        ca: id.caPem,
-        cert: id.certPem,
-        key: id.keyPem,
-        minVersion: 'TLSv1.3',
-        checkServerIdentity: checkSan(COORDINATOR_SAN),
-        maxPayload: MAX_MESSAGE_BYTES,
-        handshakeTimeout: 30_000,
-        localAddress: this.address,
-      } as unknown as WebSocket.ClientOptions); // ws types checkServerIdentity wrongly (as src/agent does)
+      // Exactly the real agent's socket (src/agent's controlSocket), with a longer handshake timeout
+      // for thousands of simultaneous handshakes.
+      const { url, options } = controlSocket(id, { bind: this.address, handshakeTimeoutMs: 30_000 });
+      const ws = new WebSocket(url, options);
       this.ws = ws;
       ws.on('unexpected-response', (_req, res) => {
         counters.refusals++;

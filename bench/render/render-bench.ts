@@ -50,6 +50,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadInventory, parseTaskVars, TemplateEngine, VarResolver } from '../../src/render/index.js';
+import { runBench } from '../lib/run-bench.js';
 
 const TARGET_HOSTS_PER_S = 5000;
 const DEFAULT_HOSTS = 10_000;
@@ -576,21 +577,5 @@ if (argv[0] === '--worker') {
   const job = JSON.parse(argv[1] ?? fail('--worker needs a job')) as WorkerJob;
   process.stdout.write(`${JSON.stringify(worker(job))}\n`);
 } else {
-  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.on(sig, () => {
-      process.stderr.write(`render-bench: ${sig}, cleaning up\n`);
-      cleanup();
-      process.exit(sig === 'SIGINT' ? 130 : 143);
-    });
-  }
-  process.on('exit', cleanup);
-  let code = 1;
-  try {
-    code = await main(parseArgs(argv));
-  } catch (err) {
-    process.stderr.write(`render-bench: ${(err as Error).message}\n`);
-  } finally {
-    cleanup();
-  }
-  process.exitCode = code;
+  await runBench('render-bench', () => main(parseArgs(argv)), cleanup);
 }

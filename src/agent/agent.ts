@@ -45,6 +45,31 @@ const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 const RECONNECT_BASE_MS = 250;
 const CERT_BACKDATE_MS = 60_000;
 
+/**
+ * Where and how an agent opens its control channel: TLS 1.3 with its own certificate, the pinned
+ * CA, and the coordinator recognised by its SAN (not by the address dialled).
+ */
+export function controlSocket(
+  id: AgentIdentity,
+  opts: { coordinator?: string; bind?: string; handshakeTimeoutMs?: number } = {},
+): { url: string; options: WebSocketType.ClientOptions } {
+  const options = {
+    ca: id.caPem,
+    cert: id.certPem,
+    key: id.keyPem,
+    minVersion: 'TLSv1.3',
+    checkServerIdentity: checkSan(COORDINATOR_SAN),
+    maxPayload: MAX_MESSAGE_BYTES,
+    handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
+    ...(opts.bind ? { localAddress: opts.bind } : {}),
+  };
+  return {
+    url: `${(opts.coordinator ?? id.url).replace(/^https:/, 'wss:')}/v1/agent`,
+    // ws types checkServerIdentity wrongly; it is passed to tls.connect as is.
+    options: options as unknown as WebSocketType.ClientOptions,
+  };
+}
+
 export class Agent {
   private readonly log: Logger;
   private readonly now: () => number;
@@ -114,17 +139,11 @@ export class Agent {
   private connect(): void {
     if (this.stopped) return;
     const id = this.identity;
-    const url = `${(this.opts.config.coordinator ?? id.url).replace(/^https:/, 'wss:')}/v1/agent`;
-    const ws = new WebSocket(url, {
-      ca: id.caPem,
-      cert: id.certPem,
-      key: id.keyPem,
-      minVersion: 'TLSv1.3',
-      checkServerIdentity: checkSan(COORDINATOR_SAN),
-      maxPayload: MAX_MESSAGE_BYTES,
-      handshakeTimeout: 10_000,
-      ...(this.opts.config.bind ? { localAddress: this.opts.config.bind } : {}),
-    } as unknown as WebSocketType.ClientOptions); // ws types checkServerIdentity wrongly; it is passed to tls.connect
+    const { url, options } = controlSocket(id, {
+      ...(this.opts.config.coordinator ? { coordinator: this.opts.config.coordinator } : {}),
+      ...(this.opts.config.bind ? { bind: this.opts.config.bind } : {}),
+    });
+    const ws = new WebSocket(url, options);
     this.ws = ws;
     let refusedCode: string | undefined;
     ws.on('unexpected-response', (_req, res) => {

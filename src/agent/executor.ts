@@ -12,6 +12,7 @@
 import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process';
 import { realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { NO_OUTPUT } from '../protocol/index.js';
 import { type Account, currentAccount, lookupAccount } from './accounts.js';
 
 export interface CommandSpec {
@@ -315,21 +316,7 @@ function toArgv(command: string[] | string): [string, ...string[]] {
 
 function notStarted(state: ExecState, error: string): ExecResult {
   const now = Date.now();
-  return {
-    state,
-    exitCode: null,
-    signal: null,
-    stdout: '',
-    stderr: '',
-    stdoutTruncated: false,
-    stderrTruncated: false,
-    stdoutBytes: 0,
-    stderrBytes: 0,
-    startedAt: now,
-    endedAt: now,
-    durationMs: 0,
-    error,
-  };
+  return { state, ...NO_OUTPUT, startedAt: now, endedAt: now, durationMs: 0, error };
 }
 
 function abortedBeforeStart(signal: AbortSignal): ExecResult {

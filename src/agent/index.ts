@@ -2,7 +2,7 @@
  * The agent component: the daemon on each host. It dials the coordinator,
  * runs what it is sent under its own allowlists, and never runs a task twice.
  */
-export { Agent, type AgentOptions } from './agent.js';
+export { Agent, type AgentOptions, controlSocket } from './agent.js';
 export {
   type AgentConfig,
   checkAgentConfig,

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { tempTree } from '../../test/helpers/tree.js';
-import type { Task, TaskResult } from '../protocol/index.js';
+import { NO_OUTPUT, type Task, type TaskResult } from '../protocol/index.js';
 import { Journal } from './journal.js';
 
 const task = (id: string): Task => ({
@@ -17,14 +17,8 @@ const result = (id: string): TaskResult => ({
   taskId: id,
   runId: id.split(':')[0] ?? '',
   state: 'ok',
+  ...NO_OUTPUT,
   exitCode: 0,
-  signal: null,
-  stdout: '',
-  stderr: '',
-  stdoutTruncated: false,
-  stderrTruncated: false,
-  stdoutBytes: 0,
-  stderrBytes: 0,
   startedAt: 1,
   endedAt: 2,
   durationMs: 1,

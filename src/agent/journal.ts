@@ -15,7 +15,7 @@
 import { existsSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Task, TaskResult } from '../protocol/index.js';
+import { NO_OUTPUT, type Task, type TaskResult } from '../protocol/index.js';
 
 const KEEP_MS = 14 * 86_400_000;
 
@@ -79,14 +79,7 @@ export class Journal {
         taskId: entry.task.id,
         runId: entry.task.runId,
         state: 'interrupted',
-        exitCode: null,
-        signal: null,
-        stdout: '',
-        stderr: '',
-        stdoutTruncated: false,
-        stderrTruncated: false,
-        stdoutBytes: 0,
-        stderrBytes: 0,
+        ...NO_OUTPUT,
         startedAt: entry.startedAt,
         endedAt: now,
         durationMs: now - entry.startedAt,

@@ -11,6 +11,7 @@ import { CanopyError } from '../errors/index.js';
 import { COORDINATOR_SAN, checkSan } from '../pki/index.js';
 import { defaultClientConfigPath } from '../protocol/client-config.js';
 import type { CliIO } from './io.js';
+import { sseParser } from './sse.js';
 
 export const CLIENT_OPTIONS = {
   coordinator: { type: 'string' },
@@ -172,27 +173,11 @@ export class ApiClient {
       const b = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}') as { message?: string };
       throw new CanopyError('API_REQUEST_FAILED', b.message ?? `HTTP ${res.statusCode}`);
     }
-    let buf = '';
-    let event = 'message';
-    let data: string[] = [];
-    let id = 0;
+    const feed = sseParser(onEvent);
     res.setEncoding('utf8');
     await new Promise<void>((resolve, reject) => {
       res.on('data', (chunk: string) => {
-        buf += chunk;
-        let nl = buf.indexOf('\n');
-        while (nl >= 0) {
-          const line = buf.slice(0, nl);
-          buf = buf.slice(nl + 1);
-          if (line === '') {
-            if (data.length > 0) onEvent(event, data.join('\n'), id);
-            event = 'message';
-            data = [];
-          } else if (line.startsWith('event: ')) event = line.slice(7);
-          else if (line.startsWith('data: ')) data.push(line.slice(6));
-          else if (line.startsWith('id: ')) id = Number(line.slice(4));
-          nl = buf.indexOf('\n');
-        }
+        feed(chunk);
       });
       res.on('end', resolve);
       res.on('error', reject);

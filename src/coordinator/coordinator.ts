@@ -233,10 +233,6 @@ export class Coordinator {
     return coordinator;
   }
 
-  get currentInventory(): Inventory | undefined {
-    return this.inventory;
-  }
-
   /** Reloads the inventory when any of its files change; a broken edit keeps the last good one. */
   private watchInventory(path: string, initial: Inventory | undefined): void {
     const log = this.opts.logger;

@@ -89,6 +89,13 @@ export class RunManager {
 
   /** Picks up every unfinished run after a (re)start. */
   async load(): Promise<void> {
+    // The queue is read once here; from then on it lives in each run's `queued` set.
+    const queuedByRun = new Map<string, Set<string>>();
+    for (const q of await this.store.values(this.store.queue)) {
+      const hosts = queuedByRun.get(q.task.runId) ?? new Set<string>();
+      hosts.add(q.task.host);
+      queuedByRun.set(q.task.runId, hosts);
+    }
     for (const record of await this.store.values(this.store.runs)) {
       if (record.finishedAt !== undefined) continue;
       const results = new Map<string, HostResult>();
@@ -97,10 +104,7 @@ export class RunManager {
         results.set(r.host, r);
         seq = Math.max(seq, r.seq);
       }
-      const queued = new Set<string>();
-      for (const q of await this.store.values(this.store.queue)) {
-        if (q.task.runId === record.id) queued.add(q.task.host);
-      }
+      const queued = queuedByRun.get(record.id) ?? new Set<string>();
       const pending = record.hosts.filter((h) => !results.has(h) && !queued.has(h));
       const run: ActiveRun = {
         record,
@@ -245,11 +249,10 @@ export class RunManager {
     }
     const run = this.active.get(id.runId);
     if (run) {
-      const existing = run.results.get(agent);
-      if (existing && !(existing.state === 'unreachable' && existing.receivedAt >= run.record.deadline)) {
-        return true; // duplicate: already stored, just ack again
-      }
-      const stored = this.fromAgent(run, result, false);
+      // Duplicate: already stored, just ack again. (A deadline's `unreachable` finishes the run, so a
+      // result after it takes the finished-run path below.)
+      if (run.results.has(agent)) return true;
+      const stored = this.fromAgent(run, result);
       await this.store.commit([
         this.store.put(this.store.results, `${run.record.id}/${agent}`, stored),
         this.store.del(this.store.queue, `${agent}/${result.taskId}`),
@@ -306,14 +309,13 @@ export class RunManager {
     };
   }
 
-  private fromAgent(run: ActiveRun, r: TaskResult, late: boolean): HostResult {
+  private fromAgent(run: ActiveRun, r: TaskResult): HostResult {
     run.seq += 1;
     const stored: HostResult = {
       ...this.fromAgentFields(r),
       host: parseTaskId(r.taskId)?.host ?? '',
       receivedAt: this.now(),
       seq: run.seq,
-      ...(late ? { late } : {}),
     };
     run.results.set(stored.host, stored);
     return stored;

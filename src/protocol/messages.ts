@@ -74,6 +74,18 @@ export const TaskResultSchema = Type.Object(
 );
 export type TaskResult = Static<typeof TaskResultSchema>;
 
+/** A result's output fields when no process produced any (refused, not started, interrupted). */
+export const NO_OUTPUT = {
+  exitCode: null,
+  signal: null,
+  stdout: '',
+  stderr: '',
+  stdoutTruncated: false,
+  stderrTruncated: false,
+  stdoutBytes: 0,
+  stderrBytes: 0,
+} as const satisfies Partial<TaskResult>;
+
 export const FactsSchema = Type.Object(
   {
     hostname: Type.String({ maxLength: 255 }),

@@ -22,7 +22,9 @@ function launch(
   env: Record<string, string>,
   sink: { log: string; out: string },
 ): ChildProcess {
-  const child = spawn(process.execPath, [BIN, ...args], {
+  // Agents run with the V8 flags bin/canopy gives them, so the tests exercise what operators run.
+  const flags = args[0] === 'agent' ? AGENT_NODE_FLAGS : [];
+  const child = spawn(process.execPath, [...flags, BIN, ...args], {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? '', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -89,8 +91,8 @@ export interface CliRun {
   stderr: string;
 }
 
-/** Runs the canopy CLI asynchronously (the event loop keeps serving other processes' output). */
-export function cli(args: string[], env: Record<string, string>): Promise<CliRun> {
+/** Runs the canopy CLI asynchronously; killed after timeoutMs (a command that wrongly succeeds may run on). */
+export function cli(args: string[], env: Record<string, string>, timeoutMs = 120_000): Promise<CliRun> {
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [BIN, ...args], {
       cwd: ROOT,
@@ -105,7 +107,7 @@ export function cli(args: string[], env: Record<string, string>): Promise<CliRun
     child.stderr.setEncoding('utf8').on('data', (c: string) => {
       stderr += c;
     });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
     child.on('close', (code) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
@@ -256,4 +258,23 @@ export function fileText(path: string): string {
   } catch {
     return '';
   }
+}
+
+/** `canopy run --json` output, as the tests read it. */
+export interface RunJson {
+  run: string;
+  summary: { total: number; counts: Record<string, number> };
+  results: {
+    host: string;
+    state: string;
+    exitCode: number | null;
+    stdout: string;
+    stderr: string;
+    error?: string;
+  }[];
+}
+
+/** The client config ({url, token, ca}) the fleet's coordinator wrote. */
+export function clientConfig(fleet: TestFleet): { url: string; token: string; ca: string } {
+  return JSON.parse(readFileSync(join(fleet.dir, 'coordinator', 'client.json'), 'utf8'));
 }
