@@ -65,6 +65,21 @@ export const CODES = {
   CLIENT_CONFIG:
     'the CLI has no coordinator configured: no client config file and no --coordinator/--token/--ca',
   COORDINATOR_UNREACHABLE: "the CLI cannot connect to the coordinator's API",
+  // config push
+  PUSH_FILE: 'a push file is not valid YAML or breaks the push file schema (file:line and key named)',
+  PUSH_RENDER:
+    'one or more hosts failed to render a push; every error is listed and nothing was pushed (HTTP 422)',
+  PUSH_DEST_REFUSED:
+    "an agent refused a destination outside its roots (through `..`, a symlinked parent, or a symlink at the destination)",
+  PUSH_TOO_LARGE: 'a file in a push is larger than a push carries; distribute it with canopy dist',
+  PUSH_NO_BACKUP: 'a rollback found no backup of the destination on the host',
+  // transfer (manifests, chunk store, peers, planner)
+  TRANSFER_MANIFEST_INVALID: 'a blob manifest is malformed or its id does not match its content',
+  TRANSFER_DIGEST_MISMATCH: 'a chunk or a whole file does not match the digest its manifest gives',
+  TRANSFER_CHUNK_MISSING: 'a chunk the operation needs is not in the chunk store',
+  TRANSFER_QUOTA:
+    "the chunk store's disk quota is reached and nothing more can be evicted; raise the quota or free space",
+  TRANSFER_PLAN_INVALID: 'a distribution plan cannot be made from the given hosts and options',
 } as const;
 
 export type ErrorCode = keyof typeof CODES;
