@@ -265,7 +265,7 @@ class SimAgent {
     stats.lastTaskAt = at;
     this.send({ type: 'ack', taskId: task.id });
     const startedAt = Date.now();
-    const stdout = simulatedOutput(task.spec.command, this.name);
+    const stdout = simulatedOutput(task.kind === 'command' ? task.spec.command : 'push', this.name);
     const result: TaskResult = {
       taskId: task.id,
       runId: task.runId,

@@ -83,3 +83,22 @@ function parsePasswdLine(line: string, name: string): Account | undefined {
   }
   return { name, uid, gid, home: fields[5] || '/', shell: fields[6] || '/bin/sh' };
 }
+
+/** The gid of group `name` (`getent group`, else /etc/group), or undefined when there is none. */
+export async function lookupGroupId(name: string): Promise<number | undefined> {
+  if (!isValidAccountName(name)) throw new Error(`"${name}" is not a valid group name`);
+  const line = await new Promise<string | undefined | null>((resolve, reject) => {
+    execFile('getent', ['group', name], { timeout: GETENT_TIMEOUT_MS }, (err, stdout) => {
+      if (err === null) resolve(stdout.split('\n')[0] ?? '');
+      else if (err.code === 'ENOENT') resolve(null);
+      else if (err.code === GETENT_NOT_FOUND) resolve(undefined);
+      else reject(new Error(`getent group ${name} failed: ${err.message.trim()}`, { cause: err }));
+    });
+  });
+  const lines = line === null ? (await readFile('/etc/group', 'utf8')).split('\n') : line ? [line] : [];
+  for (const entry of lines) {
+    const fields = entry.split(':');
+    if (fields[0] === name && fields[2] !== undefined && /^\d+$/.test(fields[2])) return Number(fields[2]);
+  }
+  return undefined;
+}

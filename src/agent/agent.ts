@@ -15,6 +15,7 @@ import type WebSocketType from 'ws';
 import { COORDINATOR_SAN, certInfo, checkSan, createKeyAndCsr, verifyIssuedBy } from '../pki/index.js';
 import {
   type AgentMessage,
+  type Content,
   type CoordinatorMessage,
   decodeCoordinatorMessage,
   encode,
@@ -22,11 +23,13 @@ import {
   type TaskResult,
   type WithoutV,
 } from '../protocol/index.js';
+import { Md5Cache, removeStaleTemps, resolveDest } from '../transfer/index.js';
 import type { AgentConfig } from './config.js';
 import { type ExecPolicy, runCommand } from './executor.js';
 import { gatherFacts } from './facts.js';
 import { type AgentIdentity, saveIdentity } from './identity.js';
 import { Journal } from './journal.js';
+import { runPush } from './push-task.js';
 
 export interface AgentOptions {
   dataDir: string;
@@ -44,6 +47,14 @@ const WebSocket = createRequire(import.meta.url)('ws') as typeof WebSocketType;
 const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
 const RECONNECT_BASE_MS = 250;
 const CERT_BACKDATE_MS = 60_000;
+/** How long a push task waits for the content it asked the coordinator for. */
+const FETCH_TIMEOUT_MS = 60_000;
+
+interface PendingFetch {
+  resolve: (m: Content) => void;
+  reject: (err: Error) => void;
+  timer: NodeJS.Timeout;
+}
 
 /**
  * Where and how an agent opens its control channel: TLS 1.3 with its own certificate, the pinned
@@ -87,6 +98,8 @@ export class Agent {
   private readonly startedAt: number;
   private pendingKey: string | undefined;
   private renewing = false;
+  private readonly md5Cache = new Md5Cache();
+  private readonly fetches = new Map<string, PendingFetch>();
   /** Resolves when the agent has said hello at least once (tests and the demo wait on it). */
   readonly ready: Promise<void>;
   private markReady: () => void = () => {};
@@ -114,6 +127,7 @@ export class Agent {
     const interrupted = await this.journal.open(this.now());
     for (const r of interrupted) {
       this.log.warn({ task: r.taskId }, 'task was running when the agent stopped; reporting it interrupted');
+      await this.cleanInterruptedPush(r.taskId);
     }
     this.connect();
   }
@@ -188,6 +202,7 @@ export class Agent {
     });
     ws.on('close', () => {
       if (this.ws !== ws) return;
+      this.failFetches('lost the connection to the coordinator while fetching content');
       clearInterval(this.beatTimer);
       clearInterval(this.pullTimer);
       if (!this.stopped && refusedCode === undefined) {
@@ -253,6 +268,14 @@ export class Agent {
       case 'renewed':
         await this.onRenewed(m.cert);
         return;
+      case 'content': {
+        const pending = this.fetches.get(m.taskId);
+        if (!pending) return;
+        this.fetches.delete(m.taskId);
+        clearTimeout(pending.timer);
+        pending.resolve(m);
+        return;
+      }
       case 'refuse':
         this.log.warn({ code: m.code }, `the coordinator refused a message: ${m.message}`);
         return;
@@ -290,8 +313,10 @@ export class Agent {
       const startedAt = this.now();
       await this.journal.markStarted(task, startedAt);
       this.send({ type: 'ack', taskId: task.id });
-      this.log.info({ task: task.id, command: task.spec.command }, 'running task');
-      const r = await runCommand(task.spec, this.policy, { signal: controller.signal });
+      const r =
+        task.kind === 'push'
+          ? await this.push(task, controller.signal)
+          : await this.command(task, controller.signal);
       const aborted = controller.signal.aborted;
       result = {
         taskId: task.id,
@@ -311,6 +336,65 @@ export class Agent {
     }
     this.log.info({ task: task.id, state: result.state, exitCode: result.exitCode }, 'task finished');
     this.send({ type: 'result', result });
+  }
+
+  private async command(task: Extract<Task, { kind: 'command' }>, signal: AbortSignal) {
+    this.log.info({ task: task.id, command: task.spec.command }, 'running task');
+    return runCommand(task.spec, this.policy, { signal });
+  }
+
+  private async push(task: Extract<Task, { kind: 'push' }>, signal: AbortSignal) {
+    this.log.info(
+      { task: task.id, mode: task.spec.mode, files: task.spec.files.map((f) => f.dest) },
+      'running push task',
+    );
+    return runPush(task, {
+      policy: this.policy,
+      backupDir: join(this.opts.dataDir, 'backups'),
+      cache: this.md5Cache,
+      fetch: (indexes) => this.fetchContent(task.id, indexes),
+      signal,
+    });
+  }
+
+  /** Asks the coordinator for the content of a push task's files; fails if the channel drops. */
+  private fetchContent(taskId: string, indexes: number[]): Promise<Map<number, Buffer>> {
+    return new Promise<Content>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.fetches.delete(taskId);
+        reject(new Error(`the coordinator sent no content within ${FETCH_TIMEOUT_MS / 1000} s`));
+      }, FETCH_TIMEOUT_MS);
+      this.fetches.set(taskId, { resolve, reject, timer });
+      if (!this.send({ type: 'fetch', taskId, files: indexes })) {
+        this.fetches.delete(taskId);
+        clearTimeout(timer);
+        reject(new Error('not connected to the coordinator'));
+      }
+    }).then((m) => {
+      if (m.error) throw new Error(m.error);
+      return new Map(m.files.map((f) => [f.index, Buffer.from(f.data, 'base64')]));
+    });
+  }
+
+  private failFetches(why: string): void {
+    for (const [id, f] of this.fetches) {
+      clearTimeout(f.timer);
+      f.reject(new Error(why));
+      this.fetches.delete(id);
+    }
+  }
+
+  /** A push killed mid-install may have left temporary files beside its destinations: remove them. */
+  private async cleanInterruptedPush(taskId: string): Promise<void> {
+    const task = await this.journal.startedTask(taskId);
+    if (task?.kind !== 'push') return;
+    for (const f of task.spec.files) {
+      const dest = await resolveDest(f.dest, this.policy.roots);
+      if (!dest.ok) continue;
+      const removed = await removeStaleTemps(dest.path);
+      if (removed.length > 0)
+        this.log.warn({ task: taskId, removed }, 'removed temporary files of an interrupted push');
+    }
   }
 
   /** Renews the certificate once two thirds of its lifetime have passed. */

@@ -92,6 +92,15 @@ export class Journal {
     return interrupted;
   }
 
+  /** The task as it was when started here, or undefined. */
+  async startedTask(id: string): Promise<Task | undefined> {
+    try {
+      return (JSON.parse(await readFile(join(this.started, fileName(id)), 'utf8')) as { task: Task }).task;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** True once the task was ever started here (finished or not). */
   hasStarted(id: string): boolean {
     return existsSync(join(this.started, fileName(id)));

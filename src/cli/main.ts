@@ -54,6 +54,15 @@ const COMMANDS: Record<string, { load: () => Promise<{ run: Command; help: strin
     load: async () => import('./run-command.js').then((m) => ({ run: m.runCommand, help: m.RUN_HELP })),
     summary: 'run a command on hosts and collect every result',
   },
+  push: {
+    load: async () => import('./push-command.js').then((m) => ({ run: m.pushCommand, help: m.PUSH_HELP })),
+    summary: 'render a push file per host and install only what differs (--check, --diff)',
+  },
+  rollback: {
+    load: async () =>
+      import('./push-command.js').then((m) => ({ run: m.rollbackCommand, help: m.ROLLBACK_HELP })),
+    summary: "restore the newest backup of a push file's destinations",
+  },
   demo: {
     load: async () => import('./demo-command.js').then((m) => ({ run: m.demoCommand, help: m.DEMO_HELP })),
     summary: 'start a demo fleet on this machine, run a command, render the examples',
@@ -84,6 +93,7 @@ const INPUT_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'API_BAD_REQUEST',
   'RUN_UNKNOWN_TARGET',
   'CLIENT_CONFIG',
+  'PUSH_FILE',
 ]);
 
 export function exitCodeFor(err: CanopyError): number {

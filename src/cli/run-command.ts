@@ -7,10 +7,10 @@
  */
 import { parseDuration } from '../agent/config.js';
 import type { HostResult, RunSummary } from '../coordinator/index.js';
-import { isCanopyError } from '../errors/index.js';
 import { COMMON_OPTIONS, parse, usage } from './args.js';
 import { ApiClient, CLIENT_OPTIONS, clientSettings } from './client.js';
 import { foldHosts } from './fold-hosts.js';
+import { followRun } from './follow.js';
 import { type CliIO, type Palette, palette, writeJson } from './io.js';
 
 export const RUN_HELP = `usage: canopy run TARGET... [options] -- COMMAND...
@@ -111,44 +111,19 @@ export async function runCommand(argv: string[], io: CliIO): Promise<number> {
   const width = Math.min(40, Math.max(4, ...run.hosts.map((h) => h.length)));
   if (stream) io.err.write(p.dim(`run ${run.id} on ${run.hosts.length} host(s)\n`));
 
-  let lastId = 0;
-  let done = false;
-  const seen = new Set<string>();
-  const giveUp = run.deadline + 60_000;
-  while (!done) {
-    try {
-      await api.events(`/v1/runs/${run.id}/events`, lastId, (event, data, id) => {
-        if (event === 'done') {
-          done = true;
-          return;
-        }
-        if (event !== 'result') return;
-        lastId = Math.max(lastId, id);
-        const r = JSON.parse(data) as HostResult;
-        if (seen.has(r.host)) return;
-        seen.add(r.host);
-        if (stream)
-          io.out.write(
-            `${r.host.padEnd(width)}  ${paint(p, r.state)(r.state.padEnd(11))} ${p.dim(detail(r))}\n`,
-          );
-      });
-      if (!done) throw new Error('stream ended early');
-    } catch (err) {
-      if (Date.now() > giveUp) throw err;
+  const final = await followRun(
+    api,
+    run,
+    (r) => {
       if (stream)
-        io.err.write(
-          p.dim(
-            `lost the event stream (${isCanopyError(err) ? err.message : (err as Error).message}); reconnecting\n`,
-          ),
+        io.out.write(
+          `${r.host.padEnd(width)}  ${paint(p, r.state)(r.state.padEnd(11))} ${p.dim(detail(r))}\n`,
         );
-      await new Promise((r) => setTimeout(r, 1000));
-    }
-  }
-  const final = await api.call<{
-    run: { createdAt: number; finishedAt?: number; deadline: number };
-    results: HostResult[];
-    summary: RunSummary;
-  }>('GET', `/v1/runs/${run.id}`);
+    },
+    (why) => {
+      if (stream) io.err.write(p.dim(`lost the event stream (${why}); reconnecting\n`));
+    },
+  );
   if (values.json) {
     const { createdAt, finishedAt = null, deadline } = final.run;
     writeJson(io, {

@@ -34,6 +34,52 @@ export const RunRequestSchema = Type.Object(
 );
 export type RunRequest = Static<typeof RunRequestSchema>;
 
+const PushFileRequestSchema = Type.Object(
+  {
+    /** A template name (a key of `templates`), rendered per host. */
+    template: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
+    /** A plain file (a key of `sources`), the same bytes for every host. */
+    src: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
+    /** Absolute; may use template syntax ({{ inventory_hostname }}). */
+    dest: Type.String({ minLength: 2, maxLength: 4096 }),
+    /** Octal string ("0644") or number. */
+    mode: Type.Optional(Type.Union([Type.String({ pattern: '^0?[0-7]{3,4}$' }), Type.Integer()])),
+    owner: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z_][A-Za-z0-9_.-]*\\$?$' }),
+    ),
+    group: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z_][A-Za-z0-9_.-]*\\$?$' }),
+    ),
+    validate: Type.Optional(Type.String({ minLength: 1, maxLength: 8192 })),
+    backup: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+
+export const PushRequestSchema = Type.Object(
+  {
+    targets: Type.Array(Type.String({ minLength: 1, maxLength: 1024 }), { minItems: 1, maxItems: 10_000 }),
+    /** Narrows targets: only hosts matched by both. */
+    limit: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 1024 }), { minItems: 1 })),
+    files: Type.Array(PushFileRequestSchema, { minItems: 1, maxItems: 1024 }),
+    notify: Type.Optional(Type.String({ minLength: 1, maxLength: 65536 })),
+    /** Template sources by name (includes and imports resolve among them). */
+    templates: Type.Optional(Type.Record(Type.String({ minLength: 1, maxLength: 4096 }), Type.String())),
+    /** Plain files by name, base64. */
+    sources: Type.Optional(Type.Record(Type.String({ minLength: 1, maxLength: 4096 }), Type.String())),
+    /** Task variables (the top layer); never stored. */
+    vars: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+    mode: Type.Optional(Type.Union([Type.Literal('apply'), Type.Literal('check'), Type.Literal('rollback')])),
+    diff: Type.Optional(Type.Boolean()),
+    keepGoing: Type.Optional(Type.Boolean()),
+    /** Seconds, per validate and notify command. */
+    timeout: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 86400 })),
+    concurrency: Type.Optional(Type.Integer({ minimum: 1 })),
+  },
+  { additionalProperties: false },
+);
+export type PushRequest = Static<typeof PushRequestSchema>;
+
 export const TokenRequestSchema = Type.Object(
   {
     /** Seconds. */

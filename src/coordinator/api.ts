@@ -13,12 +13,14 @@ import { fingerprint } from '../pki/index.js';
 import {
   BadRequest,
   JoinRequestSchema,
+  PushRequestSchema,
   RunRequestSchema,
   TokenRequestSchema,
   validator,
 } from './api-schemas.js';
 import type { Fleet } from './fleet.js';
 import type { Metrics } from './metrics.js';
+import type { PushManager } from './pushes.js';
 import type { RunEvent, RunManager } from './runs.js';
 import type { HostResult, RunSpec } from './store.js';
 import { type FleetView, resolveTargets } from './targets.js';
@@ -27,6 +29,7 @@ import type { TokenService } from './tokens.js';
 export interface ApiDeps {
   fleet: Fleet;
   runs: RunManager;
+  pushes: PushManager;
   tokens: TokenService;
   metrics: Metrics;
   logger: Logger;
@@ -42,6 +45,9 @@ const DEFAULT_TIMEOUT_S = 60;
 
 const checkRun = validator(RunRequestSchema);
 const checkToken = validator(TokenRequestSchema);
+const checkPush = validator(PushRequestSchema);
+/** Templates and plain files travel in the push request (base64): up to 8 MiB a file, several files. */
+const PUSH_BODY_LIMIT = 96 * 1024 * 1024;
 const checkJoin = validator(JoinRequestSchema);
 
 export class ApiError extends Error {
@@ -90,7 +96,13 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       return reply.code(400).send({ code: 'API_BAD_REQUEST', message: err.message, field: err.field });
     }
     if (isCanopyError(err)) {
-      const status = err.code.startsWith('TOKEN_') ? 401 : err.code === 'AGENT_UNKNOWN' ? 404 : 400;
+      const status = err.code.startsWith('TOKEN_')
+        ? 401
+        : err.code === 'AGENT_UNKNOWN'
+          ? 404
+          : err.code === 'PUSH_RENDER'
+            ? 422
+            : 400;
       logger.warn({ ip: req.ip, url: req.url, code: err.code }, err.message);
       return reply.code(status).send(err.toJSON());
     }
@@ -185,6 +197,52 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     const run = await runs.create(spec, resolved.hosts);
     reply.code(201);
     return { id: run.id, hosts: run.hosts, deadline: run.deadline, createdAt: run.createdAt };
+  });
+
+  app.post('/v1/pushes', { bodyLimit: PUSH_BODY_LIMIT }, async (req, reply) => {
+    const body = checkPush(req.body);
+    const view = deps.view();
+    const resolved = resolveTargets(body.targets, view);
+    if (!resolved.ok) {
+      throw new ApiError(400, 'RUN_UNKNOWN_TARGET', resolved.message, `targets.${resolved.index}`);
+    }
+    let hosts = resolved.hosts;
+    if (body.limit) {
+      const limit = resolveTargets(body.limit, view);
+      if (!limit.ok) throw new ApiError(400, 'RUN_UNKNOWN_TARGET', limit.message, `limit.${limit.index}`);
+      const allowed = new Set(limit.hosts);
+      hosts = hosts.filter((h) => allowed.has(h));
+      if (hosts.length === 0) {
+        throw new ApiError(
+          400,
+          'RUN_UNKNOWN_TARGET',
+          'no host matches both the targets and --limit',
+          'limit',
+        );
+      }
+    }
+    const { record, failures } = await deps.pushes.create(body, hosts, view.inventory);
+    reply.code(201);
+    return {
+      id: record.id,
+      hosts: record.hosts,
+      deadline: record.deadline,
+      createdAt: record.createdAt,
+      renderFailures: failures,
+    };
+  });
+
+  app.get('/v1/pushes/:id', async (req) => {
+    const { id } = req.params as { id: string };
+    const got = await runs.get(id);
+    if (got?.run.spec.kind !== 'push') throw new ApiError(404, 'RUN_NOT_FOUND', `no push "${id}"`);
+    return got;
+  });
+
+  app.get('/v1/pushes/:id/events', async (req, reply) => {
+    const { id } = req.params as { id: string };
+    const lastId = Number(req.headers['last-event-id'] ?? 0) || 0;
+    await streamRun(req, reply, runs, id, lastId);
   });
 
   app.get('/v1/runs/:id', async (req) => {

@@ -19,6 +19,7 @@ import { registerApi } from './api.js';
 import { Fleet } from './fleet.js';
 import { loadOrCreateIdentity, writeFileAtomic } from './identity.js';
 import { Metrics } from './metrics.js';
+import { PushManager } from './pushes.js';
 import { RunManager } from './runs.js';
 import { Store } from './store.js';
 import type { FleetView } from './targets.js';
@@ -114,14 +115,19 @@ export class Coordinator {
       count,
     });
     await fleet.load();
+    let pushes: PushManager | undefined;
     const runs = new RunManager({
       store,
       courier: fleet,
       logger: log,
       now,
       onResult: (state, late) => count('canopy_host_results_total', { state, late: String(late) }),
+      decorate: (run, host, result) => pushes?.decorate(run, host, result) ?? result,
+      onFinished: (run) => pushes?.finished(run),
     });
+    pushes = new PushManager({ runs, logger: log });
     fleet.runs = runs;
+    fleet.content = pushes;
 
     const app = Fastify({
       https: {
@@ -143,6 +149,7 @@ export class Coordinator {
     registerApi(app, {
       fleet,
       runs,
+      pushes,
       tokens,
       metrics,
       logger: log,

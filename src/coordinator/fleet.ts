@@ -61,6 +61,15 @@ export type Admission =
 const DEFAULT_HEARTBEAT_MS = 5_000;
 export const PULL_INTERVAL_MS = 30_000;
 
+/** Where a push task's content comes from (the push manager). */
+export interface ContentSource {
+  content(
+    agent: string,
+    taskId: string,
+    indexes: number[],
+  ): { files: { index: number; data: string }[]; error?: string };
+}
+
 export class Fleet implements Courier {
   private readonly store: Store;
   private readonly tokens: TokenService;
@@ -74,6 +83,8 @@ export class Fleet implements Courier {
   private readonly revokedSerials = new Set<string>();
   private sweeper: NodeJS.Timeout | undefined;
   runs: RunManager | undefined;
+  /** Answers push tasks' content requests. */
+  content: ContentSource | undefined;
 
   constructor(opts: FleetOptions) {
     this.store = opts.store;
@@ -333,6 +344,14 @@ export class Fleet implements Courier {
       case 'result': {
         const ack = (await this.runs?.onResult(s.name, m.result)) ?? false;
         if (ack) this.send(s.name, { type: 'result-ack', taskId: m.result.taskId });
+        return;
+      }
+      case 'fetch': {
+        const reply = this.content?.content(s.name, m.taskId, m.files) ?? {
+          files: [],
+          error: 'this coordinator serves no push content',
+        };
+        this.send(s.name, { type: 'content', taskId: m.taskId, ...reply });
         return;
       }
       case 'renew': {

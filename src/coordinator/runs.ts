@@ -16,13 +16,22 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import {
   type CoordinatorMessage,
+  type PushSpec,
   parseTaskId,
   type Task,
   type TaskResult,
   taskIdFor,
   type WithoutV,
 } from '../protocol/index.js';
-import type { HostFinalState, HostResult, QueueRecord, RunRecord, RunSpec, Store } from './store.js';
+import type {
+  HostFinalState,
+  HostResult,
+  PlanRecord,
+  QueueRecord,
+  RunRecord,
+  RunSpec,
+  Store,
+} from './store.js';
 
 export type AgentStatus = 'online' | 'offline' | 'unknown' | 'revoked';
 
@@ -52,6 +61,18 @@ interface ActiveRun {
   seq: number;
   timer: NodeJS.Timeout | undefined;
   listeners: Set<RunListener>;
+  /** Push runs: each host's files. */
+  plans: Map<string, PushSpec>;
+}
+
+/** What `create` may add for a push run. */
+export interface CreateExtras {
+  /** The run's id, when the caller needs it before the first task goes out. */
+  id?: string;
+  /** Each host's push spec (push runs only); stored in the plans sublevel. */
+  plans?: Map<string, PushSpec>;
+  /** Hosts that are `failed` from the start, with the reason (a render error under --keep-going). */
+  failed?: Map<string, string>;
 }
 
 /** Slack on top of a host's command timeout and kill grace before it counts as not answering. */
@@ -64,6 +85,10 @@ export interface RunManagerOptions {
   logger: Logger;
   now?: () => number;
   onResult?: (state: HostFinalState, late: boolean) => void;
+  /** Rewrites an agent's result before it is stored (push runs: old content into a masked diff). */
+  decorate?: (run: RunRecord, host: string, result: TaskResult) => TaskResult;
+  /** Called once a run has finished (every host final). */
+  onFinished?: (run: RunRecord) => void;
 }
 
 export function newRunId(now: number): string {
@@ -76,6 +101,8 @@ export class RunManager {
   private readonly log: Logger;
   private readonly now: () => number;
   private readonly onResultHook: ((state: HostFinalState, late: boolean) => void) | undefined;
+  private readonly decorate: RunManagerOptions['decorate'];
+  private readonly onFinished: RunManagerOptions['onFinished'];
   private readonly active = new Map<string, ActiveRun>();
   private stopped = false;
 
@@ -85,6 +112,8 @@ export class RunManager {
     this.log = opts.logger;
     this.now = opts.now ?? Date.now;
     this.onResultHook = opts.onResult;
+    this.decorate = opts.decorate;
+    this.onFinished = opts.onFinished;
   }
 
   /** Picks up every unfinished run after a (re)start. */
@@ -106,6 +135,12 @@ export class RunManager {
       }
       const queued = queuedByRun.get(record.id) ?? new Set<string>();
       const pending = record.hosts.filter((h) => !results.has(h) && !queued.has(h));
+      const plans = new Map<string, PushSpec>();
+      if (record.spec.kind === 'push') {
+        for (const [key, plan] of await this.store.entries(this.store.plans, `${record.id}/`)) {
+          plans.set(key.slice(record.id.length + 1), plan.spec);
+        }
+      }
       const run: ActiveRun = {
         record,
         results,
@@ -115,6 +150,7 @@ export class RunManager {
         seq,
         timer: undefined,
         listeners: new Set(),
+        plans,
       };
       this.active.set(record.id, run);
       this.log.info({ run: record.id, hosts: record.hosts.length, done: results.size }, 'resuming run');
@@ -129,14 +165,13 @@ export class RunManager {
     for (const run of this.active.values()) clearTimeout(run.timer);
   }
 
-  async create(spec: RunSpec, hosts: string[]): Promise<RunRecord> {
+  async create(spec: RunSpec, hosts: string[], extras: CreateExtras = {}): Promise<RunRecord> {
     const now = this.now();
-    const killGrace = spec.killGraceMs ?? DEFAULT_KILL_GRACE_MS;
     const waves = Math.ceil(hosts.length / Math.max(1, spec.concurrency));
     const record: RunRecord = {
-      id: newRunId(now),
+      id: extras.id ?? newRunId(now),
       createdAt: now,
-      deadline: now + waves * (spec.timeoutMs + killGrace + DEADLINE_SLACK_MS),
+      deadline: now + waves * (hostTimeMs(spec) + DEADLINE_SLACK_MS),
       spec,
       hosts,
     };
@@ -149,9 +184,19 @@ export class RunManager {
       seq: 0,
       timer: undefined,
       listeners: new Set(),
+      plans: extras.plans ?? new Map(),
     };
     const ops = [this.store.put(this.store.runs, record.id, record)];
+    for (const [host, plan] of run.plans) {
+      ops.push(this.store.put<PlanRecord>(this.store.plans, `${record.id}/${host}`, { spec: plan }));
+    }
     for (const host of hosts) {
+      const failed = extras.failed?.get(host);
+      if (failed !== undefined) {
+        const result = this.finalResult(run, host, 'failed', failed);
+        ops.push(this.store.put(this.store.results, `${record.id}/${host}`, result));
+        continue;
+      }
       const status = this.courier.status(host);
       if (status === 'online') {
         run.pending.push(host);
@@ -169,7 +214,14 @@ export class RunManager {
     await this.store.commit(ops);
     this.active.set(record.id, run);
     this.log.info(
-      { run: record.id, hosts: hosts.length, targets: spec.targets, command: spec.command },
+      {
+        run: record.id,
+        hosts: hosts.length,
+        targets: spec.targets,
+        ...(spec.kind === 'push'
+          ? { push: spec.mode, files: spec.files.map((f) => f.dest) }
+          : { command: spec.command }),
+      },
       'run created',
     );
     for (const r of run.results.values()) this.emit(run, { type: 'result', result: r });
@@ -252,7 +304,7 @@ export class RunManager {
       // Duplicate: already stored, just ack again. (A deadline's `unreachable` finishes the run, so a
       // result after it takes the finished-run path below.)
       if (run.results.has(agent)) return true;
-      const stored = this.fromAgent(run, result);
+      const stored = this.fromAgent(run, this.decorate ? this.decorate(run.record, agent, result) : result);
       await this.store.commit([
         this.store.put(this.store.results, `${run.record.id}/${agent}`, stored),
         this.store.del(this.store.queue, `${agent}/${result.taskId}`),
@@ -306,6 +358,8 @@ export class RunManager {
       endedAt: r.endedAt,
       durationMs: r.durationMs,
       ...(r.error === undefined ? {} : { error: r.error }),
+      ...(r.files === undefined ? {} : { files: r.files }),
+      ...(r.notified === undefined ? {} : { notified: r.notified }),
     };
   }
 
@@ -345,13 +399,22 @@ export class RunManager {
 
   private task(run: ActiveRun, host: string): Task {
     const spec = run.record.spec;
+    const common = {
+      id: taskIdFor(run.record.id, host),
+      runId: run.record.id,
+      host,
+      expiresInMs: Math.max(0, run.record.deadline - this.now()),
+    };
+    if (spec.kind === 'push') {
+      const plan = run.plans.get(host);
+      if (!plan) throw new Error(`push run ${run.record.id} has no plan for ${host}`);
+      return { ...common, kind: 'push', spec: plan };
+    }
     const command = Array.isArray(spec.command)
       ? spec.command.map((a) => a.replaceAll('?HOST', host))
       : spec.command.replaceAll('?HOST', shellQuote(host));
     return {
-      id: taskIdFor(run.record.id, host),
-      runId: run.record.id,
-      host,
+      ...common,
       kind: 'command',
       spec: {
         command,
@@ -362,7 +425,6 @@ export class RunManager {
         ...(spec.maxOutputBytes !== undefined ? { maxOutputBytes: spec.maxOutputBytes } : {}),
         ...(spec.killGraceMs !== undefined ? { killGraceMs: spec.killGraceMs } : {}),
       },
-      expiresInMs: Math.max(0, run.record.deadline - this.now()),
     };
   }
 
@@ -435,6 +497,12 @@ export class RunManager {
     const summary = this.summarize(run.record, [...run.results.values()]);
     this.emit(run, { type: 'done', summary });
     this.active.delete(run.record.id);
+    if (run.plans.size > 0) {
+      await this.store.commit(
+        [...run.plans.keys()].map((h) => this.store.del(this.store.plans, `${run.record.id}/${h}`)),
+      );
+    }
+    this.onFinished?.(run.record);
     this.log.info({ run: run.record.id, counts: summary.counts }, 'run finished');
   }
 
@@ -447,6 +515,12 @@ export class RunManager {
       }
     }
   }
+}
+
+/** The longest one host may take: command timeout plus kill grace; a push's validates and notify. */
+function hostTimeMs(spec: RunSpec): number {
+  if (spec.kind === 'push') return (spec.files.length + 1) * spec.timeoutMs;
+  return spec.timeoutMs + (spec.killGraceMs ?? DEFAULT_KILL_GRACE_MS);
 }
 
 export function shellQuote(s: string): string {

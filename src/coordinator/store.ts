@@ -2,13 +2,14 @@
  * The coordinator's durable state, in one LevelDB (the `level` package).
  *
  * Sublevels: agents, tokens, revoked (certificate serials), runs, results
- * (`RUN/HOST`) and queue (`AGENT/TASK`: tasks not yet answered). Writes that
+ * (`RUN/HOST`), queue (`AGENT/TASK`: tasks not yet answered) and plans
+ * (`RUN/HOST`: a push run's per-host file list, without content). Writes that
  * must survive a crash go through `commit`, which groups every write issued
  * in the same tick into one synced batch (group commit): one fsync for a
  * burst of 5,000 results instead of 5,000.
  */
 import { Level } from 'level';
-import type { CommandSpec, Facts, Task } from '../protocol/index.js';
+import type { CommandSpec, Facts, FileOutcome, PushMode, PushSpec, Task } from '../protocol/index.js';
 
 export interface AgentRecord {
   name: string;
@@ -32,7 +33,10 @@ export interface TokenRecord {
   usedBy?: string;
 }
 
-export interface RunSpec {
+export type RunSpec = CommandRunSpec | PushRunSpec;
+
+export interface CommandRunSpec {
+  kind?: 'command';
   targets: string[];
   command: string | string[];
   timeoutMs: number;
@@ -42,6 +46,21 @@ export interface RunSpec {
   runAs?: string;
   maxOutputBytes?: number;
   killGraceMs?: number;
+}
+
+/** A push: each host's files (dest, MD5, ...) are in the `plans` sublevel, the content only in memory. */
+export interface PushRunSpec {
+  kind: 'push';
+  targets: string[];
+  limit?: string[];
+  mode: PushMode;
+  diff: boolean;
+  /** Per validate and notify command. */
+  timeoutMs: number;
+  concurrency: number;
+  /** What the push file named, for display: template or src, and the dest as written. */
+  files: { source: string; dest: string }[];
+  notify?: string;
 }
 
 export interface RunRecord {
@@ -81,6 +100,15 @@ export interface HostResult {
   seq: number;
   /** Arrived after the run's deadline had already marked the host unreachable. */
   late?: boolean;
+  /** Push runs: what happened to each file (diffs computed and masked by the coordinator). */
+  files?: FileOutcome[];
+  /** Push runs: notify ran (exitCode/stdout/stderr are its). */
+  notified?: boolean;
+}
+
+/** One host's share of a push run, without the content. */
+export interface PlanRecord {
+  spec: PushSpec;
 }
 
 export interface QueueRecord {
@@ -114,6 +142,7 @@ export class Store {
   readonly runs: Sub<RunRecord>;
   readonly results: Sub<HostResult>;
   readonly queue: Sub<QueueRecord>;
+  readonly plans: Sub<PlanRecord>;
   private pending: {
     ops: BatchOp[];
     waiters: { resolve: () => void; reject: (e: unknown) => void }[];
@@ -129,6 +158,7 @@ export class Store {
     this.runs = sub('runs');
     this.results = sub('results');
     this.queue = sub('queue');
+    this.plans = sub('plans');
   }
 
   open(): Promise<void> {

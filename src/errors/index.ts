@@ -70,7 +70,8 @@ export const CODES = {
   PUSH_RENDER:
     'one or more hosts failed to render a push; every error is listed and nothing was pushed (HTTP 422)',
   PUSH_DEST_REFUSED:
-    "an agent refused a destination outside its roots (through `..`, a symlinked parent, or a symlink at the destination)",
+    'an agent refused a destination outside its roots (through `..`, a symlinked parent, or a symlink at the destination)',
+  PUSH_VALIDATE_FAILED: "a push file's validate command refused the rendered file; the old file is unchanged",
   PUSH_TOO_LARGE: 'a file in a push is larger than a push carries; distribute it with canopy dist',
   PUSH_NO_BACKUP: 'a rollback found no backup of the destination on the host',
   // transfer (manifests, chunk store, peers, planner)

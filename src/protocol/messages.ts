@@ -35,19 +35,89 @@ export const CommandSpecSchema = Type.Object(
 );
 export type CommandSpec = Static<typeof CommandSpecSchema>;
 
-export const TaskSchema = Type.Object(
+const Md5 = Type.String({ pattern: '^[0-9a-f]{32}$' });
+const AccountName = Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z_][A-Za-z0-9_.-]*\\$?$' });
+
+/** One file of a push, as one host gets it: where it goes and what its content's MD5 is. */
+export const PushFileSchema = Type.Object(
   {
-    id: Id,
-    runId: Id,
-    host: Name,
-    kind: Type.Literal('command'),
-    spec: CommandSpecSchema,
-    /** How long from receipt the agent may still start it; past that it is not started. */
-    expiresInMs: Type.Integer(),
+    dest: Type.String({ minLength: 2, maxLength: 4096, pattern: '^/' }),
+    md5: Md5,
+    size: Type.Integer({ minimum: 0 }),
+    mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777 })),
+    owner: Type.Optional(AccountName),
+    group: Type.Optional(AccountName),
+    /** A shell command; `%s` is replaced by the (quoted) path of the temporary file. */
+    validate: Type.Optional(Type.String({ minLength: 1, maxLength: 8192 })),
+    backup: Type.Optional(Type.Boolean()),
   },
   { additionalProperties: false },
 );
+export type PushFile = Static<typeof PushFileSchema>;
+
+export const PUSH_MODES = ['apply', 'check', 'rollback'] as const;
+export type PushMode = (typeof PUSH_MODES)[number];
+
+/** What a push asks of one host: compare, fetch what differs, install; then notify if anything changed. */
+export const PushSpecSchema = Type.Object(
+  {
+    files: Type.Array(PushFileSchema, { minItems: 1, maxItems: 1024 }),
+    mode: Type.Union(PUSH_MODES.map((m) => Type.Literal(m))),
+    /** Return the old content of files that differ (for diffs), when small and text. */
+    diff: Type.Boolean(),
+    notify: Type.Optional(Type.String({ minLength: 1, maxLength: 65536 })),
+    /** For validate and notify, each. */
+    timeoutMs: Type.Integer({ minimum: 1 }),
+  },
+  { additionalProperties: false },
+);
+export type PushSpec = Static<typeof PushSpecSchema>;
+
+const TaskCommon = {
+  id: Id,
+  runId: Id,
+  host: Name,
+  /** How long from receipt the agent may still start it; past that it is not started. */
+  expiresInMs: Type.Integer(),
+};
+
+export const CommandTaskSchema = Type.Object(
+  { ...TaskCommon, kind: Type.Literal('command'), spec: CommandSpecSchema },
+  { additionalProperties: false },
+);
+export const PushTaskSchema = Type.Object(
+  { ...TaskCommon, kind: Type.Literal('push'), spec: PushSpecSchema },
+  { additionalProperties: false },
+);
+export const TaskSchema = Type.Union([CommandTaskSchema, PushTaskSchema]);
+export type CommandTask = Static<typeof CommandTaskSchema>;
+export type PushTask = Static<typeof PushTaskSchema>;
 export type Task = Static<typeof TaskSchema>;
+
+export const FILE_STATES = ['changed', 'unchanged', 'would-change', 'failed'] as const;
+export type FileOutcomeState = (typeof FILE_STATES)[number];
+
+/** What happened to one file of a push on one host. */
+export const FileOutcomeSchema = Type.Object(
+  {
+    dest: Type.String({ maxLength: 4096 }),
+    state: Type.Union(FILE_STATES.map((s) => Type.Literal(s))),
+    oldMd5: Type.Union([Md5, Type.Null()]),
+    newMd5: Md5,
+    /** Content was (or would be) written; false when only mode or owner changed. */
+    content: Type.Boolean(),
+    error: Type.Optional(Type.String({ maxLength: 65536 })),
+    code: Type.Optional(Type.String({ maxLength: 64 })),
+    /** The previous content (utf8), when a diff was asked for and it is small text. */
+    old: Type.Optional(Type.String({ maxLength: 512 * 1024 })),
+    /** Why `old` is missing although a diff was asked for. */
+    oldOmitted: Type.Optional(Type.String({ maxLength: 256 })),
+    /** Set by the coordinator: the unified diff, secrets masked. */
+    diff: Type.Optional(Type.String()),
+  },
+  { additionalProperties: false },
+);
+export type FileOutcome = Static<typeof FileOutcomeSchema>;
 
 export const RESULT_STATES = ['ok', 'failed', 'timeout', 'refused', 'interrupted'] as const;
 export type AgentResultState = (typeof RESULT_STATES)[number];
@@ -68,7 +138,11 @@ export const TaskResultSchema = Type.Object(
     startedAt: Type.Number(),
     endedAt: Type.Number(),
     durationMs: Type.Number(),
-    error: Type.Optional(Type.String({ maxLength: 4096 })),
+    error: Type.Optional(Type.String({ maxLength: 65536 })),
+    /** Push tasks: one outcome per file, in the task's order. */
+    files: Type.Optional(Type.Array(FileOutcomeSchema, { maxItems: 1024 })),
+    /** Push tasks: set when notify ran (stdout/stderr/exitCode above are notify's). */
+    notified: Type.Optional(Type.Boolean()),
   },
   { additionalProperties: false },
 );
@@ -117,12 +191,25 @@ export const AckSchema = message('ack', { taskId: Id });
 export const ResultSchema = message('result', { result: TaskResultSchema });
 export const PullSchema = message('pull', {});
 export const RenewSchema = message('renew', { csr: Type.String({ maxLength: 16384 }) });
+/** A push task asks for the content of the files (by index) that differ on its host. */
+export const FetchSchema = message('fetch', {
+  taskId: Id,
+  files: Type.Array(Type.Integer({ minimum: 0, maximum: 1023 }), { minItems: 1, maxItems: 1024 }),
+});
 
 // coordinator -> agent
 export const WelcomeSchema = message('welcome', { now: Type.Number(), pullIntervalMs: Type.Integer() });
 export const TaskMessageSchema = message('task', { task: TaskSchema });
 export const ResultAckSchema = message('result-ack', { taskId: Id });
 export const RenewedSchema = message('renewed', { cert: Type.String({ maxLength: 16384 }) });
+/** The answer to a fetch: base64 content per requested file, or why there is none. */
+export const ContentSchema = message('content', {
+  taskId: Id,
+  files: Type.Array(Type.Object({ index: Type.Integer({ minimum: 0 }), data: Type.String() }), {
+    maxItems: 1024,
+  }),
+  error: Type.Optional(Type.String({ maxLength: 4096 })),
+});
 export const RefuseSchema = message('refuse', {
   code: Type.String({ maxLength: 64 }),
   message: Type.String({ maxLength: 4096 }),
@@ -134,14 +221,16 @@ export type Ack = Static<typeof AckSchema>;
 export type ResultMessage = Static<typeof ResultSchema>;
 export type Pull = Static<typeof PullSchema>;
 export type Renew = Static<typeof RenewSchema>;
+export type Fetch = Static<typeof FetchSchema>;
+export type Content = Static<typeof ContentSchema>;
 export type Welcome = Static<typeof WelcomeSchema>;
 export type TaskMessage = Static<typeof TaskMessageSchema>;
 export type ResultAck = Static<typeof ResultAckSchema>;
 export type Renewed = Static<typeof RenewedSchema>;
 export type Refuse = Static<typeof RefuseSchema>;
 
-export type AgentMessage = Hello | Heartbeat | Ack | ResultMessage | Pull | Renew;
-export type CoordinatorMessage = Welcome | TaskMessage | ResultAck | Renewed | Refuse;
+export type AgentMessage = Hello | Heartbeat | Ack | ResultMessage | Pull | Renew | Fetch;
+export type CoordinatorMessage = Welcome | TaskMessage | ResultAck | Renewed | Refuse | Content;
 
 const AGENT_SCHEMAS = {
   hello: HelloSchema,
@@ -150,6 +239,7 @@ const AGENT_SCHEMAS = {
   result: ResultSchema,
   pull: PullSchema,
   renew: RenewSchema,
+  fetch: FetchSchema,
 } as const;
 const COORDINATOR_SCHEMAS = {
   welcome: WelcomeSchema,
@@ -157,6 +247,7 @@ const COORDINATOR_SCHEMAS = {
   'result-ack': ResultAckSchema,
   renewed: RenewedSchema,
   refuse: RefuseSchema,
+  content: ContentSchema,
 } as const;
 
 /** Validators compile on first use: an agent never pays for the schemas only the coordinator checks. */

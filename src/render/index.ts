@@ -26,4 +26,4 @@ export { closest, didYouMean } from './suggest.js';
 export { parseTaskVars, parseVarFlag, readVarsFile, type TaskVarInput } from './task-vars.js';
 export { CompiledTemplate, TemplateEngine, type TemplateEngineOptions } from './template-engine.js';
 export { type HostFacts, hostFacts, hostLayers, type Layer, requireHost, VarResolver } from './vars.js';
-export { formatPos, type SourcePos } from './yaml-source.js';
+export { formatPos, type SourcePos, YamlSource } from './yaml-source.js';

@@ -1,0 +1,287 @@
+/**
+ * A push task on the agent: for each file, check the destination against
+ * this agent's roots, compare its MD5 (cached, so a warm check reads
+ * nothing), fetch the content of only the files that differ, install each
+ * atomically (validate, backup, rename), then run `notify` once if anything
+ * changed and nothing failed (Ansible's handler semantics: a failed host is
+ * not notified). `check` mode compares and reports without writing;
+ * `rollback` mode restores each destination's newest backup.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { isCanopyError } from '../errors/index.js';
+import {
+  type FileOutcome,
+  NO_OUTPUT,
+  type PushFile,
+  type PushTask,
+  type TaskResult,
+} from '../protocol/index.js';
+import {
+  type FileState,
+  fixMeta,
+  installFile,
+  type Md5Cache,
+  metaDiffers,
+  resolveDest,
+  rollback,
+} from '../transfer/index.js';
+import { lookupAccount, lookupGroupId } from './accounts.js';
+import { type ExecPolicy, type ExecResult, runCommand } from './executor.js';
+
+/** Old content is sent back for diffs only up to this size. */
+const MAX_DIFF_BYTES = 256 * 1024;
+
+export interface PushContext {
+  policy: ExecPolicy;
+  backupDir: string;
+  cache: Md5Cache;
+  /** Asks the coordinator for the content of files (by index in the task). */
+  fetch: (indexes: number[]) => Promise<Map<number, Buffer>>;
+  signal?: AbortSignal;
+}
+
+type PushOutput = Omit<TaskResult, 'taskId' | 'runId'>;
+
+interface Planned {
+  index: number;
+  file: PushFile;
+  dest: string;
+  uid?: number;
+  gid?: number;
+  state: FileState | undefined;
+  /** The old content for a diff, read before the install replaces it. */
+  diffOld?: Pick<FileOutcome, 'old' | 'oldOmitted'>;
+}
+
+export async function runPush(task: PushTask, ctx: PushContext): Promise<PushOutput> {
+  const startedAt = Date.now();
+  const spec = task.spec;
+  const outcomes: FileOutcome[] = new Array(spec.files.length);
+  const planned: Planned[] = [];
+  for (const [index, file] of spec.files.entries()) {
+    const p = await prepare(index, file, ctx);
+    if ('index' in p) planned.push(p);
+    else outcomes[index] = p;
+  }
+  if (spec.mode === 'rollback') {
+    for (const p of planned) outcomes[p.index] = await restore(p, ctx);
+  } else {
+    await compare(planned, outcomes, spec.mode === 'check', spec.diff, ctx);
+    const need = planned.filter((p) => outcomes[p.index] === undefined);
+    if (need.length > 0) await install(need, outcomes, ctx);
+  }
+  return finish(spec.notify, spec.timeoutMs, outcomes, startedAt, spec.mode !== 'check', ctx);
+}
+
+/** Destination and owner checks; a FileOutcome when the file cannot be pushed. */
+async function prepare(index: number, file: PushFile, ctx: PushContext): Promise<Planned | FileOutcome> {
+  const fail = (error: string, code: string): FileOutcome => ({
+    dest: file.dest,
+    state: 'failed',
+    oldMd5: null,
+    newMd5: file.md5,
+    content: false,
+    error,
+    code,
+  });
+  const dest = await resolveDest(file.dest, ctx.policy.roots);
+  if (!dest.ok) return fail(dest.reason, 'PUSH_DEST_REFUSED');
+  const planned: Planned = { index, file, dest: dest.path, state: undefined };
+  try {
+    if (file.owner !== undefined) {
+      const account = await lookupAccount(file.owner);
+      if (!account) return fail(`owner "${file.owner}" is not an account on this host`, 'PUSH_FILE');
+      planned.uid = account.uid;
+    }
+    if (file.group !== undefined) {
+      const gid = await lookupGroupId(file.group);
+      if (gid === undefined) return fail(`group "${file.group}" is not a group on this host`, 'PUSH_FILE');
+      planned.gid = gid;
+    }
+    planned.state = await ctx.cache.state(dest.path);
+  } catch (err) {
+    return fail(`${file.dest}: ${(err as Error).message}`, 'PUSH_FILE');
+  }
+  return planned;
+}
+
+function meta(p: Planned): { mode?: number; uid?: number; gid?: number } {
+  return {
+    ...(p.file.mode !== undefined ? { mode: p.file.mode } : {}),
+    ...(p.uid !== undefined ? { uid: p.uid } : {}),
+    ...(p.gid !== undefined ? { gid: p.gid } : {}),
+  };
+}
+
+/** Fills the outcome of every file that needs no content; the rest stay undefined. */
+async function compare(
+  planned: Planned[],
+  outcomes: FileOutcome[],
+  check: boolean,
+  diff: boolean,
+  ctx: PushContext,
+): Promise<void> {
+  for (const p of planned) {
+    const base = { dest: p.file.dest, oldMd5: p.state?.md5 ?? null, newMd5: p.file.md5 };
+    const sameContent = p.state?.md5 === p.file.md5;
+    if (sameContent && p.state && !metaDiffers(p.state, meta(p))) {
+      outcomes[p.index] = { ...base, state: 'unchanged', content: false };
+    } else if (sameContent && p.state) {
+      if (!check) await fixMeta(p.dest, meta(p), p.state);
+      ctx.cache.forget(p.dest);
+      outcomes[p.index] = { ...base, state: check ? 'would-change' : 'changed', content: false };
+    } else if (check) {
+      outcomes[p.index] = {
+        ...base,
+        state: 'would-change',
+        content: true,
+        ...(diff ? await oldText(p) : {}),
+      };
+    }
+  }
+  if (diff && !check) {
+    for (const p of planned) {
+      if (outcomes[p.index] === undefined) p.diffOld = await oldText(p);
+    }
+  }
+}
+
+async function oldText(p: Planned): Promise<Pick<FileOutcome, 'old' | 'oldOmitted'>> {
+  if (!p.state) return { old: '' };
+  if (p.state.size > MAX_DIFF_BYTES) return { oldOmitted: `larger than ${MAX_DIFF_BYTES / 1024} KiB` };
+  const data = await readFile(p.dest).catch(() => undefined);
+  if (!data) return { oldOmitted: 'unreadable' };
+  if (data.includes(0)) return { oldOmitted: 'binary' };
+  const text = data.toString('utf8');
+  if (Buffer.byteLength(text) !== data.length) return { oldOmitted: 'not UTF-8' };
+  return { old: text };
+}
+
+async function install(need: Planned[], outcomes: FileOutcome[], ctx: PushContext): Promise<void> {
+  let contents: Map<number, Buffer>;
+  try {
+    contents = await ctx.fetch(need.map((p) => p.index));
+  } catch (err) {
+    for (const p of need)
+      outcomes[p.index] = failed(p, `could not fetch the content: ${(err as Error).message}`);
+    return;
+  }
+  for (const p of need) {
+    const content = contents.get(p.index);
+    if (!content) {
+      outcomes[p.index] = failed(p, 'the coordinator sent no content for this file');
+      continue;
+    }
+    try {
+      const r = await installFile({
+        dest: p.dest,
+        content,
+        md5: p.file.md5,
+        ...meta(p),
+        ...(p.file.validate ? { validate: (tmp) => validate(p.file.validate ?? '', tmp, ctx) } : {}),
+        backup: p.file.backup ?? false,
+        backupDir: ctx.backupDir,
+        ...(p.state ? { previous: p.state } : {}),
+      });
+      ctx.cache.forget(p.dest);
+      outcomes[p.index] = {
+        dest: p.file.dest,
+        state: 'changed',
+        oldMd5: r.oldMd5,
+        newMd5: r.newMd5,
+        content: true,
+        ...p.diffOld,
+      };
+    } catch (err) {
+      outcomes[p.index] = failed(p, (err as Error).message, isCanopyError(err) ? err.code : undefined);
+    }
+  }
+}
+
+function failed(p: Planned, error: string, code?: string): FileOutcome {
+  return {
+    dest: p.file.dest,
+    state: 'failed',
+    oldMd5: p.state?.md5 ?? null,
+    newMd5: p.file.md5,
+    content: false,
+    error,
+    ...(code ? { code } : {}),
+  };
+}
+
+async function validate(
+  command: string,
+  tmp: string,
+  ctx: PushContext,
+): Promise<{ ok: boolean; output: string }> {
+  const r = await runCommand(
+    { command: command.replaceAll('%s', shellQuote(tmp)), timeoutMs: 60_000, cwd: path.dirname(tmp) },
+    ctx.policy,
+    ctx.signal ? { signal: ctx.signal } : {},
+  );
+  const output = [r.stdout, r.stderr, r.error ?? ''].filter(Boolean).join('\n');
+  const how = r.state === 'ok' ? '' : r.exitCode !== null ? ` (exit ${r.exitCode})` : ` (${r.state})`;
+  return { ok: r.state === 'ok', output: `${command}${how}:\n${output}` };
+}
+
+async function restore(p: Planned, ctx: PushContext): Promise<FileOutcome> {
+  try {
+    const r = await rollback(p.dest, ctx.backupDir);
+    ctx.cache.forget(p.dest);
+    return { dest: p.file.dest, state: 'changed', oldMd5: r.oldMd5, newMd5: r.newMd5, content: true };
+  } catch (err) {
+    return failed(p, (err as Error).message, isCanopyError(err) ? err.code : undefined);
+  }
+}
+
+async function finish(
+  notify: string | undefined,
+  timeoutMs: number,
+  outcomes: FileOutcome[],
+  startedAt: number,
+  writes: boolean,
+  ctx: PushContext,
+): Promise<PushOutput> {
+  const anyFailed = outcomes.some((o) => o.state === 'failed');
+  const anyChanged = outcomes.some((o) => o.state === 'changed');
+  let run: ExecResult | undefined;
+  if (notify && writes && anyChanged && !anyFailed) {
+    run = await runCommand(
+      { command: notify, timeoutMs },
+      ctx.policy,
+      ctx.signal ? { signal: ctx.signal } : {},
+    );
+  }
+  const endedAt = Date.now();
+  const failures = outcomes.filter((o) => o.state === 'failed').map((o) => `${o.dest}: ${o.error}`);
+  if (run && run.state !== 'ok') failures.push(`notify ${run.state}: ${run.error ?? `exit ${run.exitCode}`}`);
+  const refusedOnly =
+    anyFailed && outcomes.every((o) => o.state !== 'failed' || o.code === 'PUSH_DEST_REFUSED');
+  return {
+    state: failures.length === 0 ? 'ok' : refusedOnly && !run ? 'refused' : 'failed',
+    ...(run
+      ? {
+          exitCode: run.exitCode,
+          signal: run.signal,
+          stdout: run.stdout,
+          stderr: run.stderr,
+          stdoutTruncated: run.stdoutTruncated,
+          stderrTruncated: run.stderrTruncated,
+          stdoutBytes: run.stdoutBytes,
+          stderrBytes: run.stderrBytes,
+          notified: true,
+        }
+      : NO_OUTPUT),
+    startedAt,
+    endedAt,
+    durationMs: endedAt - startedAt,
+    ...(failures.length > 0 ? { error: failures.join('\n').slice(0, 65536) } : {}),
+    files: outcomes,
+  };
+}
+
+function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_.,:/@%+=-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
+}

@@ -1,0 +1,228 @@
+/**
+ * The push file (YAML) and what the CLI sends for it: the templates
+ * (every file in the directories of the templates it names, so includes and
+ * imports resolve) and the plain `src:` files, base64. Paths are relative
+ * to the push file's directory and must stay inside it.
+ *
+ *   targets: role=web                 # or a list
+ *   files:
+ *     - template: templates/nginx.conf.njk
+ *       dest: /etc/nginx/nginx.conf   # may use {{ inventory_hostname }} etc.
+ *       mode: "0644"
+ *       owner: root                   # group likewise
+ *       validate: nginx -t -c %s
+ *       backup: true
+ *     - src: files/logrotate.conf
+ *       dest: /etc/logrotate.d/app
+ *   notify: systemctl reload nginx
+ *   timeout: 60s                      # per validate / notify (optional)
+ */
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from 'node:path';
+import { parseDuration } from '../agent/config.js';
+import { CanopyError } from '../errors/index.js';
+import { didYouMean, formatPos, isMapping, YamlSource } from '../render/index.js';
+
+const TOP_KEYS = ['targets', 'files', 'notify', 'timeout', 'concurrency'] as const;
+const FILE_KEYS = ['template', 'src', 'dest', 'mode', 'owner', 'group', 'validate', 'backup'] as const;
+const MAX_TEMPLATE_FILES = 2000;
+const MAX_TEMPLATE_BYTES = 1024 * 1024;
+
+export interface PushFileEntry {
+  template?: string;
+  src?: string;
+  dest: string;
+  mode?: string;
+  owner?: string;
+  group?: string;
+  validate?: string;
+  backup?: boolean;
+}
+
+export interface PushFileSpec {
+  path: string;
+  targets: string[];
+  files: PushFileEntry[];
+  notify?: string;
+  /** Seconds. */
+  timeout?: number;
+  concurrency?: number;
+}
+
+export function readPushFile(path: string): PushFileSpec {
+  const src = YamlSource.read(path, '1.2', 'PUSH_FILE');
+  const fail = (keyPath: (string | number)[], message: string): never => {
+    const pos = src.posOf(keyPath);
+    throw new CanopyError('PUSH_FILE', `${formatPos(pos)}: ${message}`, {
+      file: path,
+      line: pos.line,
+      column: pos.column,
+    });
+  };
+  const top = src.value;
+  if (!isMapping(top)) return fail([], 'a push file is a mapping with targets: and files:');
+  for (const k of Object.keys(top)) {
+    if (!(TOP_KEYS as readonly string[]).includes(k)) {
+      fail([k], `unknown key "${k}"${didYouMean(k, TOP_KEYS)} (known: ${TOP_KEYS.join(', ')})`);
+    }
+  }
+  const targets = typeof top.targets === 'string' ? [top.targets] : top.targets;
+  if (!Array.isArray(targets) || targets.length === 0 || !targets.every((t) => typeof t === 'string' && t)) {
+    fail(['targets'], 'targets: must be a target (all, a host, a group, role=web) or a list of them');
+  }
+  if (!Array.isArray(top.files) || top.files.length === 0) {
+    fail(['files'], 'files: must be a list of {template or src, dest}');
+  }
+  const files = (top.files as unknown[]).map((f, i) => fileEntry(f, i, fail));
+  const spec: PushFileSpec = { path, targets: targets as string[], files };
+  if (top.notify !== undefined) {
+    if (typeof top.notify !== 'string' || !top.notify.trim())
+      fail(['notify'], 'notify: must be a shell command');
+    spec.notify = top.notify as string;
+  }
+  if (top.timeout !== undefined) spec.timeout = seconds(top.timeout, ['timeout'], fail);
+  if (top.concurrency !== undefined) {
+    if (!Number.isInteger(top.concurrency) || (top.concurrency as number) < 1) {
+      fail(['concurrency'], 'concurrency: must be a positive whole number');
+    }
+    spec.concurrency = top.concurrency as number;
+  }
+  return spec;
+}
+
+type Fail = (keyPath: (string | number)[], message: string) => never;
+
+function fileEntry(f: unknown, i: number, fail: Fail): PushFileEntry {
+  const at = (k?: string) => (k === undefined ? ['files', i] : ['files', i, k]);
+  if (!isMapping(f)) return fail(at(), `files[${i}] must be a mapping with template or src, and dest`);
+  for (const k of Object.keys(f)) {
+    if (!(FILE_KEYS as readonly string[]).includes(k)) {
+      fail(
+        at(k),
+        `unknown key "${k}" in files[${i}]${didYouMean(k, FILE_KEYS)} (known: ${FILE_KEYS.join(', ')})`,
+      );
+    }
+  }
+  if ((f.template === undefined) === (f.src === undefined)) {
+    fail(at(), `files[${i}] needs exactly one of template: (rendered per host) and src: (copied as is)`);
+  }
+  const entry: PushFileEntry = { dest: '' };
+  for (const k of ['template', 'src', 'dest', 'owner', 'group', 'validate'] as const) {
+    const v = f[k];
+    if (v === undefined) continue;
+    if (typeof v !== 'string' || v === '') fail(at(k), `${k}: must be a non-empty string`);
+    entry[k] = v as string;
+  }
+  if (!entry.dest) fail(at(), `files[${i}] needs dest: (the absolute path on the host)`);
+  if (!entry.dest.startsWith('/') && !entry.dest.startsWith('{')) {
+    fail(at('dest'), `dest: "${entry.dest}" must be an absolute path`);
+  }
+  if (f.mode !== undefined) entry.mode = mode(f.mode, at('mode'), fail);
+  if (f.backup !== undefined) {
+    if (typeof f.backup !== 'boolean') fail(at('backup'), 'backup: must be true or false');
+    entry.backup = f.backup as boolean;
+  }
+  if (entry.validate !== undefined && !entry.validate.includes('%s')) {
+    fail(at('validate'), 'validate: must contain %s (replaced by the path of the file to check)');
+  }
+  return entry;
+}
+
+/** "0644", "644" or 644 (YAML 1.2 reads an unquoted 0644 as the number 644): octal digits. */
+function mode(v: unknown, at: (string | number)[], fail: Fail): string {
+  const text = typeof v === 'number' && Number.isInteger(v) ? String(v) : v;
+  if (typeof text !== 'string' || !/^0?[0-7]{3,4}$/.test(text)) {
+    return fail(at, `mode: ${JSON.stringify(v)} is not an octal mode such as "0644"`);
+  }
+  return text.padStart(4, '0');
+}
+
+function seconds(v: unknown, at: (string | number)[], fail: Fail): number {
+  if (typeof v === 'number' && v > 0) return v;
+  if (typeof v === 'string') {
+    try {
+      return parseDuration(v, 'timeout') / 1000;
+    } catch (err) {
+      return fail(at, (err as Error).message);
+    }
+  }
+  return fail(at, 'timeout: must be a duration such as 60s or 2m');
+}
+
+/** A relative path inside `base`, or a PUSH_FILE error naming the push file. */
+function inside(base: string, name: string, pushFile: string, what: string): string {
+  const full = resolve(base, name);
+  const rel = relative(base, full);
+  if (isAbsolute(name) || rel === '' || rel.startsWith(`..${sep}`) || rel === '..') {
+    throw new CanopyError(
+      'PUSH_FILE',
+      `${pushFile}: ${what} "${name}" must be a path inside ${base} (relative to the push file)`,
+      { file: pushFile },
+    );
+  }
+  return rel.split(sep).join('/');
+}
+
+/** The templates to send: every file in the directories of the named templates. */
+export function collectTemplates(spec: PushFileSpec): Record<string, string> {
+  const base = dirname(resolve(spec.path));
+  const out: Record<string, string> = {};
+  const dirs = new Set<string>();
+  for (const f of spec.files) {
+    if (f.template === undefined) continue;
+    const rel = inside(base, f.template, spec.path, 'template');
+    f.template = rel;
+    try {
+      out[rel] = readFileSync(join(base, rel), 'utf8');
+    } catch (err) {
+      throw new CanopyError('INPUT_NOT_FOUND', `${spec.path}: template ${rel}: ${(err as Error).message}`, {
+        file: spec.path,
+        template: rel,
+      });
+    }
+    dirs.add(dirname(rel));
+  }
+  for (const dir of dirs) walk(base, dir, out);
+  return out;
+}
+
+function walk(base: string, dir: string, out: Record<string, string>): void {
+  for (const entry of readdirSync(join(base, dir), { withFileTypes: true })) {
+    if (entry.name.startsWith('.')) continue;
+    const rel = normalize(dir === '.' ? entry.name : `${dir}/${entry.name}`);
+    if (entry.isDirectory()) walk(base, rel, out);
+    else if (entry.isFile() && !(rel in out) && statSync(join(base, rel)).size <= MAX_TEMPLATE_BYTES) {
+      if (Object.keys(out).length >= MAX_TEMPLATE_FILES) return;
+      out[rel] = readFileSync(join(base, rel), 'utf8');
+    }
+  }
+}
+
+/** The plain files to send, base64. */
+export function collectSources(spec: PushFileSpec, maxBytes: number): Record<string, string> {
+  const base = dirname(resolve(spec.path));
+  const out: Record<string, string> = {};
+  for (const f of spec.files) {
+    if (f.src === undefined) continue;
+    const rel = inside(base, f.src, spec.path, 'src');
+    f.src = rel;
+    let data: Buffer;
+    try {
+      data = readFileSync(join(base, rel));
+    } catch (err) {
+      throw new CanopyError('INPUT_NOT_FOUND', `${spec.path}: src ${rel}: ${(err as Error).message}`, {
+        file: spec.path,
+        path: rel,
+      });
+    }
+    if (data.length > maxBytes) {
+      throw new CanopyError(
+        'PUSH_TOO_LARGE',
+        `${spec.path}: src ${rel} is ${data.length} bytes; a push carries files up to ${maxBytes} bytes (use canopy dist for large files)`,
+        { file: spec.path, path: rel },
+      );
+    }
+    out[rel] = data.toString('base64');
+  }
+  return out;
+}

@@ -1,0 +1,373 @@
+/**
+ * Config pushes on the coordinator: render every file for every target
+ * host, then hand the run manager one push task per host (destinations and
+ * MD5s only). The content stays here, in memory, deduplicated by MD5, until
+ * an agent asks for the files that differ on its host; a warm push sends no
+ * content at all. Results come back with the old content of changed files
+ * when a diff was asked for; they are turned into unified diffs here, with
+ * the host's secret values masked, before anything is stored or shown.
+ *
+ * Rendered content and task variables are never written to the store: after
+ * a coordinator restart, a host that still needs content gets a clear
+ * "re-run the push" failure (its files stay as they were).
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, isAbsolute, join, normalize } from 'node:path';
+import { createTwoFilesPatch } from 'diff';
+import type { Logger } from 'pino';
+import { CanopyError, isCanopyError } from '../errors/index.js';
+import {
+  type FileOutcome,
+  type PushFile,
+  type PushSpec,
+  parseTaskId,
+  type TaskResult,
+} from '../protocol/index.js';
+import { type Inventory, TemplateEngine, VarResolver } from '../render/index.js';
+import { md5Of } from '../transfer/index.js';
+import type { PushRequest } from './api-schemas.js';
+import type { ContentSource } from './fleet.js';
+import { newRunId, type RunManager } from './runs.js';
+import { maskSecrets, secretValues } from './secrets.js';
+import type { PushRunSpec, RunRecord } from './store.js';
+
+/** A push carries files up to this size; larger ones belong to the distribution path. */
+export const MAX_PUSH_FILE_BYTES = 8 * 1024 * 1024;
+const DEFAULT_TIMEOUT_S = 60;
+const MAX_DIFF_TEXT = 256 * 1024;
+
+export interface RenderFailure {
+  host: string;
+  /** The push file's template or src name. */
+  file: string;
+  code: string;
+  message: string;
+  line?: number;
+  variable?: string;
+}
+
+interface HeldPush {
+  byMd5: Map<string, Buffer>;
+  plans: Map<string, PushSpec>;
+  secrets: Map<string, string[]>;
+}
+
+export interface PushManagerOptions {
+  runs: RunManager;
+  logger: Logger;
+}
+
+export class PushManager implements ContentSource {
+  private readonly runs: RunManager;
+  private readonly log: Logger;
+  private readonly held = new Map<string, HeldPush>();
+
+  constructor(opts: PushManagerOptions) {
+    this.runs = opts.runs;
+    this.log = opts.logger;
+  }
+
+  /**
+   * Renders and starts a push to `hosts`. Throws PUSH_RENDER (with `errors`) when a host fails to
+   * render and keepGoing is off; with keepGoing those hosts start out `failed`.
+   */
+  async create(
+    req: PushRequest,
+    hosts: string[],
+    inventory: Inventory | undefined,
+  ): Promise<{ record: RunRecord; failures: RenderFailure[] }> {
+    const mode = req.mode ?? 'apply';
+    const rendered = renderAll(req, hosts, inventory);
+    if (rendered.failures.length > 0 && !req.keepGoing) {
+      this.log.warn(
+        { hosts: new Set(rendered.failures.map((f) => f.host)).size, first: rendered.failures[0]?.message },
+        'push refused: hosts failed to render',
+      );
+      throw new CanopyError('PUSH_RENDER', renderSummary(rendered.failures), {
+        errors: rendered.failures,
+      });
+    }
+    const timeoutMs = Math.ceil((req.timeout ?? DEFAULT_TIMEOUT_S) * 1000);
+    const plans = new Map<string, PushSpec>();
+    for (const [host, files] of rendered.files) {
+      plans.set(host, {
+        files,
+        mode,
+        diff: req.diff ?? false,
+        ...(req.notify ? { notify: req.notify } : {}),
+        timeoutMs,
+      });
+    }
+    const failed = new Map<string, string>();
+    for (const f of rendered.failures) {
+      failed.set(f.host, `${failed.has(f.host) ? `${failed.get(f.host)}\n` : ''}${f.file}: ${f.message}`);
+    }
+    const spec: PushRunSpec = {
+      kind: 'push',
+      targets: req.targets,
+      ...(req.limit ? { limit: req.limit } : {}),
+      mode,
+      diff: req.diff ?? false,
+      timeoutMs,
+      concurrency: req.concurrency ?? Math.max(1, hosts.length),
+      files: req.files.map((f) => ({ source: f.template ?? f.src ?? '', dest: f.dest })),
+      ...(req.notify ? { notify: req.notify } : {}),
+    };
+    const id = newRunId(Date.now());
+    this.log.info(
+      {
+        push: id,
+        mode,
+        hosts: hosts.length,
+        distinctContents: rendered.byMd5.size,
+        renderFailures: rendered.failures.length,
+      },
+      'push rendered',
+    );
+    this.held.set(id, { byMd5: rendered.byMd5, plans, secrets: rendered.secrets });
+    try {
+      const record = await this.runs.create(spec, hosts, { id, plans, failed });
+      return { record, failures: rendered.failures };
+    } catch (err) {
+      this.held.delete(id);
+      throw err;
+    }
+  }
+
+  /** An agent's request for the content of its push task's files. */
+  content(
+    agent: string,
+    taskId: string,
+    indexes: number[],
+  ): { files: { index: number; data: string }[]; error?: string } {
+    const id = parseTaskId(taskId);
+    if (!id || id.host !== agent) return { files: [], error: `task ${taskId} is not this agent's` };
+    const held = this.held.get(id.runId);
+    const plan = held?.plans.get(agent);
+    if (!held || !plan) {
+      return {
+        files: [],
+        error:
+          "the coordinator no longer holds this push's content (it restarted, or the push finished); rendered content and task variables are kept only in memory: re-run the push",
+      };
+    }
+    const files: { index: number; data: string }[] = [];
+    for (const index of indexes) {
+      const file = plan.files[index];
+      const data = file ? held.byMd5.get(file.md5) : undefined;
+      if (!data) return { files: [], error: `push task ${taskId} has no file ${index}` };
+      files.push({ index, data: data.toString('base64') });
+    }
+    return { files };
+  }
+
+  /** Turns returned old content into a masked unified diff; masks secrets in output and errors. */
+  decorate(run: RunRecord, host: string, result: TaskResult): TaskResult {
+    if (run.spec.kind !== 'push') return result;
+    const held = this.held.get(run.id);
+    const secrets = held?.secrets.get(host) ?? [];
+    const plan = held?.plans.get(host);
+    const files = result.files?.map((f, i) => this.withDiff(f, plan?.files[i], held, secrets));
+    const mask = (s: string) => maskSecrets(s, secrets);
+    return {
+      ...result,
+      stdout: mask(result.stdout),
+      stderr: mask(result.stderr),
+      ...(result.error !== undefined ? { error: mask(result.error) } : {}),
+      ...(files ? { files } : {}),
+    };
+  }
+
+  private withDiff(
+    f: FileOutcome,
+    file: PushFile | undefined,
+    held: HeldPush | undefined,
+    secrets: string[],
+  ): FileOutcome {
+    const { old, ...rest } = f;
+    const out: FileOutcome = { ...rest, ...(rest.error ? { error: maskSecrets(rest.error, secrets) } : {}) };
+    if (old === undefined || !f.content) return out;
+    const next = file ? held?.byMd5.get(file.md5) : undefined;
+    if (!next) return { ...out, oldOmitted: 'the coordinator no longer holds the new content' };
+    if (next.length > MAX_DIFF_TEXT || next.includes(0))
+      return { ...out, oldOmitted: 'the new content is binary or large' };
+    const patch = createTwoFilesPatch(f.dest, f.dest, old, next.toString('utf8'), 'on host', 'pushed', {
+      context: 3,
+    });
+    return { ...out, diff: maskSecrets(patch, secrets) };
+  }
+
+  /** The run finished: its content is no longer needed. */
+  finished(run: RunRecord): void {
+    this.held.delete(run.id);
+  }
+}
+
+interface Rendered {
+  files: Map<string, PushFile[]>;
+  byMd5: Map<string, Buffer>;
+  secrets: Map<string, string[]>;
+  failures: RenderFailure[];
+}
+
+/** Renders every file for every host; collects every failure instead of stopping at the first. */
+function renderAll(req: PushRequest, hosts: string[], inventory: Inventory | undefined): Rendered {
+  const out: Rendered = { files: new Map(), byMd5: new Map(), secrets: new Map(), failures: [] };
+  const root = writeTemplates(req);
+  try {
+    const engine = new TemplateEngine({ root });
+    const resolver = inventory
+      ? new VarResolver(inventory, req.vars ? [{ origin: '--var', vars: req.vars }] : [])
+      : undefined;
+    const sources = decodeSources(req);
+    for (const host of hosts) renderHost(req, host, engine, resolver, inventory, sources, out);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+  return out;
+}
+
+function renderHost(
+  req: PushRequest,
+  host: string,
+  engine: TemplateEngine,
+  resolver: VarResolver | undefined,
+  inventory: Inventory | undefined,
+  sources: Map<string, Buffer>,
+  out: Rendered,
+): void {
+  let vars: Record<string, unknown>;
+  try {
+    // Ansible's magic variable, so dests and templates can name the host as they do there.
+    vars = { inventory_hostname: host, ...(resolver ? resolver.templateVars(host) : {}) };
+  } catch (err) {
+    out.failures.push(failure(host, '(variables)', err));
+    return;
+  }
+  out.secrets.set(host, secretValues(vars, inventory?.secrets ?? []));
+  const files: PushFile[] = [];
+  for (const [i, f] of req.files.entries()) {
+    const name = f.template ?? f.src ?? '';
+    try {
+      const dest = engine.template(`${DEST_DIR}/${i}`).render(vars, host);
+      if (!isAbsolute(dest) || normalize(dest) !== dest || dest.endsWith('/')) {
+        throw new CanopyError(
+          'PUSH_FILE',
+          `dest renders to ${JSON.stringify(dest)}, which is not a normalized absolute file path`,
+        );
+      }
+      const content = f.template
+        ? Buffer.from(engine.template(f.template).render(vars, host))
+        : (sources.get(name) ?? Buffer.alloc(0));
+      if (content.length > MAX_PUSH_FILE_BYTES) {
+        throw new CanopyError(
+          'PUSH_TOO_LARGE',
+          `${name} is ${content.length} bytes; a push carries files up to ${MAX_PUSH_FILE_BYTES} bytes (use canopy dist for large files)`,
+        );
+      }
+      const md5 = md5Of(content);
+      if (!out.byMd5.has(md5)) out.byMd5.set(md5, content);
+      files.push(pushFile(f, dest, md5, content.length));
+    } catch (err) {
+      out.failures.push(failure(host, name, err));
+    }
+  }
+  if (files.length === req.files.length) out.files.set(host, files);
+}
+
+function pushFile(f: PushRequest['files'][number], dest: string, md5: string, size: number): PushFile {
+  return {
+    dest,
+    md5,
+    size,
+    ...(f.mode !== undefined
+      ? { mode: typeof f.mode === 'string' ? Number.parseInt(f.mode, 8) : f.mode }
+      : {}),
+    ...(f.owner ? { owner: f.owner } : {}),
+    ...(f.group ? { group: f.group } : {}),
+    ...(f.validate ? { validate: f.validate } : {}),
+    ...(f.backup !== undefined ? { backup: f.backup } : {}),
+  };
+}
+
+const DEST_DIR = '.canopy-dest';
+
+/** The request's templates (and each file's dest, as a template) in a private directory. */
+function writeTemplates(req: PushRequest): string {
+  const root = mkdtempSync(join(tmpdir(), 'canopy-push-'));
+  try {
+    for (const [name, text] of Object.entries(req.templates ?? {})) {
+      const n = normalize(name);
+      if (isAbsolute(n) || n.startsWith('..') || n.startsWith(DEST_DIR)) {
+        throw new CanopyError(
+          'PUSH_FILE',
+          `template name ${JSON.stringify(name)} must be a relative path inside the push`,
+          {
+            template: name,
+          },
+        );
+      }
+      mkdirSync(dirname(join(root, n)), { recursive: true });
+      writeFileSync(join(root, n), text);
+    }
+    mkdirSync(join(root, DEST_DIR));
+    for (const [i, f] of req.files.entries()) writeFileSync(join(root, DEST_DIR, String(i)), f.dest);
+  } catch (err) {
+    rmSync(root, { recursive: true, force: true });
+    throw err;
+  }
+  return root;
+}
+
+function decodeSources(req: PushRequest): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  for (const [i, f] of req.files.entries()) {
+    if ((f.template === undefined) === (f.src === undefined)) {
+      throw new CanopyError('PUSH_FILE', `files[${i}] must have exactly one of template and src`, {
+        field: `files.${i}`,
+      });
+    }
+    if (f.template !== undefined && !(f.template in (req.templates ?? {}))) {
+      throw new CanopyError(
+        'PUSH_FILE',
+        `files[${i}].template "${f.template}" is not among the request's templates`,
+        {
+          field: `files.${i}.template`,
+        },
+      );
+    }
+    if (f.src !== undefined) {
+      const data = req.sources?.[f.src];
+      if (data === undefined) {
+        throw new CanopyError('PUSH_FILE', `files[${i}].src "${f.src}" is not among the request's sources`, {
+          field: `files.${i}.src`,
+        });
+      }
+      out.set(f.src, Buffer.from(data, 'base64'));
+    }
+  }
+  return out;
+}
+
+function failure(host: string, file: string, err: unknown): RenderFailure {
+  if (isCanopyError(err)) {
+    const { line, variable } = err.subject;
+    return {
+      host,
+      file,
+      code: err.code,
+      message: err.message,
+      ...(typeof line === 'number' ? { line } : {}),
+      ...(typeof variable === 'string' ? { variable } : {}),
+    };
+  }
+  return { host, file, code: 'RENDER_FAILED', message: (err as Error).message };
+}
+
+function renderSummary(failures: RenderFailure[]): string {
+  const hosts = new Set(failures.map((f) => f.host));
+  const first = failures.slice(0, 5).map((f) => `  ${f.host}: ${f.message}`);
+  const more = failures.length > 5 ? `\n  ... and ${failures.length - 5} more` : '';
+  return `${hosts.size} host(s) failed to render; nothing was pushed (fix the templates or variables, or push the others with --keep-going):\n${first.join('\n')}${more}`;
+}

@@ -1,0 +1,811 @@
+/**
+ * The agent's chunk store: verified chunks on local disk, named by their
+ * BLAKE3-256 digest, under a byte quota, evicted least recently used first.
+ * One store per agent, one process per store directory.
+ *
+ *   DIR/chunks/ab/abcd…            a chunk, named by its digest (64 hex)
+ *   DIR/chunks/ab/.abcd….P.N.tmp   a chunk being written, beside its final name
+ *   DIR/index.log                  sizes and use order (see IndexLog)
+ *
+ * Invariants:
+ *  - a file under a digest name holds exactly the data of that digest: data
+ *    are hashed first, written to a temp file, fsynced, and only then renamed
+ *    (and the directory fsynced), so a chunk that put() accepted survives
+ *    kill -9 and power loss, and nothing unverified is ever visible;
+ *  - the directory is the truth about which chunks exist; the index only adds
+ *    sizes and use order, so open() reads one file and lists 256 directories
+ *    without a stat or a hash per chunk. open() reconciles the two: removes
+ *    temp files, drops entries whose file is gone, and re-hashes files that
+ *    have no entry (a crash between rename and index append), keeping those
+ *    that verify. After open() the index and the directory agree;
+ *  - only the event loop touches `entries` (a Map kept in use order: a use
+ *    re-inserts), `used`, `reserved` and the pins, and the quota check, the
+ *    reservation and the choice of victims happen in one synchronous step, so
+ *    concurrent puts cannot both take the last free bytes;
+ *  - at most one put or eviction per digest runs at a time (`busy`).
+ * The store never returns bytes of the wrong length; get() re-hashes on
+ * request, and assemble() checks the whole-file MD5 of what it wrote.
+ */
+import { randomBytes } from 'node:crypto';
+import { constants, ftruncate, write } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { createBLAKE3, createMD5, type IHasher } from 'hash-wasm';
+import { CanopyError } from '../errors/index.js';
+import { chunkRange, isChunkDigest, type Manifest } from './manifest.js';
+
+export interface ChunkStoreOptions {
+  /** Most bytes of chunk data the store keeps on disk. */
+  quotaBytes: number;
+  /** Milliseconds since the epoch; tests pass a fake clock. */
+  now?: () => number;
+}
+
+/** What open() found and repaired after an unclean stop. */
+export interface RecoveryReport {
+  tempFilesRemoved: number;
+  entriesDropped: number;
+  orphansAdopted: number;
+  orphansRemoved: number;
+  evictedOverQuota: number;
+}
+
+export interface GetOptions {
+  /** Re-hash the data read from disk (catches bit rot; costs one BLAKE3 pass). */
+  verify?: boolean;
+}
+
+export interface AssembleOptions {
+  signal?: AbortSignal;
+  /**
+   * Re-hash every chunk as it is read, failing at the first bad one. Without
+   * it only the whole-file MD5 is checked, and the chunks are re-hashed only
+   * after a mismatch, to find and drop the bad ones.
+   */
+  verify?: boolean;
+}
+
+/** A path (created or truncated, fsynced and closed), or an open fd or FileHandle (left open). */
+export type AssembleTarget = string | number | FileHandle;
+
+interface Entry {
+  size: number;
+  lastUse: number;
+}
+
+const INDEX_HEADER = 'canopy-chunk-index 1';
+const TEMP_NAME = /^\..*\.tmp$/;
+const SHARDS = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+const FETCH_AGAIN = 'it was removed from the store; fetch the chunk again (retrying the transfer does)';
+const writeFd = promisify(write);
+const ftruncateFd = promisify(ftruncate);
+
+export class ChunkStore {
+  /** Index records buffered past this many are written even without a put. */
+  private static readonly FLUSH_EVERY = 256;
+  private readonly busy = new Map<string, Promise<void>>();
+  private readonly pins = new Map<string, Set<string>>();
+  private readonly pinCount = new Map<string, number>();
+  private used = 0;
+  private reserved = 0;
+  private assembles = 0;
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    readonly dir: string,
+    readonly quotaBytes: number,
+    readonly recovered: RecoveryReport,
+    private readonly entries: Map<string, Entry>,
+    private readonly log: IndexLog,
+    private readonly b3: IHasher,
+    private readonly now: () => number,
+  ) {
+    for (const e of entries.values()) this.used += e.size;
+  }
+
+  /**
+   * Opens (creating if needed) the store in `dir` and reconciles its index
+   * with the chunk files, as the module comment describes. Chunks over the
+   * quota (after the quota was lowered) are evicted.
+   */
+  static async open(dir: string, options: ChunkStoreOptions): Promise<ChunkStore> {
+    checkQuota(dir, options.quotaBytes);
+    await mkdir(join(dir, 'chunks'), { recursive: true, mode: 0o700 });
+    await Promise.all(SHARDS.map((s) => mkdir(join(dir, 'chunks', s), { recursive: true, mode: 0o700 })));
+    const b3 = await createBLAKE3();
+    const indexPath = join(dir, 'index.log');
+    const loaded = await IndexLog.read(indexPath);
+    const report = await reconcile(dir, loaded.entries, b3);
+    const changed = report.entriesDropped + report.orphansAdopted > 0 || !loaded.clean;
+    const log = await IndexLog.open(indexPath, loaded.records);
+    const now = options.now ?? Date.now;
+    const store = new ChunkStore(dir, options.quotaBytes, report, loaded.entries, log, b3, now);
+    if (changed || log.bloated(loaded.entries.size)) await log.rewrite(() => loaded.entries);
+    report.evictedOverQuota = await store.shrinkToQuota();
+    return store;
+  }
+
+  /** Bytes of chunk data in the store (not counting chunks being written). */
+  get usedBytes(): number {
+    return this.used;
+  }
+
+  /** Number of chunks in the store. */
+  get count(): number {
+    return this.entries.size;
+  }
+
+  /** True when the store holds a verified chunk with this digest. */
+  has(digest: string): boolean {
+    return this.entries.has(digest);
+  }
+
+  /** Indexes of the manifest's chunks that the store lacks, in order. */
+  missing(manifest: Manifest): number[] {
+    const out: number[] = [];
+    manifest.chunks.forEach((d, i) => {
+      if (!this.entries.has(d)) out.push(i);
+    });
+    return out;
+  }
+
+  /** Protects these chunks (present or future) from eviction until unpin(owner). Adds to earlier pins. */
+  pin(owner: string, digests: readonly string[]): void {
+    const mine = this.pins.get(owner) ?? new Set<string>();
+    this.pins.set(owner, mine);
+    for (const d of digests) {
+      if (mine.has(d)) continue;
+      mine.add(d);
+      this.pinCount.set(d, (this.pinCount.get(d) ?? 0) + 1);
+    }
+  }
+
+  /** Drops every pin of `owner`; unknown owners are ignored. */
+  unpin(owner: string): void {
+    for (const d of this.pins.get(owner) ?? []) {
+      const n = (this.pinCount.get(d) ?? 1) - 1;
+      if (n > 0) this.pinCount.set(d, n);
+      else this.pinCount.delete(d);
+    }
+    this.pins.delete(owner);
+  }
+
+  /**
+   * Returns the chunk's data and marks it used. Throws TRANSFER_CHUNK_MISSING
+   * when absent, and TRANSFER_DIGEST_MISMATCH (after removing the chunk) when
+   * the file has the wrong length or, with `verify`, the wrong digest.
+   */
+  async get(digest: string, options: GetOptions = {}): Promise<Buffer> {
+    this.checkOpen();
+    const entry = this.entries.get(checkDigest(digest));
+    if (!entry) throw this.chunkMissing(digest);
+    const data = await this.readWhole(digest);
+    const actual = data.length === entry.size && !options.verify ? digest : this.hash(data);
+    if (actual !== digest || data.length !== entry.size) {
+      await this.discard(digest);
+      throw this.corrupt(digest, `holds ${data.length} bytes hashing to ${actual}`);
+    }
+    await this.markUsed(digest);
+    return data;
+  }
+
+  /**
+   * Stores a chunk after checking that `data` hashes to `digest`; storing a
+   * chunk already present only marks it used. Evicts unpinned chunks, least
+   * recently used first, to stay within the quota. Throws
+   * TRANSFER_DIGEST_MISMATCH (nothing is written) or TRANSFER_QUOTA (nothing
+   * is evicted).
+   */
+  async put(digest: string, data: Uint8Array): Promise<void> {
+    this.checkOpen();
+    const actual = this.hash(data);
+    if (actual !== checkDigest(digest)) {
+      throw new CanopyError(
+        'TRANSFER_DIGEST_MISMATCH',
+        `chunk refused by the store in ${this.dir}: expected digest ${digest}, but the ${data.length} bytes ` +
+          `received hash to ${actual}; nothing was stored. The sender's copy or the link is bad: fetch the ` +
+          `chunk again, from another peer or the source`,
+        { path: this.dir, expected: digest, actual },
+      );
+    }
+    for (let b = this.busy.get(digest); b; b = this.busy.get(digest)) await b;
+    if (this.entries.has(digest)) return this.touch(digest);
+    const work = this.store(digest, data);
+    this.setBusy(digest, work);
+    await work;
+  }
+
+  /**
+   * Writes the manifest's chunks in order into `target` (see AssembleTarget),
+   * one chunk in memory at a time, and checks the whole file's MD5. The
+   * chunks are pinned meanwhile. Throws TRANSFER_CHUNK_MISSING (before
+   * writing anything) when chunks are absent, TRANSFER_DIGEST_MISMATCH when
+   * the MD5 or a chunk is wrong (bad chunks are removed, so missing() lists
+   * them), and the signal's reason when aborted. The caller owns the temp
+   * file: on error, discard it.
+   */
+  async assemble(manifest: Manifest, target: AssembleTarget, options: AssembleOptions = {}): Promise<void> {
+    this.checkOpen();
+    const absent = this.missing(manifest);
+    if (absent.length > 0) throw this.chunksMissing(absent, manifest);
+    const owner = `assemble#${++this.assembles}`;
+    this.pin(owner, manifest.chunks);
+    try {
+      const sink = await openSink(target);
+      try {
+        await this.writeAll(manifest, sink, options);
+        await sink.finish(manifest.size);
+      } finally {
+        await sink.close();
+      }
+    } finally {
+      this.unpin(owner);
+    }
+  }
+
+  /** Writes pending index records and waits for running puts. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      await Promise.all(this.busy.values());
+      await this.log.close();
+    })();
+    return this.closing;
+  }
+
+  private async writeAll(manifest: Manifest, sink: Sink, options: AssembleOptions): Promise<void> {
+    const md5 = (await createMD5()).init();
+    const buf = Buffer.allocUnsafe(Math.min(manifest.size, manifest.chunkSize));
+    for (let i = 0; i < manifest.chunks.length; i++) {
+      options.signal?.throwIfAborted();
+      const { offset, length } = chunkRange(manifest, i);
+      const data = await this.readChunk(manifest, i, buf.subarray(0, length));
+      if (options.verify) await this.checkChunk(manifest, i, data);
+      md5.update(data);
+      await sink.write(data, offset);
+      await this.markUsed(manifest.chunks[i] as string);
+    }
+    const actual = md5.digest('hex');
+    if (actual !== manifest.md5) throw await this.md5Mismatch(manifest, actual, buf);
+  }
+
+  /** Reads chunk `i` of the manifest into `buf`, whose length is the chunk's length. */
+  private async readChunk(manifest: Manifest, i: number, buf: Buffer): Promise<Buffer> {
+    const digest = manifest.chunks[i] as string;
+    const fh = await this.openChunk(digest);
+    try {
+      const { size } = await fh.stat();
+      if (size !== buf.length) await this.wrongLength(manifest, i, size, buf.length);
+      await readExactly(fh, buf);
+      return buf;
+    } finally {
+      await fh.close();
+    }
+  }
+
+  private async checkChunk(manifest: Manifest, i: number, data: Buffer): Promise<void> {
+    const digest = manifest.chunks[i] as string;
+    const actual = this.hash(data);
+    if (actual === digest) return;
+    await this.discard(digest);
+    throw this.corrupt(digest, `(chunk ${i} of the blob) hashes to ${actual}`);
+  }
+
+  /** A chunk's length differs from the manifest's: a damaged file, or a manifest that lies. */
+  private async wrongLength(manifest: Manifest, i: number, size: number, want: number): Promise<never> {
+    const digest = manifest.chunks[i] as string;
+    if (size === this.entries.get(digest)?.size) {
+      throw new CanopyError(
+        'TRANSFER_MANIFEST_INVALID',
+        `manifest places ${want} bytes at chunk ${i}, but its digest ${digest} names a chunk of ${size} ` +
+          `bytes; the manifest is damaged or forged: fetch it again from the coordinator`,
+        { path: this.dir, chunk: i, digest },
+      );
+    }
+    await this.discard(digest);
+    throw this.corrupt(digest, `(chunk ${i} of the blob) is ${size} bytes on disk, not ${want}`);
+  }
+
+  /** After an MD5 mismatch: re-hash the chunks to find (and drop) the bad ones, then describe it. */
+  private async md5Mismatch(manifest: Manifest, actual: string, buf: Buffer): Promise<CanopyError> {
+    const bad: number[] = [];
+    for (let i = 0; i < manifest.chunks.length; i++) {
+      const data = await this.readChunk(manifest, i, buf.subarray(0, chunkRange(manifest, i).length));
+      if (this.hash(data) !== manifest.chunks[i]) bad.push(i);
+    }
+    for (const i of bad) await this.discard(manifest.chunks[i] as string);
+    const why =
+      bad.length > 0
+        ? `chunks ${listIndexes(bad)} were damaged on disk in ${this.dir}; ${FETCH_AGAIN.replace('it was', 'they were')}`
+        : `every chunk matches its BLAKE3 digest, so the manifest's md5 is wrong: rebuild the manifest from the source file`;
+    return new CanopyError(
+      'TRANSFER_DIGEST_MISMATCH',
+      `assembled file has MD5 ${actual}, but the manifest gives ${manifest.md5}: ${why}`,
+      { path: this.dir, expected: manifest.md5, actual, chunks: bad },
+    );
+  }
+
+  /** Writes a verified chunk durably, after making room for it. */
+  private async store(digest: string, data: Uint8Array): Promise<void> {
+    const evictions = this.makeRoom(digest, data.length);
+    try {
+      await Promise.all(evictions);
+      await writeDurably(this.dir, digest, data);
+    } finally {
+      this.reserved -= data.length;
+    }
+    const now = this.now();
+    this.used += data.length;
+    this.entries.set(digest, { size: data.length, lastUse: now });
+    this.log.record(`+ ${digest} ${data.length} ${now}`);
+    await this.log.flush();
+    if (this.log.bloated(this.entries.size)) await this.log.rewrite(() => this.entries);
+  }
+
+  /**
+   * Reserves `size` bytes, evicting unpinned chunks in use order if needed.
+   * Synchronous up to the returned unlinks; throws TRANSFER_QUOTA (and evicts
+   * nothing) when even evicting every unpinned chunk would not make room.
+   */
+  private makeRoom(digest: string, size: number): Promise<void>[] {
+    const over = this.used + this.reserved + size - this.quotaBytes;
+    const victims: string[] = [];
+    let freed = 0;
+    for (const [d, e] of this.entries) {
+      if (freed >= over) break;
+      if (this.pinCount.has(d)) continue;
+      victims.push(d);
+      freed += e.size;
+    }
+    if (freed < over) throw this.quotaError(digest, size);
+    this.reserved += size;
+    return victims.map((d) => this.discard(d));
+  }
+
+  private async shrinkToQuota(): Promise<number> {
+    const evictions = this.makeRoom('(none: the quota is below what the store holds)', 0);
+    await Promise.all(evictions);
+    return evictions.length;
+  }
+
+  /** Removes a chunk: at once from memory and the index, then its file. */
+  private discard(digest: string): Promise<void> {
+    const entry = this.entries.get(digest);
+    if (!entry) return this.busy.get(digest) ?? Promise.resolve();
+    this.entries.delete(digest);
+    this.used -= entry.size;
+    this.log.record(`- ${digest}`);
+    const work = unlinkIfPresent(chunkPath(this.dir, digest));
+    this.setBusy(digest, work);
+    return work;
+  }
+
+  private setBusy(digest: string, work: Promise<void>): void {
+    const settled = work.then(
+      () => {},
+      () => {},
+    );
+    this.busy.set(digest, settled);
+    void settled.then(() => {
+      if (this.busy.get(digest) === settled) this.busy.delete(digest);
+    });
+  }
+
+  private touch(digest: string): void {
+    const entry = this.entries.get(digest);
+    if (!entry) return;
+    entry.lastUse = this.now();
+    this.entries.delete(digest);
+    this.entries.set(digest, entry);
+    this.log.record(`u ${digest} ${entry.lastUse}`);
+  }
+
+  /** touch(), writing the buffered index records once there are many. */
+  private async markUsed(digest: string): Promise<void> {
+    this.touch(digest);
+    if (this.log.pending >= ChunkStore.FLUSH_EVERY) await this.log.flush();
+  }
+
+  private hash(data: Uint8Array): string {
+    return this.b3.init().update(data).digest('hex');
+  }
+
+  private async readWhole(digest: string): Promise<Buffer> {
+    const fh = await this.openChunk(digest);
+    try {
+      return await fh.readFile();
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** Opens a chunk file; a file that vanished behind the store's back is forgotten. */
+  private async openChunk(digest: string): Promise<FileHandle> {
+    try {
+      return await open(chunkPath(this.dir, digest), constants.O_RDONLY);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      await this.discard(digest);
+      throw this.chunkMissing(digest, err);
+    }
+  }
+
+  private checkOpen(): void {
+    if (this.closing) throw new Error(`chunk store ${this.dir} is closed`);
+  }
+
+  private chunkMissing(digest: string, cause?: unknown): CanopyError {
+    return new CanopyError(
+      'TRANSFER_CHUNK_MISSING',
+      `chunk ${digest} is not in the chunk store ${this.dir}; fetch it first (missing() lists what a manifest lacks)`,
+      { path: this.dir, digest, cause },
+    );
+  }
+
+  private chunksMissing(indexes: number[], manifest: Manifest): CanopyError {
+    const first = manifest.chunks[indexes[0] as number];
+    return new CanopyError(
+      'TRANSFER_CHUNK_MISSING',
+      `cannot assemble: the chunk store ${this.dir} lacks ${indexes.length} of the blob's ` +
+        `${manifest.chunks.length} chunks (${listIndexes(indexes)}; chunk ${indexes[0]} is ${first}); ` +
+        `fetch them first`,
+      { path: this.dir, chunks: indexes },
+    );
+  }
+
+  private corrupt(digest: string, what: string): CanopyError {
+    const path = chunkPath(this.dir, digest);
+    return new CanopyError(
+      'TRANSFER_DIGEST_MISMATCH',
+      `chunk file ${path} ${what}, but its name is its digest (expected ${digest}): the disk damaged it; ` +
+        FETCH_AGAIN,
+      { path, expected: digest },
+    );
+  }
+
+  private quotaError(digest: string, size: number): CanopyError {
+    let pinned = 0;
+    for (const [d, e] of this.entries) if (this.pinCount.has(d)) pinned += e.size;
+    const atLeast = pinned + this.reserved + size;
+    const owners = [...this.pins.keys()].slice(0, 5).join(', ') || 'none';
+    return new CanopyError(
+      'TRANSFER_QUOTA',
+      `chunk store ${this.dir} is full: quota ${human(this.quotaBytes)}, ${human(this.used)} used ` +
+        `(${human(pinned)} pinned by running distributions: ${owners}; ${human(this.reserved)} being written), ` +
+        `and chunk ${digest} needs ${human(size)} more. Raise the store's quota to at least ${human(atLeast)}, ` +
+        `or run fewer distributions at once`,
+      {
+        path: this.dir,
+        quotaBytes: this.quotaBytes,
+        usedBytes: this.used,
+        neededBytes: size,
+        pinnedBytes: pinned,
+      },
+    );
+  }
+}
+
+/**
+ * The chunk index, an append-only text log after a header line:
+ *
+ *   + DIGEST SIZE LASTUSE_MS   a chunk was stored
+ *   u DIGEST LASTUSE_MS        a chunk was used (moves it to the end of the LRU order)
+ *   - DIGEST                   a chunk was removed
+ *
+ * Replaying it in order gives the chunks in use order. Records are buffered
+ * and written by flush() (a put waits for it; uses are written lazily, so a
+ * crash may forget recent uses, never a chunk). A torn or unreadable line
+ * makes open() rewrite the log; so does a log much longer than the store
+ * (compaction: temp file, fsync, rename). Writes run one at a time.
+ */
+class IndexLog {
+  private buffered: string[] = [];
+  private tail: Promise<void> = Promise.resolve();
+  private closed = false;
+
+  private constructor(
+    private readonly path: string,
+    private fh: FileHandle,
+    private records: number,
+  ) {}
+
+  static async read(path: string): Promise<{ entries: Map<string, Entry>; records: number; clean: boolean }> {
+    const entries = new Map<string, Entry>();
+    let text: string;
+    try {
+      text = await readFile(path, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      return { entries, records: 0, clean: false };
+    }
+    const lines = text.split('\n');
+    const torn = lines.pop() !== '';
+    if (lines.shift() !== INDEX_HEADER) return { entries, records: 0, clean: false };
+    const applied = lines.filter((line) => applyRecord(entries, line)).length;
+    return { entries, records: lines.length, clean: !torn && applied === lines.length };
+  }
+
+  static async open(path: string, records: number): Promise<IndexLog> {
+    return new IndexLog(path, await open(path, 'a', 0o600), records);
+  }
+
+  get pending(): number {
+    return this.buffered.length;
+  }
+
+  record(line: string): void {
+    this.buffered.push(line);
+  }
+
+  /** True when the log has many more records than the store has chunks. */
+  bloated(live: number): boolean {
+    return this.records > 2 * live + 1024;
+  }
+
+  flush(): Promise<void> {
+    return this.serial(async () => {
+      if (this.buffered.length === 0 || this.closed) return;
+      const text = `${this.buffered.join('\n')}\n`;
+      this.records += this.buffered.length;
+      this.buffered = [];
+      await this.fh.write(text);
+    });
+  }
+
+  /** Replaces the log with one `+` record per entry; `snapshot` is read when the rewrite starts. */
+  rewrite(snapshot: () => Map<string, Entry>): Promise<void> {
+    return this.serial(async () => {
+      const entries = snapshot();
+      this.buffered = [];
+      const lines = [INDEX_HEADER];
+      for (const [d, e] of entries) lines.push(`+ ${d} ${e.size} ${e.lastUse}`);
+      await replaceFile(this.path, `${lines.join('\n')}\n`);
+      await this.fh.close();
+      this.fh = await open(this.path, 'a', 0o600);
+      this.records = entries.size;
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.flush();
+    await this.serial(async () => {
+      this.closed = true;
+      await this.fh.close();
+    });
+  }
+
+  private serial(fn: () => Promise<void>): Promise<void> {
+    const run = this.tail.then(fn);
+    this.tail = run.catch(() => {});
+    return run;
+  }
+}
+
+/** Applies one index record to `entries`; false when the line is not a valid record. */
+function applyRecord(entries: Map<string, Entry>, line: string): boolean {
+  const [op, digest, a, b, ...rest] = line.split(' ');
+  if (!isChunkDigest(digest) || rest.length > 0) return false;
+  if (op === '+' && isCount(a) && isCount(b)) {
+    entries.delete(digest);
+    entries.set(digest, { size: Number(a), lastUse: Number(b) });
+  } else if (op === 'u' && isCount(a) && b === undefined) {
+    const e = entries.get(digest);
+    if (!e) return true;
+    entries.delete(digest);
+    entries.set(digest, { ...e, lastUse: Number(a) });
+  } else if (op === '-' && a === undefined) {
+    entries.delete(digest);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+function isCount(s: string | undefined): boolean {
+  return s !== undefined && /^\d{1,15}$/.test(s);
+}
+
+/**
+ * Makes `entries` agree with the chunk files: removes temp files, drops
+ * entries without a file, and adopts files without an entry if they hash to
+ * their name (removing them otherwise), as most recently used.
+ */
+async function reconcile(dir: string, entries: Map<string, Entry>, b3: IHasher): Promise<RecoveryReport> {
+  const report: RecoveryReport = {
+    tempFilesRemoved: 0,
+    entriesDropped: 0,
+    orphansAdopted: 0,
+    orphansRemoved: 0,
+    evictedOverQuota: 0,
+  };
+  const { chunks, temps } = await scanChunks(dir);
+  await Promise.all(temps.map((p) => unlinkIfPresent(p)));
+  report.tempFilesRemoved = temps.length;
+  for (const d of [...entries.keys()]) {
+    if (chunks.has(d)) continue;
+    entries.delete(d);
+    report.entriesDropped++;
+  }
+  const orphans = [...chunks].filter((d) => !entries.has(d));
+  for (const o of await adoptable(dir, orphans, b3)) {
+    if (o.ok) entries.set(o.digest, { size: o.size, lastUse: o.mtime });
+    else await unlinkIfPresent(chunkPath(dir, o.digest));
+    if (o.ok) report.orphansAdopted++;
+    else report.orphansRemoved++;
+  }
+  return report;
+}
+
+/** Hashes each orphan file, one at a time; oldest first, so adoption keeps their age order. */
+async function adoptable(
+  dir: string,
+  orphans: string[],
+  b3: IHasher,
+): Promise<{ digest: string; ok: boolean; size: number; mtime: number }[]> {
+  const out = [];
+  for (const digest of orphans) {
+    const path = chunkPath(dir, digest);
+    const [data, st] = await Promise.all([readFile(path), stat(path)]);
+    const ok = b3.init().update(data).digest('hex') === digest;
+    out.push({ digest, ok, size: data.length, mtime: Math.floor(st.mtimeMs) });
+  }
+  return out.sort((x, y) => x.mtime - y.mtime);
+}
+
+/** Lists the chunk files (by digest) and the temp files (by path) under DIR/chunks. Other names are left alone. */
+async function scanChunks(dir: string): Promise<{ chunks: Set<string>; temps: string[] }> {
+  const chunks = new Set<string>();
+  const temps: string[] = [];
+  const listings = await Promise.all(SHARDS.map((s) => readdir(join(dir, 'chunks', s))));
+  listings.forEach((names, i) => {
+    const shard = SHARDS[i] as string;
+    for (const name of names) {
+      if (TEMP_NAME.test(name)) temps.push(join(dir, 'chunks', shard, name));
+      else if (isChunkDigest(name) && name.startsWith(shard)) chunks.add(name);
+    }
+  });
+  return { chunks, temps };
+}
+
+function chunkPath(dir: string, digest: string): string {
+  return join(dir, 'chunks', digest.slice(0, 2), digest);
+}
+
+/** Temp file beside the final name, fsync, rename, fsync the directory. */
+async function writeDurably(dir: string, digest: string, data: Uint8Array): Promise<void> {
+  const final = chunkPath(dir, digest);
+  const tmp = join(
+    dir,
+    'chunks',
+    digest.slice(0, 2),
+    `.${digest}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`,
+  );
+  try {
+    const fh = await open(tmp, 'wx', 0o600);
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, final);
+  } catch (err) {
+    await unlinkIfPresent(tmp);
+    throw err;
+  }
+  await syncDir(join(dir, 'chunks', digest.slice(0, 2)));
+}
+
+async function replaceFile(path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp`;
+  const fh = await open(tmp, 'w', 0o600);
+  try {
+    await fh.writeFile(text);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, path);
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const d = await open(dir, constants.O_RDONLY);
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
+  }
+}
+
+async function unlinkIfPresent(path: string): Promise<void> {
+  try {
+    await unlink(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+}
+
+async function readExactly(fh: FileHandle, buf: Buffer): Promise<void> {
+  let filled = 0;
+  while (filled < buf.length) {
+    const { bytesRead } = await fh.read(buf, filled, buf.length - filled, filled);
+    if (bytesRead === 0) throw new Error(`chunk file ended after ${filled} of ${buf.length} bytes`);
+    filled += bytesRead;
+  }
+}
+
+/** Where assemble() writes: positional writes, then truncate to size. */
+interface Sink {
+  write(data: Buffer, position: number): Promise<void>;
+  finish(size: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+async function openSink(target: AssembleTarget): Promise<Sink> {
+  if (typeof target === 'number') return fdSink(target);
+  const owned = typeof target === 'string';
+  const fh = owned ? await open(target, 'w', 0o600) : target;
+  return {
+    write: async (data, position) => {
+      for (let done = 0; done < data.length; ) {
+        done += (await fh.write(data, done, data.length - done, position + done)).bytesWritten;
+      }
+    },
+    finish: async (size) => {
+      await fh.truncate(size);
+      if (owned) await fh.sync();
+    },
+    close: async () => {
+      if (owned) await fh.close();
+    },
+  };
+}
+
+function fdSink(fd: number): Sink {
+  return {
+    write: async (data, position) => {
+      for (let done = 0; done < data.length; ) {
+        done += (await writeFd(fd, data, done, data.length - done, position + done)).bytesWritten;
+      }
+    },
+    finish: (size) => ftruncateFd(fd, size),
+    close: async () => {},
+  };
+}
+
+function checkDigest(digest: string): string {
+  if (isChunkDigest(digest)) return digest;
+  throw new CanopyError(
+    'TRANSFER_DIGEST_MISMATCH',
+    `${JSON.stringify(digest)} is not a BLAKE3-256 chunk digest (64 lowercase hex characters); ` +
+      `the manifest or peer message that named it is damaged: fetch it again`,
+    { digest },
+  );
+}
+
+function checkQuota(dir: string, quotaBytes: number): void {
+  if (Number.isSafeInteger(quotaBytes) && quotaBytes > 0) return;
+  throw new CanopyError(
+    'TRANSFER_QUOTA',
+    `chunk store ${dir}: quota ${JSON.stringify(quotaBytes)} is not a positive whole number of bytes; ` +
+      `set the store's quota in bytes (e.g. 10737418240 for 10 GiB)`,
+    { path: dir },
+  );
+}
+
+function listIndexes(indexes: number[]): string {
+  const shown = indexes.slice(0, 10).join(', ');
+  return indexes.length > 10 ? `${shown} and ${indexes.length - 10} more` : shown;
+}
+
+function human(bytes: number): string {
+  const units = ['bytes', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let n = bytes;
+  let u = 0;
+  while (n >= 1024 && u < units.length - 1) {
+    n /= 1024;
+    u++;
+  }
+  return u === 0 ? `${bytes} bytes` : `${n.toFixed(1)} ${units[u]} (${bytes} bytes)`;
+}

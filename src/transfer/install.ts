@@ -1,0 +1,390 @@
+/**
+ * Installing a file at a destination so that nobody ever sees it half
+ * written, and reading what a destination holds without re-reading it.
+ *
+ * - `resolveDest` checks a destination against an agent's roots: absolute,
+ *   inside a root after `..` is resolved, no symlink anywhere between the
+ *   root and the file (a symlinked parent directory or a symlink at the
+ *   destination itself is refused), and the parent must exist.
+ * - `installFile` writes a temporary file in the destination's directory
+ *   (`.NAME.canopy-tmp-RANDOM`), fsyncs it, sets mode and owner, lets a
+ *   validator look at it, keeps the previous file as a backup, renames it
+ *   into place and fsyncs the directory. A failure at any step removes the
+ *   temporary file and leaves the old file as it was. A process killed
+ *   half-way leaves at most the temporary file, which `removeStaleTemps`
+ *   deletes (the agent calls it for every install a crash interrupted).
+ * - `Md5Cache` answers "what is the MD5 of this file" from memory while the
+ *   file's device, inode, size, mtime and ctime are unchanged, so a warm
+ *   check reads no file content.
+ * - Backups live outside the destination's directory (a config directory
+ *   with `include *.conf` must not pick them up): `BACKUP_DIR/<id>/` per
+ *   destination, newest last; `rollback` re-installs the newest.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import {
+  copyFile,
+  lstat,
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  realpath,
+  rename,
+  stat,
+  unlink,
+  writeFile,
+} from 'node:fs/promises';
+import path from 'node:path';
+import { CanopyError } from '../errors/index.js';
+
+const TEMP_MARK = '.canopy-tmp-';
+const KEEP_BACKUPS = 3;
+/** A file modified this recently may change again within the clock's granularity: not cached. */
+const RACY_MS = 2_000;
+
+export type DestCheck = { ok: true; path: string; dir: string } | { ok: false; reason: string };
+
+/** Where `dest` may be written under `roots` (absolute directories), or why not. */
+export async function resolveDest(dest: string, roots: readonly string[]): Promise<DestCheck> {
+  const allowed = roots.length > 0 ? roots.join(', ') : 'none: roots is empty';
+  const refuse = (why: string): DestCheck => ({
+    ok: false,
+    reason: `destination ${JSON.stringify(dest)} ${why} (allowed roots: ${allowed})`,
+  });
+  if (!path.isAbsolute(dest)) return refuse('is not an absolute path');
+  const full = path.resolve(dest);
+  const root = roots.find((r) => path.isAbsolute(r) && isInside(path.resolve(r), full) && full !== r);
+  if (!root) {
+    const via = full === path.normalize(dest) ? '' : ` (it resolves to ${JSON.stringify(full)})`;
+    return refuse(`is outside the allowed roots${via}; add a root in the agent config or change dest`);
+  }
+  const dir = path.dirname(full);
+  let realDir: string;
+  let realRoot: string;
+  try {
+    [realDir, realRoot] = await Promise.all([realpath(dir), realpath(root)]);
+  } catch (err) {
+    return refuse(
+      `cannot be written: its directory ${JSON.stringify(dir)} ${fsReason(err)}; create it first`,
+    );
+  }
+  const expected = path.join(realRoot, path.relative(path.resolve(root), dir));
+  if (realDir !== expected) {
+    return refuse(
+      `is refused: its directory ${JSON.stringify(dir)} goes through a symlink (to ${JSON.stringify(realDir)}); canopy writes only through real directories`,
+    );
+  }
+  try {
+    const st = await lstat(full);
+    if (st.isSymbolicLink()) return refuse('is a symlink; canopy does not write through symlinks');
+    if (!st.isFile()) return refuse('exists and is not a regular file');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return refuse(fsReason(err));
+  }
+  return { ok: true, path: full, dir };
+}
+
+function isInside(root: string, target: string): boolean {
+  const rel = path.relative(root, target);
+  return rel === '' || (rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel));
+}
+
+function fsReason(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ENOENT') return 'does not exist';
+  if (code === 'EACCES' || code === 'EPERM') return 'is not accessible to the agent';
+  if (code === 'ENOTDIR') return 'has a path component that is not a directory';
+  return (err as Error).message;
+}
+
+/** MD5 (hex) of a file's content, streamed. */
+export async function md5File(file: string): Promise<string> {
+  const hash = createHash('md5');
+  for await (const chunk of createReadStream(file, { highWaterMark: 1024 * 1024 })) hash.update(chunk);
+  return hash.digest('hex');
+}
+
+export function md5Of(data: Buffer | string): string {
+  return createHash('md5').update(data).digest('hex');
+}
+
+export interface FileState {
+  md5: string;
+  size: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  ino: number;
+  mtimeMs: number;
+}
+
+interface CacheEntry {
+  key: string;
+  md5: string;
+}
+
+/** MD5s of files by (device, inode, size, mtime, ctime): a hit reads no file content. */
+export class Md5Cache {
+  readonly #entries = new Map<string, CacheEntry>();
+  #hits = 0;
+  #misses = 0;
+
+  constructor(private readonly max = 100_000) {}
+
+  get stats(): { hits: number; misses: number; size: number } {
+    return { hits: this.#hits, misses: this.#misses, size: this.#entries.size };
+  }
+
+  /** The file's state, or undefined when there is no file. */
+  async state(file: string, now = Date.now()): Promise<FileState | undefined> {
+    let st: Awaited<ReturnType<typeof stat>> & { mtimeNs: bigint; ctimeNs: bigint };
+    try {
+      st = (await stat(file, { bigint: true })) as typeof st;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+    const hit = this.#entries.get(file);
+    let md5: string;
+    if (hit?.key === key) {
+      this.#hits++;
+      md5 = hit.md5;
+    } else {
+      this.#misses++;
+      md5 = await md5File(file);
+      const changedMs = Number(st.ctimeNs > st.mtimeNs ? st.ctimeNs : st.mtimeNs) / 1e6;
+      if (now - changedMs > RACY_MS) this.remember(file, { key, md5 });
+      else this.#entries.delete(file);
+    }
+    return {
+      md5,
+      size: Number(st.size),
+      mode: Number(st.mode) & 0o7777,
+      uid: Number(st.uid),
+      gid: Number(st.gid),
+      ino: Number(st.ino),
+      mtimeMs: Number(st.mtimeNs / 1_000_000n),
+    };
+  }
+
+  forget(file: string): void {
+    this.#entries.delete(file);
+  }
+
+  private remember(file: string, entry: CacheEntry): void {
+    this.#entries.delete(file);
+    this.#entries.set(file, entry);
+    if (this.#entries.size > this.max) {
+      const oldest = this.#entries.keys().next().value;
+      if (oldest !== undefined) this.#entries.delete(oldest);
+    }
+  }
+}
+
+export interface InstallOptions {
+  /** Checked with resolveDest: the caller must have done so. */
+  dest: string;
+  content: Buffer;
+  /** The content's MD5 as the sender computed it; a mismatch installs nothing. */
+  md5: string;
+  /** Default: the existing file's mode, else 0644. */
+  mode?: number;
+  /** Numeric ids; default: the existing file's, else the agent's. */
+  uid?: number;
+  gid?: number;
+  /** Runs on the fsynced temporary file before the rename; a failure installs nothing. */
+  validate?: (tempPath: string) => Promise<{ ok: boolean; output: string }>;
+  /** Keep the previous file (if any) in backupDir. */
+  backup?: boolean;
+  backupDir: string;
+  /** The destination's current state, if the caller has it. */
+  previous?: FileState;
+}
+
+export interface InstallResult {
+  oldMd5: string | null;
+  newMd5: string;
+  backup?: string;
+}
+
+/** Installs `content` at `dest` atomically (see the module comment). */
+export async function installFile(opts: InstallOptions): Promise<InstallResult> {
+  const actual = md5Of(opts.content);
+  if (actual !== opts.md5) {
+    throw new CanopyError(
+      'TRANSFER_DIGEST_MISMATCH',
+      `content for ${opts.dest} has MD5 ${actual}, expected ${opts.md5}; nothing was installed (re-run the push)`,
+      { path: opts.dest },
+    );
+  }
+  const previous = opts.previous ?? (await currentState(opts.dest));
+  const temp = tempPath(opts.dest);
+  let backup: string | undefined;
+  try {
+    await writeSynced(temp, opts.content);
+    await setMeta(temp, opts, previous);
+    if (opts.validate) {
+      const v = await opts.validate(temp);
+      if (!v.ok) {
+        throw new CanopyError(
+          'PUSH_VALIDATE_FAILED',
+          `validate refused the new ${opts.dest}; the old file is unchanged:\n${v.output.trimEnd()}`,
+          { path: opts.dest },
+        );
+      }
+    }
+    if (opts.backup && previous) backup = await keepBackup(opts.dest, opts.backupDir, previous.md5);
+    await rename(temp, opts.dest);
+  } catch (err) {
+    await unlink(temp).catch(() => {});
+    throw err;
+  }
+  await syncDir(path.dirname(opts.dest));
+  return { oldMd5: previous?.md5 ?? null, newMd5: actual, ...(backup ? { backup } : {}) };
+}
+
+async function currentState(file: string): Promise<FileState | undefined> {
+  return new Md5Cache(0).state(file);
+}
+
+function tempPath(dest: string): string {
+  return path.join(
+    path.dirname(dest),
+    `.${path.basename(dest)}${TEMP_MARK}${randomBytes(6).toString('hex')}`,
+  );
+}
+
+async function writeSynced(file: string, data: Buffer): Promise<void> {
+  const fh = await open(file, 'wx', 0o600);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Mode and owner on the temporary file, so the rename publishes them with the content. */
+async function setMeta(
+  file: string,
+  opts: Pick<InstallOptions, 'mode' | 'uid' | 'gid'>,
+  previous: FileState | undefined,
+): Promise<void> {
+  const fh = await open(file, 'r');
+  try {
+    const uid = opts.uid ?? previous?.uid;
+    const gid = opts.gid ?? previous?.gid;
+    if (uid !== undefined || gid !== undefined) await fh.chown(uid ?? -1, gid ?? -1);
+    await fh.chmod(opts.mode ?? previous?.mode ?? 0o644);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** Sets mode and owner on an installed file whose content is already right. */
+export async function fixMeta(
+  dest: string,
+  opts: Pick<InstallOptions, 'mode' | 'uid' | 'gid'>,
+  previous: FileState,
+): Promise<void> {
+  await setMeta(dest, opts, previous);
+}
+
+/** True when the file's mode/owner differ from what opts asks for. */
+export function metaDiffers(state: FileState, opts: Pick<InstallOptions, 'mode' | 'uid' | 'gid'>): boolean {
+  return (
+    (opts.mode !== undefined && state.mode !== opts.mode) ||
+    (opts.uid !== undefined && state.uid !== opts.uid) ||
+    (opts.gid !== undefined && state.gid !== opts.gid)
+  );
+}
+
+export async function syncDir(dir: string): Promise<void> {
+  const d = await open(dir, 'r');
+  try {
+    await d.sync();
+  } finally {
+    await d.close();
+  }
+}
+
+/** Deletes temporary files an interrupted install of `dest` left behind; returns their paths. */
+export async function removeStaleTemps(dest: string): Promise<string[]> {
+  const dir = path.dirname(dest);
+  const prefix = `.${path.basename(dest)}${TEMP_MARK}`;
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    if (!name.startsWith(prefix)) continue;
+    const p = path.join(dir, name);
+    await unlink(p).catch(() => {});
+    removed.push(p);
+  }
+  if (removed.length > 0) await syncDir(dir).catch(() => {});
+  return removed;
+}
+
+// ---------------------------------------------------------------- backups
+
+function backupHome(dest: string, backupDir: string): string {
+  return path.join(backupDir, createHash('sha256').update(dest).digest('hex').slice(0, 32));
+}
+
+async function keepBackup(dest: string, backupDir: string, md5: string): Promise<string> {
+  const home = backupHome(dest, backupDir);
+  await mkdir(home, { recursive: true, mode: 0o700 });
+  await writeFile(path.join(home, 'dest'), dest, { mode: 0o600 });
+  const name = `${Date.now().toString().padStart(14, '0')}-${md5}`;
+  const file = path.join(home, name);
+  await copyFile(dest, `${file}.tmp`);
+  const fh = await open(`${file}.tmp`, 'r');
+  await fh.sync().finally(() => fh.close());
+  await rename(`${file}.tmp`, file);
+  const all = await listBackups(home);
+  for (const old of all.slice(0, Math.max(0, all.length - KEEP_BACKUPS))) {
+    await unlink(path.join(home, old)).catch(() => {});
+  }
+  return file;
+}
+
+async function listBackups(home: string): Promise<string[]> {
+  try {
+    return (await readdir(home)).filter((n) => /^\d{14}-[0-9a-f]{32}$/.test(n)).sort();
+  } catch {
+    return [];
+  }
+}
+
+export interface RollbackResult {
+  oldMd5: string | null;
+  newMd5: string;
+  restoredFrom: string;
+}
+
+/**
+ * Restores the newest backup of `dest` (atomically, keeping the file's mode
+ * and owner) and drops that backup, so a second rollback goes one further back.
+ */
+export async function rollback(dest: string, backupDir: string): Promise<RollbackResult> {
+  const home = backupHome(dest, backupDir);
+  const newest = (await listBackups(home)).at(-1);
+  if (!newest) {
+    throw new CanopyError(
+      'PUSH_NO_BACKUP',
+      `no backup of ${dest} on this host; only files pushed with "backup: true" can be rolled back`,
+      { path: dest },
+    );
+  }
+  const file = path.join(home, newest);
+  const content = await readFile(file);
+  const r = await installFile({ dest, content, md5: md5Of(content), backupDir });
+  await unlink(file);
+  return { oldMd5: r.oldMd5, newMd5: r.newMd5, restoredFrom: file };
+}
