@@ -29,7 +29,7 @@ import { md5Of } from '../transfer/index.js';
 import type { PushRequest } from './api-schemas.js';
 import type { ContentSource } from './fleet.js';
 import { newRunId, type RunManager } from './runs.js';
-import { maskSecrets, secretValues } from './secrets.js';
+import { maskDiff, maskSecrets, secretValues } from './secrets.js';
 import type { PushRunSpec, RunRecord } from './store.js';
 
 /** A push carries files up to this size; larger ones belong to the distribution path. */
@@ -195,7 +195,7 @@ export class PushManager implements ContentSource {
     const patch = createTwoFilesPatch(f.dest, f.dest, old, next.toString('utf8'), 'on host', 'pushed', {
       context: 3,
     });
-    return { ...out, diff: maskSecrets(patch, secrets) };
+    return { ...out, diff: maskDiff(patch, secrets) };
   }
 
   /** The run finished: its content is no longer needed. */
@@ -220,23 +220,28 @@ function renderAll(req: PushRequest, hosts: string[], inventory: Inventory | und
     const resolver = inventory
       ? new VarResolver(inventory, req.vars ? [{ origin: '--var', vars: req.vars }] : [])
       : undefined;
+    const baseResolver = inventory && req.vars ? new VarResolver(inventory) : undefined;
     const sources = decodeSources(req);
-    for (const host of hosts) renderHost(req, host, engine, resolver, inventory, sources, out);
+    for (const host of hosts) {
+      renderHost(req, host, { engine, resolver, baseResolver, inventory, sources }, out);
+    }
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
   return out;
 }
 
-function renderHost(
-  req: PushRequest,
-  host: string,
-  engine: TemplateEngine,
-  resolver: VarResolver | undefined,
-  inventory: Inventory | undefined,
-  sources: Map<string, Buffer>,
-  out: Rendered,
-): void {
+interface RenderContext {
+  engine: TemplateEngine;
+  resolver: VarResolver | undefined;
+  /** The inventory's variables without the task's (for secrets the task replaced). */
+  baseResolver: VarResolver | undefined;
+  inventory: Inventory | undefined;
+  sources: Map<string, Buffer>;
+}
+
+function renderHost(req: PushRequest, host: string, ctx: RenderContext, out: Rendered): void {
+  const { engine, resolver, baseResolver, inventory, sources } = ctx;
   let vars: Record<string, unknown>;
   try {
     // Ansible's magic variable, so dests and templates can name the host as they do there.
@@ -245,17 +250,24 @@ function renderHost(
     out.failures.push(failure(host, '(variables)', err));
     return;
   }
-  out.secrets.set(host, secretValues(vars, inventory?.secrets ?? []));
+  // Secrets of both the inventory's values and the task's: a --var that replaces a password must
+  // not let the old one (still in the host's file) show in the diff.
+  const declared = inventory?.secrets ?? [];
+  const base = baseResolver?.vars(host);
+  out.secrets.set(
+    host,
+    [...new Set([...secretValues(vars, declared), ...(base ? secretValues(base, declared) : [])])].sort(
+      (a, b) => b.length - a.length,
+    ),
+  );
   const files: PushFile[] = [];
   for (const [i, f] of req.files.entries()) {
     const name = f.template ?? f.src ?? '';
     try {
       const dest = engine.template(`${DEST_DIR}/${i}`).render(vars, host);
-      if (!isAbsolute(dest) || normalize(dest) !== dest || dest.endsWith('/')) {
-        throw new CanopyError(
-          'PUSH_FILE',
-          `dest renders to ${JSON.stringify(dest)}, which is not a normalized absolute file path`,
-        );
+      // Only the shape is checked here: whether the path is allowed is the agent's decision (its roots).
+      if (!isAbsolute(dest) || dest.endsWith('/')) {
+        throw new CanopyError('PUSH_FILE', `dest renders to ${JSON.stringify(dest)}, which is not an absolute file path`);
       }
       const content = f.template
         ? Buffer.from(engine.template(f.template).render(vars, host))

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { MASK, maskSecrets, secretValues } from './secrets.js';
+import { MASK, maskDiff, maskSecrets, secretValues } from './secrets.js';
 
 test('values under secret-looking names, at any depth, are secret', () => {
   const vars = {
@@ -34,4 +34,13 @@ test('masking replaces every occurrence, longest secret first', () => {
   const secrets = secretValues({ password: 'abcabc', token: 'abc' }, []);
   assert.equal(maskSecrets('x=abcabc y=abc z=abcab', secrets), `x=${MASK} y=${MASK} z=${MASK}ab`);
   assert.equal(maskSecrets('nothing here', secrets), 'nothing here');
+});
+
+test('a diff masks a removed line whose old secret no variable holds any more', () => {
+  const patch = ['--- a', '+++ b', '@@ -1,2 +1,2 @@', '-password = old-secret', '+password = new-secret', ' port = 80'].join('\n');
+  const out = maskDiff(patch, ['new-secret']);
+  assert.equal(out, ['--- a', '+++ b', '@@ -1,2 +1,2 @@', `-password = ${MASK}`, `+password = ${MASK}`, ' port = 80'].join('\n'));
+  assert.doesNotMatch(out, /old-secret/);
+  // Unrelated removed lines stay as they are.
+  assert.match(maskDiff('-port = 81\n+password = new-secret', ['new-secret']), /-port = 81/);
 });

@@ -43,3 +43,26 @@ export function maskSecrets(text: string, secrets: readonly string[]): string {
   for (const s of secrets) if (out.includes(s)) out = out.split(s).join(MASK);
   return out;
 }
+
+/**
+ * A unified diff with secrets masked. The old side may hold a secret that is
+ * no longer any variable's value (it was changed since): a removed line that
+ * starts like an added line up to where that one's secret begins
+ * (`password = `) is masked from there on too.
+ */
+export function maskDiff(patch: string, secrets: readonly string[]): string {
+  const lines = patch.split('\n').map((l) => maskSecrets(l, secrets));
+  const prefixes: string[] = [];
+  for (const l of lines) {
+    const at = l.indexOf(MASK);
+    if (l.startsWith('+') && !l.startsWith('+++') && at > 1) prefixes.push(l.slice(1, at));
+  }
+  if (prefixes.length === 0) return lines.join('\n');
+  return lines
+    .map((l) => {
+      if (!l.startsWith('-') || l.startsWith('---')) return l;
+      const p = prefixes.find((x) => x.trim().length >= 3 && l.slice(1).startsWith(x));
+      return p === undefined ? l : `-${p}${MASK}`;
+    })
+    .join('\n');
+}
