@@ -4,20 +4,32 @@
 #
 #   PUSHBENCH_OURS=/work/main/bench/push/ours.sh ./bench.sh cmd ours 10
 #
-# Implemented: scenario `cmd`, mode `agent` (one coordinator, one canopy agent
-# per simulated host). Everything else exits 2 ("not yet").
+# Implemented: scenarios `cmd`, `push-cold`, `push-warm`, `push-one-var` in
+# mode `agent` (one coordinator, one canopy agent per simulated host). Mode
+# `ssh` exits 2 ("not yet").
 #
-#   ours.sh prepare cmd N   (untimed) start a coordinator on 127.0.0.1 (any free
-#                           port), create one join token per host and start one
+#   ours.sh prepare SCEN N  (untimed) start a coordinator on 127.0.0.1 (any free
+#                           port; for push scenarios with --inventory
+#                           $PUSHBENCH_VARS_DIR: the harness's Ansible inventory
+#                           directory, hosts.yml + group_vars + host_vars, read
+#                           by canopy's own loader), create one join token per host and start one
 #                           agent per host, named as the harness names it and
 #                           bound to its address (--bind 127.0.1.i), with the
 #                           host's $PUSHBENCH_ROOT/<host> as its root; wait until
 #                           all N are online; then one warm-up run of `true` on
 #                           every host (PUSHBENCH_CANOPY_WARMUP=0 skips it);
 #                           then wait until the daemons are idle.
+#                           Push scenarios: write a push file from files.tsv
+#                           (dest "{root}/{{ inventory_hostname }}/...", mode)
+#                           next to a copy of the templates; the warm-up is one
+#                           `canopy push --check --limit h001` (JIT; it primes
+#                           the MD5 cache of h001's agent only).
 #   ours.sh cmd N           (timed) exactly one
 #                           `canopy run <hosts> --json -- "$PUSHBENCH_CMD"`,
 #                           converted by jq into {"outputs": {host: stdout}}.
+#   ours.sh push-* N        (timed) exactly one `canopy push push.yaml
+#                           --vars-file $PUSHBENCH_TASK_VARS --json`, converted
+#                           into {"changed_count": files whose content was written}.
 #   ours.sh cleanup cmd N   (untimed) stop every process prepare started, by
 #                           the PIDs it recorded (agents first, then the
 #                           coordinator), and remove its state directory.
@@ -56,9 +68,10 @@ PHASE=timed
 case $1 in prepare | cleanup) PHASE=$1; shift ;; esac
 SCEN=$1 N=$2
 
-if [[ $SCEN != cmd || ${PUSHBENCH_MODE:-agent} != agent ]]; then
+case $SCEN in cmd | push-cold | push-warm | push-one-var) ;; *) SCEN=unknown ;; esac
+if [[ $SCEN == unknown || ${PUSHBENCH_MODE:-agent} != agent ]]; then
   [[ $PHASE == cleanup ]] && exit 0
-  log "not yet: scenario $SCEN, mode ${PUSHBENCH_MODE:-agent} (only cmd in agent mode)"
+  log "not yet: scenario $1, mode ${PUSHBENCH_MODE:-agent} (cmd and push-* in agent mode only)"
   exit 2
 fi
 : "${PUSHBENCH_WORK:?}" "${PUSHBENCH_HOSTS_ADDR:?}" "${PUSHBENCH_HOSTS:?}" "${PUSHBENCH_ROOT:?}"
@@ -128,8 +141,13 @@ prepare() {
   : >"$W/agents.pids"
   trap 'rc=$?; if (( rc != 0 )); then log "prepare failed (rc=$rc), cleaning up"; cleanup_all; fi' EXIT
 
+  local -a inv=()
+  if [[ $SCEN == push-* ]]; then
+    inv=(--inventory "$PUSHBENCH_VARS_DIR")
+    write_push_file
+  fi
   # Coordinator: any free port on 127.0.0.1, own session, PID recorded.
-  setsid "$NODE" "$MAIN" coordinator --data "$W/coord" --listen 127.0.0.1:0 --no-client-config \
+  setsid "$NODE" "$MAIN" coordinator --data "$W/coord" --listen 127.0.0.1:0 --no-client-config "${inv[@]}" \
     --log-level "$LOGLEVEL" </dev/null >"$W/logs/coord.out" 2>"$W/logs/coord.err" &
   echo $! >"$W/coord.pid"
   local i
@@ -175,7 +193,11 @@ prepare() {
   (( online >= N )) || die "only $online of $N agents online after 240 s"
   log "$online agents online"
 
-  if [[ $WARMUP == 1 ]]; then
+  if [[ $WARMUP == 1 && $SCEN == push-* ]]; then
+    canopy push "$W/push/push.yaml" --vars-file "$PUSHBENCH_TASK_VARS" --check --limit h001 --json \
+      >"$W/warmup.json" 2>"$W/logs/warmup.err" || die "warm-up push failed: $(tail -3 "$W/logs/warmup.err")"
+    log "warm-up: $(jq -c .summary "$W/warmup.json")"
+  elif [[ $WARMUP == 1 ]]; then
     local hosts
     mapfile -t hosts <"$PUSHBENCH_HOSTS"
     canopy run "${hosts[@]}" --json -- true >"$W/warmup.json" 2>"$W/logs/warmup.err" ||
@@ -194,7 +216,32 @@ prepare() {
   trap - EXIT
 }
 
+# The push file for the harness's workload: one entry per files.tsv line.
+write_push_file() {
+  mkdir -p "$W/push"
+  cp -r "$PUSHBENCH_TEMPLATES" "$W/push/templates"
+  {
+    echo "targets: all"
+    echo "files:"
+    local tpl dest mode
+    while IFS=$'\t' read -r tpl dest mode; do
+      [[ -z $tpl || $tpl == \#* ]] && continue
+      dest=${dest//\{root\}/$PUSHBENCH_ROOT}
+      dest=${dest//\{host\}/'{{ inventory_hostname }}'}
+      printf '  - template: templates/%s\n    dest: "%s"\n    mode: "%s"\n' "$tpl" "$dest" "$mode"
+    done <"$PUSHBENCH_FILES"
+  } >"$W/push/push.yaml"
+}
+
+timed_push() {
+  local rc=0
+  canopy push "$W/push/push.yaml" --vars-file "$PUSHBENCH_TASK_VARS" --json >"$W/run.json" || rc=$?
+  jq -c '{changed_count: .summary.files.written, hosts: .summary.hosts}' "$W/run.json" || rc=1
+  return "$rc"
+}
+
 timed() {
+  [[ $SCEN == push-* ]] && { timed_push; return; }
   local hosts rc=0
   mapfile -t hosts <"$PUSHBENCH_HOSTS"
   canopy run "${hosts[@]}" --json -- "${PUSHBENCH_CMD:-uptime}" >"$W/run.json" || rc=$?
