@@ -67,7 +67,11 @@ export interface AssembleOptions {
   verify?: boolean;
 }
 
-/** A path (created or truncated, fsynced and closed), or an open fd or FileHandle (left open). */
+/**
+ * A path (created or truncated, fsynced and closed), or a file the caller
+ * opened for writing, not appending (an fd or FileHandle, left open and not
+ * fsynced). assemble() writes at positions and truncates to the blob's size.
+ */
 export type AssembleTarget = string | number | FileHandle;
 
 interface Entry {
@@ -211,6 +215,7 @@ export class ChunkStore {
       );
     }
     for (let b = this.busy.get(digest); b; b = this.busy.get(digest)) await b;
+    this.checkOpen();
     if (this.entries.has(digest)) return this.touch(digest);
     const work = this.store(digest, data);
     this.setBusy(digest, work);
@@ -328,7 +333,7 @@ export class ChunkStore {
 
   /** Writes a verified chunk durably, after making room for it. */
   private async store(digest: string, data: Uint8Array): Promise<void> {
-    const evictions = this.makeRoom(digest, data.length);
+    const evictions = await this.makeRoom(digest, data.length);
     try {
       await Promise.all(evictions);
       await writeDurably(this.dir, digest, data);
@@ -345,28 +350,43 @@ export class ChunkStore {
 
   /**
    * Reserves `size` bytes, evicting unpinned chunks in use order if needed.
-   * Synchronous up to the returned unlinks; throws TRANSFER_QUOTA (and evicts
-   * nothing) when even evicting every unpinned chunk would not make room.
+   * When chunks still being written stand in the way, waits for one of them
+   * to land (it becomes evictable) and tries again. Throws TRANSFER_QUOTA,
+   * evicting nothing, when even that would not make room.
    */
-  private makeRoom(digest: string, size: number): Promise<void>[] {
+  private async makeRoom(digest: string, size: number): Promise<Promise<void>[]> {
+    for (;;) {
+      const plan = this.planRoom(size);
+      if (plan === 'full') throw this.quotaError(digest, size);
+      if (plan === 'wait') {
+        await Promise.race(this.busy.values());
+        continue;
+      }
+      this.reserved += size;
+      return plan.map((d) => this.discard(d));
+    }
+  }
+
+  /** The unpinned chunks to evict, least recently used first, for `size` more bytes. */
+  private planRoom(size: number): string[] | 'wait' | 'full' {
     const over = this.used + this.reserved + size - this.quotaBytes;
     const victims: string[] = [];
     let freed = 0;
     for (const [d, e] of this.entries) {
-      if (freed >= over) break;
+      if (freed >= over) return victims;
       if (this.pinCount.has(d)) continue;
       victims.push(d);
       freed += e.size;
     }
-    if (freed < over) throw this.quotaError(digest, size);
-    this.reserved += size;
-    return victims.map((d) => this.discard(d));
+    if (freed >= over) return victims;
+    return freed + this.reserved >= over ? 'wait' : 'full';
   }
 
   private async shrinkToQuota(): Promise<number> {
-    const evictions = this.makeRoom('(none: the quota is below what the store holds)', 0);
-    await Promise.all(evictions);
-    return evictions.length;
+    const plan = this.planRoom(0);
+    const victims = Array.isArray(plan) ? plan : [];
+    await Promise.all(victims.map((d) => this.discard(d)));
+    return victims.length;
   }
 
   /** Removes a chunk: at once from memory and the index, then its file. */

@@ -5,6 +5,10 @@
  * - install.ts: destination checks against an agent's roots, the atomic
  *   install (temp file, fsync, validate, backup, rename, fsync dir),
  *   backups and rollback, and the MD5 cache behind warm checks.
+ * - manifest.ts: a blob's manifest (size, chunk size, BLAKE3 per chunk,
+ *   whole-file MD5) and its id (the BLAKE3 of its canonical encoding).
+ * - chunk-store.ts: an agent's content-addressed chunk store (verified
+ *   before visible, crash-safe index, quota with LRU eviction, pins).
  */
 export {
   type DestCheck,
@@ -22,3 +26,23 @@ export {
   resolveDest,
   rollback,
 } from './install.js';
+export {
+  type AssembleOptions,
+  type AssembleTarget,
+  ChunkStore,
+  type ChunkStoreOptions,
+  type RecoveryReport,
+} from './chunk-store.js';
+export {
+  buildManifest,
+  chunkCount,
+  chunkDigest,
+  chunkRange,
+  DEFAULT_CHUNK_SIZE,
+  encodeManifest,
+  isChunkDigest,
+  type Manifest,
+  manifestId,
+  parseManifest,
+  validateManifest,
+} from './manifest.js';

@@ -123,7 +123,13 @@ const SAMPLE: Manifest = {
 };
 
 test('the canonical encoding has a fixed key order and the id is pinned', async () => {
-  const shuffled = { md5: SAMPLE.md5, chunks: SAMPLE.chunks, size: SAMPLE.size, chunkSize: CS, version: 1 as const };
+  const shuffled = {
+    md5: SAMPLE.md5,
+    chunks: SAMPLE.chunks,
+    size: SAMPLE.size,
+    chunkSize: CS,
+    version: 1 as const,
+  };
   const json = `{"version":1,"size":65537,"chunkSize":65536,"chunks":["${'a'.repeat(64)}","${'b'.repeat(64)}"],"md5":"${'c'.repeat(32)}"}`;
   assert.equal(encodeManifest(shuffled), json);
   assert.equal(await manifestId(shuffled), await blake3(json));
@@ -175,20 +181,52 @@ const BAD: [string, string, RegExp][] = [
   ['a negative size', JSON.stringify({ ...SAMPLE, size: -1 }), /size -1, not a whole number/],
   ['a fractional size', JSON.stringify({ ...SAMPLE, size: 1.5 }), /size 1.5, not a whole number/],
   ['a size as a string', JSON.stringify({ ...SAMPLE, size: '65537' }), /size "65537"/],
-  ['an unsafe size', '{"version":1,"size":9007199254740993,"chunkSize":65536,"chunks":[],"md5":"x"}', /size 9007199254740992/],
-  ['a chunk size not a power of two', JSON.stringify({ ...SAMPLE, chunkSize: 100000 }), /chunkSize 100000, not a power of two/],
+  [
+    'an unsafe size',
+    '{"version":1,"size":9007199254740993,"chunkSize":65536,"chunks":[],"md5":"x"}',
+    /size 9007199254740992/,
+  ],
+  [
+    'a chunk size not a power of two',
+    JSON.stringify({ ...SAMPLE, chunkSize: 100000 }),
+    /chunkSize 100000, not a power of two/,
+  ],
   ['a chunk size below 64 KiB', JSON.stringify({ ...SAMPLE, chunkSize: 32768 }), /chunkSize 32768/],
   ['a chunk size above 64 MiB', JSON.stringify({ ...SAMPLE, chunkSize: 2 ** 27 }), /chunkSize 134217728/],
   ['a short md5', JSON.stringify({ ...SAMPLE, md5: 'c'.repeat(31) }), /md5 "c{31}", not 32 lowercase hex/],
   ['an upper-case md5', JSON.stringify({ ...SAMPLE, md5: 'C'.repeat(32) }), /md5 "C{32}"/],
   ['chunks not an array', JSON.stringify({ ...SAMPLE, chunks: HEX64 }), /chunks that are not an array/],
-  ['a short chunk digest', JSON.stringify({ ...SAMPLE, chunks: [HEX64, 'b'.repeat(63)] }), /chunks\[1\] = "b{63}"/],
-  ['a non-hex chunk digest', JSON.stringify({ ...SAMPLE, chunks: ['g'.repeat(64), HEX64] }), /chunks\[0\] = "g{64}"/],
-  ['an upper-case chunk digest', JSON.stringify({ ...SAMPLE, chunks: [HEX64, 'B'.repeat(64)] }), /chunks\[1\]/],
+  [
+    'a short chunk digest',
+    JSON.stringify({ ...SAMPLE, chunks: [HEX64, 'b'.repeat(63)] }),
+    /chunks\[1\] = "b{63}"/,
+  ],
+  [
+    'a non-hex chunk digest',
+    JSON.stringify({ ...SAMPLE, chunks: ['g'.repeat(64), HEX64] }),
+    /chunks\[0\] = "g{64}"/,
+  ],
+  [
+    'an upper-case chunk digest',
+    JSON.stringify({ ...SAMPLE, chunks: [HEX64, 'B'.repeat(64)] }),
+    /chunks\[1\]/,
+  ],
   ['a numeric chunk digest', JSON.stringify({ ...SAMPLE, chunks: [HEX64, 5] }), /chunks\[1\] = 5,/],
-  ['too few chunks', JSON.stringify({ ...SAMPLE, chunks: [HEX64] }), /lists 1 chunks, but size 65537 at chunkSize 65536 makes 2/],
-  ['too many chunks', JSON.stringify({ ...SAMPLE, size: CS, chunks: [HEX64, HEX64] }), /lists 2 chunks, but size 65536 .* makes 1/],
-  ['chunks for an empty file', JSON.stringify({ ...SAMPLE, size: 0, chunks: [HEX64] }), /lists 1 chunks, but size 0 .* makes 0/],
+  [
+    'too few chunks',
+    JSON.stringify({ ...SAMPLE, chunks: [HEX64] }),
+    /lists 1 chunks, but size 65537 at chunkSize 65536 makes 2/,
+  ],
+  [
+    'too many chunks',
+    JSON.stringify({ ...SAMPLE, size: CS, chunks: [HEX64, HEX64] }),
+    /lists 2 chunks, but size 65536 .* makes 1/,
+  ],
+  [
+    'chunks for an empty file',
+    JSON.stringify({ ...SAMPLE, size: 0, chunks: [HEX64] }),
+    /lists 1 chunks, but size 0 .* makes 0/,
+  ],
 ];
 
 for (const [what, json, message] of BAD) {
