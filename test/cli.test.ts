@@ -236,7 +236,7 @@ test('inventory warnings go to stderr and do not fail the command', (t) => {
   assert.equal(JSON.parse(r.stdout).warnings.length, 1);
 });
 
-test('demo starts 8 agents, runs a command on all, renders every example template and explains variables', () => {
+test('demo starts 8 agents, runs a command on all, pushes the templates (then a warm re-push changes nothing), renders and explains', () => {
   const r = canopy(['demo'], { env: { NO_COLOR: '1' } });
   assert.equal(r.code, 0, r.stderr);
   assert.match(
@@ -245,12 +245,20 @@ test('demo starts 8 agents, runs a command on all, renders every example templat
   );
   assert.match(r.stdout, /^app-\[01-02\],db-\[01-02\],web-\[01-04\] \(8\): ok$/m);
   assert.match(r.stdout, /^8 ok, 8 total$/m);
+  assert.match(r.stdout, /^8 changed \(8 hosts\); files: 16 written, 16 changed, 0 unchanged, 0 failed$/m);
+  assert.match(r.stdout, /^app-\[01-02\],db-\[01-02\],web-\[01-04\] \(8\): unchanged$/m);
+  assert.match(r.stdout, /^8 unchanged \(8 hosts\); files: 0 written, 0 changed, 16 unchanged, 0 failed$/m);
+  assert.match(r.stdout, /^- {2}workers: 8\n\+ {2}workers: 16$/m);
   assert.equal((r.stdout.match(/^== /gm) ?? []).length, 8);
   assert.equal((r.stdout.match(/^-- nginx\.conf\.njk md5 [0-9a-f]{32}$/gm) ?? []).length, 8);
   assert.match(r.stdout, /app\.log\.level = "debug" +\(group all < group canary/);
   const json = JSON.parse(canopy(['demo', '--json']).stdout);
   assert.equal(json.hosts.length, 8);
   assert.deepEqual(json.run.summary.counts, { ok: 8 });
+  assert.deepEqual(
+    json.pushes.map((x: { summary: { files: { written: number } } }) => x.summary.files.written),
+    [16, 0, 0],
+  );
   const leftover = spawnSync('pgrep', ['-f', 'canopy-demo-'], { encoding: 'utf8' }).stdout.trim();
   assert.equal(leftover, '', 'the demo stopped every agent it started');
 });

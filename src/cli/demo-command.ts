@@ -3,14 +3,15 @@
  * setup. It starts a coordinator in this process (state in a temporary
  * directory) and 8 real agent processes on 127.0.0.11-18, one per example
  * host, each with its own root directory and the host's labels; joins them
- * with one-time tokens; runs a command on all of them; then renders every
- * example template for every host and explains a few variables. --keep
+ * with one-time tokens; runs a command on all of them; pushes the example
+ * templates to every agent (cold, then a warm re-push that changes nothing);
+ * then renders every example template and explains a few variables. --keep
  * leaves the fleet running until Ctrl-C. Every process it started is
  * stopped on exit, and the temporary directory removed.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, openSync, readdirSync, rmSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,6 +24,7 @@ import { ApiClient } from './client.js';
 import { untilSignal } from './daemon.js';
 import { type CliIO, palette, type Stream, writeJson } from './io.js';
 import { packageRoot, packageVersion } from './package-root.js';
+import { pushCommand } from './push-command.js';
 import { runCommand } from './run-command.js';
 import { shortPath } from './vars-command.js';
 
@@ -31,8 +33,9 @@ export const DEMO_HELP = `usage: canopy demo [--keep] [--json]
 Starts a demo fleet on this machine: a coordinator (state in a temporary
 directory) and 8 real agents on 127.0.0.11-18, one per host of examples/
 (two IDCs, labels idc and role), joined with one-time tokens. Runs a command
-on all of them and shows the results, then renders every example template for
-every host and explains where a few variables come from.
+on all of them, pushes the example templates to every agent (then pushes
+again: nothing changes), renders every example template for every host and
+explains where a few variables come from.
 
   --keep   leave the fleet running and print commands to try; Ctrl-C stops it
 `;
@@ -101,8 +104,11 @@ export async function demoCommand(argv: string[], io: CliIO): Promise<number> {
         name: host.name,
       });
       const data = join(dir, 'agents', host.name);
-      const hostRoot = join(data, 'root');
-      mkdirSync(hostRoot, { recursive: true });
+      // Each agent's root stands for its host's "/": DIR/hosts/NAME.
+      const hostRoot = join(dir, 'hosts', host.name);
+      mkdirSync(join(hostRoot, 'etc', 'nginx'), { recursive: true });
+      mkdirSync(join(hostRoot, 'etc', 'orders'), { recursive: true });
+      mkdirSync(data, { recursive: true });
       const logFd = openSync(join(data, 'agent.log'), 'a');
       const args = [
         ...AGENT_NODE_FLAGS,
@@ -159,8 +165,38 @@ export async function demoCommand(argv: string[], io: CliIO): Promise<number> {
     } else {
       runCode = await runCommand(['all', '--', DEMO_COMMAND], { ...io, env: runEnv });
     }
+    const pushFile = writeDemoPush(dir, root);
+    const pushes: unknown[] = [];
+    const steps: [string, string[]][] = [
+      ['Pushing', []],
+      ['Pushing again (warm: every file is already right, nothing is sent)', []],
+      [
+        'Checking a change (--check writes nothing; hosts with the same diff grouped)',
+        ['--check', '--diff', '--var', 'app.workers=16'],
+      ],
+    ];
+    for (const [what, extra] of steps) {
+      say(
+        `\n${p.bold(what)}: ${p.cyan(`canopy push ${shortPath(io.cwd, pushFile)}${extra.map((a) => ` ${a}`).join('')}`)}\n`,
+      );
+      const pushArgs = [pushFile, '--quiet', ...extra];
+      let code: number;
+      if (values.json) {
+        const cap = new Capture();
+        code = await pushCommand([...pushArgs, '--json'], {
+          ...io,
+          out: cap,
+          err: new Capture(),
+          env: runEnv,
+        });
+        pushes.push(JSON.parse(cap.text));
+      } else {
+        code = await pushCommand(pushArgs, { ...io, env: runEnv });
+      }
+      runCode = runCode || code;
+    }
     const report = renderExamples(io, values, inv, root);
-    if (values.json) writeJson(io, { coordinator: coordinator.url, run: runReport, hosts: report });
+    if (values.json) writeJson(io, { coordinator: coordinator.url, run: runReport, pushes, hosts: report });
     if (values.keep) {
       io.out.write(
         `\n${p.bold('The fleet keeps running')} (Ctrl-C stops it and removes ${dir}). Try, in another shell:\n` +
@@ -169,6 +205,8 @@ export async function demoCommand(argv: string[], io: CliIO): Promise<number> {
           `  canopy run idc=bj -- uptime\n` +
           `  canopy run web -- 'echo ?HOST; cat /etc/os-release | head -1'\n` +
           `  canopy run all --timeout 2s -- sleep 10\n` +
+          `  canopy push ${pushFile} --check --diff --var app.workers=16\n` +
+          `  canopy push ${pushFile} --limit web --var release.version=1.6.0 && canopy rollback ${pushFile} --limit web\n` +
           `  canopy token create --name extra-01\n` +
           `  canopy agents revoke web-04\n`,
       );
@@ -196,6 +234,35 @@ export async function demoCommand(argv: string[], io: CliIO): Promise<number> {
     await coordinator?.close();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The demo's push file, beside a copy of the example templates: every host
+ * gets nginx.conf and app.yaml under its agent's root (DIR/hosts/NAME,
+ * standing for the host's "/").
+ */
+function writeDemoPush(dir: string, examples: string): string {
+  const pushDir = join(dir, 'push');
+  cpSync(join(examples, 'templates'), join(pushDir, 'templates'), { recursive: true });
+  const hosts = join(dir, 'hosts');
+  const file = join(pushDir, 'site.push.yaml');
+  writeFileSync(
+    file,
+    `# canopy demo: each agent's root ${hosts}/NAME stands for the host's "/"
+targets: all
+templates: templates
+files:
+  - template: nginx.conf.njk
+    dest: "${hosts}/{{ inventory_hostname }}/etc/nginx/nginx.conf"
+    mode: "0644"
+    backup: true
+  - template: app.yaml.njk
+    dest: "${hosts}/{{ inventory_hostname }}/etc/orders/app.yaml"
+    mode: "0640"
+notify: echo "reloaded nginx on $(hostname)"
+`,
+  );
+  return file;
 }
 
 /** Renders every example template for every host and explains a few variables (the issue-3 demo). */

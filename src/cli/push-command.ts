@@ -280,11 +280,11 @@ function describe(r: HostResult): string[] {
   return out;
 }
 
+/** Without MD5s, so hosts whose files differ only in content group together (--json has them). */
 function fileLine(f: FileOutcome): string {
-  const md5 = `${f.oldMd5 ? f.oldMd5.slice(0, 8) : 'new'} -> ${f.newMd5.slice(0, 8)}`;
   if (f.state === 'failed') return `failed: ${f.error?.split('\n')[0] ?? ''}`;
-  const what = f.content ? md5 : 'mode/owner only';
-  return `${f.state === 'would-change' ? 'would change' : f.state} (${what})`;
+  const what = !f.content ? ' (mode/owner only)' : f.oldMd5 === null ? ' (new file)' : '';
+  return `${f.state === 'would-change' ? 'would change' : f.state}${what}`;
 }
 
 function printDiffs(io: CliIO, p: Palette, results: HostResult[]): void {

@@ -1,10 +1,14 @@
 /**
  * The push file (YAML) and what the CLI sends for it: the templates
  * (every file in the directories of the templates it names, so includes and
- * imports resolve) and the plain `src:` files, base64. Paths are relative
- * to the push file's directory and must stay inside it.
+ * imports resolve) and the plain `src:` files, base64. `src:` paths are
+ * relative to the push file's directory; template names to the template
+ * root (`templates:`, default that same directory), where includes and
+ * imports resolve too, as in an Ansible role's templates/. Neither may leave
+ * its directory.
  *
  *   targets: role=web                 # or a list
+ *   templates: templates              # the template root (optional)
  *   files:
  *     - template: templates/nginx.conf.njk
  *       dest: /etc/nginx/nginx.conf   # may use {{ inventory_hostname }} etc.
@@ -23,7 +27,7 @@ import { parseDuration } from '../agent/config.js';
 import { CanopyError } from '../errors/index.js';
 import { didYouMean, formatPos, isMapping, YamlSource } from '../render/index.js';
 
-const TOP_KEYS = ['targets', 'files', 'notify', 'timeout', 'concurrency'] as const;
+const TOP_KEYS = ['targets', 'templates', 'files', 'notify', 'timeout', 'concurrency'] as const;
 const FILE_KEYS = ['template', 'src', 'dest', 'mode', 'owner', 'group', 'validate', 'backup'] as const;
 const MAX_TEMPLATE_FILES = 2000;
 const MAX_TEMPLATE_BYTES = 1024 * 1024;
@@ -41,6 +45,8 @@ export interface PushFileEntry {
 
 export interface PushFileSpec {
   path: string;
+  /** Absolute: where template names (and their includes) resolve. */
+  templateRoot: string;
   targets: string[];
   files: PushFileEntry[];
   notify?: string;
@@ -74,7 +80,12 @@ export function readPushFile(path: string): PushFileSpec {
     fail(['files'], 'files: must be a list of {template or src, dest}');
   }
   const files = (top.files as unknown[]).map((f, i) => fileEntry(f, i, fail));
-  const spec: PushFileSpec = { path, targets: targets as string[], files };
+  const base = dirname(resolve(path));
+  if (top.templates !== undefined && (typeof top.templates !== 'string' || !top.templates)) {
+    fail(['templates'], 'templates: must be a directory (relative to the push file)');
+  }
+  const templateRoot = resolve(base, (top.templates as string | undefined) ?? '.');
+  const spec: PushFileSpec = { path, templateRoot, targets: targets as string[], files };
   if (top.notify !== undefined) {
     if (typeof top.notify !== 'string' || !top.notify.trim())
       fail(['notify'], 'notify: must be a shell command');
@@ -165,7 +176,7 @@ function inside(base: string, name: string, pushFile: string, what: string): str
 
 /** The templates to send: every file in the directories of the named templates. */
 export function collectTemplates(spec: PushFileSpec): Record<string, string> {
-  const base = dirname(resolve(spec.path));
+  const base = spec.templateRoot;
   const out: Record<string, string> = {};
   const dirs = new Set<string>();
   for (const f of spec.files) {

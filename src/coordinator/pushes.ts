@@ -267,7 +267,10 @@ function renderHost(req: PushRequest, host: string, ctx: RenderContext, out: Ren
       const dest = engine.template(`${DEST_DIR}/${i}`).render(vars, host);
       // Only the shape is checked here: whether the path is allowed is the agent's decision (its roots).
       if (!isAbsolute(dest) || dest.endsWith('/')) {
-        throw new CanopyError('PUSH_FILE', `dest renders to ${JSON.stringify(dest)}, which is not an absolute file path`);
+        throw new CanopyError(
+          'PUSH_FILE',
+          `dest renders to ${JSON.stringify(dest)}, which is not an absolute file path`,
+        );
       }
       const content = f.template
         ? Buffer.from(engine.template(f.template).render(vars, host))

@@ -37,9 +37,21 @@ test('masking replaces every occurrence, longest secret first', () => {
 });
 
 test('a diff masks a removed line whose old secret no variable holds any more', () => {
-  const patch = ['--- a', '+++ b', '@@ -1,2 +1,2 @@', '-password = old-secret', '+password = new-secret', ' port = 80'].join('\n');
+  const patch = [
+    '--- a',
+    '+++ b',
+    '@@ -1,2 +1,2 @@',
+    '-password = old-secret',
+    '+password = new-secret',
+    ' port = 80',
+  ].join('\n');
   const out = maskDiff(patch, ['new-secret']);
-  assert.equal(out, ['--- a', '+++ b', '@@ -1,2 +1,2 @@', `-password = ${MASK}`, `+password = ${MASK}`, ' port = 80'].join('\n'));
+  assert.equal(
+    out,
+    ['--- a', '+++ b', '@@ -1,2 +1,2 @@', `-password = ${MASK}`, `+password = ${MASK}`, ' port = 80'].join(
+      '\n',
+    ),
+  );
   assert.doesNotMatch(out, /old-secret/);
   // Unrelated removed lines stay as they are.
   assert.match(maskDiff('-port = 81\n+password = new-secret', ['new-secret']), /-port = 81/);
