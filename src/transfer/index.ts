@@ -10,6 +10,14 @@
  * - chunk-store.ts: an agent's content-addressed chunk store (verified
  *   before visible, crash-safe index, quota with LRU eviction, pins).
  */
+
+export {
+  type AssembleOptions,
+  type AssembleTarget,
+  ChunkStore,
+  type ChunkStoreOptions,
+  type RecoveryReport,
+} from './chunk-store.js';
 export {
   type DestCheck,
   type FileState,
@@ -26,13 +34,6 @@ export {
   resolveDest,
   rollback,
 } from './install.js';
-export {
-  type AssembleOptions,
-  type AssembleTarget,
-  ChunkStore,
-  type ChunkStoreOptions,
-  type RecoveryReport,
-} from './chunk-store.js';
 export {
   buildManifest,
   chunkCount,
