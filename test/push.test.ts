@@ -367,10 +367,18 @@ files:
   - src: files/big.bin
     dest: ${root}/etc/big.bin
     validate: "sleep 5; true %s"
+  - src: files/big2.bin
+    dest: ${root}/etc/big2.bin
 `,
   );
   const proj = push.replace(/push\.yaml$/, '');
   writeFileSync(join(proj, 'files', 'big.bin'), big);
+  // Together more than one content message carries: the agent fetches them in two batches.
+  const big2 = 'y'
+    .repeat(1024 * 1024)
+    .concat('\n')
+    .repeat(6);
+  writeFileSync(join(proj, 'files', 'big2.bin'), big2);
   const db = fleet.agents.get('db-01') as TestAgent;
   await db.kill('SIGKILL');
   await waitFor(
@@ -415,6 +423,7 @@ files:
   const again = await pushJson(fleet, [push]);
   assert.deepEqual(again.summary.hosts, { changed: 2, unchanged: 1 });
   assert.equal(readFileSync(join(etc, 'big.bin'), 'utf8'), big);
+  assert.equal(readFileSync(join(etc, 'big2.bin'), 'utf8'), big2);
 });
 
 test('the API: POST /v1/pushes, its event stream and GET; bad bodies and bad push files name the field or line', async (t) => {

@@ -200,13 +200,16 @@ export class Agent {
     ws.on('pong', () => {
       this.lastHeard = this.now();
     });
-    ws.on('close', () => {
+    ws.on('close', (code, reason) => {
       if (this.ws !== ws) return;
-      this.failFetches('lost the connection to the coordinator while fetching content');
+      this.failFetches(`lost the connection to the coordinator while fetching content (close ${code})`);
       clearInterval(this.beatTimer);
       clearInterval(this.pullTimer);
       if (!this.stopped && refusedCode === undefined) {
-        this.log.warn('lost the connection to the coordinator; reconnecting');
+        this.log.warn(
+          { code, reason: reason.toString() },
+          'lost the connection to the coordinator; reconnecting',
+        );
         this.scheduleReconnect(undefined);
       }
     });

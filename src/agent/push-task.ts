@@ -29,8 +29,10 @@ import {
 import { lookupAccount, lookupGroupId } from './accounts.js';
 import { type ExecPolicy, type ExecResult, runCommand } from './executor.js';
 
-/** Old content is sent back for diffs only up to this size. */
+/** Old content is sent back for diffs only up to this size per file ... */
 const MAX_DIFF_BYTES = 256 * 1024;
+/** ... and this much per task, so a result stays far below the channel's 16 MiB message limit. */
+const DIFF_BUDGET_BYTES = 4 * 1024 * 1024;
 
 export interface PushContext {
   policy: ExecPolicy;
@@ -122,6 +124,7 @@ async function compare(
   diff: boolean,
   ctx: PushContext,
 ): Promise<void> {
+  const budget = { left: DIFF_BUDGET_BYTES };
   for (const p of planned) {
     const base = { dest: p.file.dest, oldMd5: p.state?.md5 ?? null, newMd5: p.file.md5 };
     const sameContent = p.state?.md5 === p.file.md5;
@@ -136,20 +139,25 @@ async function compare(
         ...base,
         state: 'would-change',
         content: true,
-        ...(diff ? await oldText(p) : {}),
+        ...(diff ? await oldText(p, budget) : {}),
       };
     }
   }
   if (diff && !check) {
     for (const p of planned) {
-      if (outcomes[p.index] === undefined) p.diffOld = await oldText(p);
+      if (outcomes[p.index] === undefined) p.diffOld = await oldText(p, budget);
     }
   }
 }
 
-async function oldText(p: Planned): Promise<Pick<FileOutcome, 'old' | 'oldOmitted'>> {
+async function oldText(
+  p: Planned,
+  budget: { left: number },
+): Promise<Pick<FileOutcome, 'old' | 'oldOmitted'>> {
   if (!p.state) return { old: '' };
   if (p.state.size > MAX_DIFF_BYTES) return { oldOmitted: `larger than ${MAX_DIFF_BYTES / 1024} KiB` };
+  if (p.state.size > budget.left) return { oldOmitted: 'too many diffs in one push for one host' };
+  budget.left -= p.state.size;
   const data = await readFile(p.dest).catch(() => undefined);
   if (!data) return { oldOmitted: 'unreadable' };
   if (data.includes(0)) return { oldOmitted: 'binary' };
@@ -158,7 +166,25 @@ async function oldText(p: Planned): Promise<Pick<FileOutcome, 'old' | 'oldOmitte
   return { old: text };
 }
 
+/** Content is fetched in batches of at most this many bytes (base64 adds a third; messages cap at 16 MiB). */
+const FETCH_BATCH_BYTES = 8 * 1024 * 1024;
+
 async function install(need: Planned[], outcomes: FileOutcome[], ctx: PushContext): Promise<void> {
+  let batch: Planned[] = [];
+  let bytes = 0;
+  for (const p of need) {
+    if (batch.length > 0 && bytes + p.file.size > FETCH_BATCH_BYTES) {
+      await installBatch(batch, outcomes, ctx);
+      batch = [];
+      bytes = 0;
+    }
+    batch.push(p);
+    bytes += p.file.size;
+  }
+  if (batch.length > 0) await installBatch(batch, outcomes, ctx);
+}
+
+async function installBatch(need: Planned[], outcomes: FileOutcome[], ctx: PushContext): Promise<void> {
   let contents: Map<number, Buffer>;
   try {
     contents = await ctx.fetch(need.map((p) => p.index));

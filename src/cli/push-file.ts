@@ -10,7 +10,7 @@
  *   targets: role=web                 # or a list
  *   templates: templates              # the template root (optional)
  *   files:
- *     - template: templates/nginx.conf.njk
+ *     - template: nginx.conf.njk        # relative to the template root
  *       dest: /etc/nginx/nginx.conf   # may use {{ inventory_hostname }} etc.
  *       mode: "0644"
  *       owner: root                   # group likewise
@@ -139,17 +139,23 @@ function fileEntry(f: unknown, i: number, fail: Fail): PushFileEntry {
   return entry;
 }
 
-/** "0644", "644" or 644 (YAML 1.2 reads an unquoted 0644 as the number 644): octal digits. */
+/**
+ * A quoted octal string ("0644" or "644"). An unquoted number is refused: YAML 1.2 reads 0644 as
+ * 644 and 0o644 as 420, and YAML 1.1 (Ansible) reads 0644 as 420 — which one the writer meant
+ * cannot be known, and a wrong mode is silent.
+ */
 function mode(v: unknown, at: (string | number)[], fail: Fail): string {
-  const text = typeof v === 'number' && Number.isInteger(v) ? String(v) : v;
-  if (typeof text !== 'string' || !/^0?[0-7]{3,4}$/.test(text)) {
+  if (typeof v === 'number') {
+    return fail(at, `mode: ${v} is a number; quote it as a string, e.g. mode: "0644"`);
+  }
+  if (typeof v !== 'string' || !/^0?[0-7]{3,4}$/.test(v)) {
     return fail(at, `mode: ${JSON.stringify(v)} is not an octal mode such as "0644"`);
   }
-  return text.padStart(4, '0');
+  return v.padStart(4, '0');
 }
 
 function seconds(v: unknown, at: (string | number)[], fail: Fail): number {
-  if (typeof v === 'number' && v > 0) return v;
+  if (typeof v === 'number' && v > 0 && Number.isFinite(v)) return v;
   if (typeof v === 'string') {
     try {
       return parseDuration(v, 'timeout') / 1000;
@@ -161,13 +167,13 @@ function seconds(v: unknown, at: (string | number)[], fail: Fail): number {
 }
 
 /** A relative path inside `base`, or a PUSH_FILE error naming the push file. */
-function inside(base: string, name: string, pushFile: string, what: string): string {
+function inside(base: string, name: string, pushFile: string, what: string, relTo: string): string {
   const full = resolve(base, name);
   const rel = relative(base, full);
   if (isAbsolute(name) || rel === '' || rel.startsWith(`..${sep}`) || rel === '..') {
     throw new CanopyError(
       'PUSH_FILE',
-      `${pushFile}: ${what} "${name}" must be a path inside ${base} (relative to the push file)`,
+      `${pushFile}: ${what} "${name}" must be a path inside ${base} (relative to ${relTo})`,
       { file: pushFile },
     );
   }
@@ -181,7 +187,7 @@ export function collectTemplates(spec: PushFileSpec): Record<string, string> {
   const dirs = new Set<string>();
   for (const f of spec.files) {
     if (f.template === undefined) continue;
-    const rel = inside(base, f.template, spec.path, 'template');
+    const rel = inside(base, f.template, spec.path, 'template', 'the template root');
     f.template = rel;
     try {
       out[rel] = readFileSync(join(base, rel), 'utf8');
@@ -201,8 +207,9 @@ function walk(base: string, dir: string, out: Record<string, string>): void {
   for (const entry of readdirSync(join(base, dir), { withFileTypes: true })) {
     if (entry.name.startsWith('.')) continue;
     const rel = normalize(dir === '.' ? entry.name : `${dir}/${entry.name}`);
+    const st = entry.isSymbolicLink() ? statSync(join(base, rel), { throwIfNoEntry: false }) : entry;
     if (entry.isDirectory()) walk(base, rel, out);
-    else if (entry.isFile() && !(rel in out) && statSync(join(base, rel)).size <= MAX_TEMPLATE_BYTES) {
+    else if (st?.isFile() && !(rel in out) && statSync(join(base, rel)).size <= MAX_TEMPLATE_BYTES) {
       if (Object.keys(out).length >= MAX_TEMPLATE_FILES) return;
       out[rel] = readFileSync(join(base, rel), 'utf8');
     }
@@ -215,25 +222,25 @@ export function collectSources(spec: PushFileSpec, maxBytes: number): Record<str
   const out: Record<string, string> = {};
   for (const f of spec.files) {
     if (f.src === undefined) continue;
-    const rel = inside(base, f.src, spec.path, 'src');
+    const rel = inside(base, f.src, spec.path, 'src', 'the push file');
     f.src = rel;
-    let data: Buffer;
+    let size: number;
     try {
-      data = readFileSync(join(base, rel));
+      size = statSync(join(base, rel)).size;
     } catch (err) {
       throw new CanopyError('INPUT_NOT_FOUND', `${spec.path}: src ${rel}: ${(err as Error).message}`, {
         file: spec.path,
         path: rel,
       });
     }
-    if (data.length > maxBytes) {
+    if (size > maxBytes) {
       throw new CanopyError(
         'PUSH_TOO_LARGE',
-        `${spec.path}: src ${rel} is ${data.length} bytes; a push carries files up to ${maxBytes} bytes (use canopy dist for large files)`,
+        `${spec.path}: src ${rel} is ${size} bytes; a push carries files up to ${maxBytes} bytes (use canopy dist for large files)`,
         { file: spec.path, path: rel },
       );
     }
-    out[rel] = data.toString('base64');
+    out[rel] = readFileSync(join(base, rel)).toString('base64');
   }
   return out;
 }

@@ -298,10 +298,10 @@ export class Fleet implements Courier {
         this.log.error({ err, agent: name, type: decoded.message.type }, 'handling an agent message failed');
       });
     });
-    ws.on('close', () => {
+    ws.on('close', (code, reason) => {
       if (this.sessions.get(name) === session) {
         this.sessions.delete(name);
-        this.log.info({ agent: name }, 'agent disconnected');
+        this.log.info({ agent: name, code, reason: reason.toString() }, 'agent disconnected');
         this.persistSeen(name, session.lastHeartbeat);
       }
     });

@@ -35,6 +35,7 @@ import type { PushRunSpec, RunRecord } from './store.js';
 /** A push carries files up to this size; larger ones belong to the distribution path. */
 export const MAX_PUSH_FILE_BYTES = 8 * 1024 * 1024;
 const DEFAULT_TIMEOUT_S = 60;
+const MAX_CONTENT_MESSAGE_BYTES = 15 * 1024 * 1024;
 const MAX_DIFF_TEXT = 256 * 1024;
 
 export interface RenderFailure {
@@ -153,10 +154,19 @@ export class PushManager implements ContentSource {
       };
     }
     const files: { index: number; data: string }[] = [];
+    let bytes = 0;
     for (const index of indexes) {
       const file = plan.files[index];
       const data = file ? held.byMd5.get(file.md5) : undefined;
       if (!data) return { files: [], error: `push task ${taskId} has no file ${index}` };
+      bytes += Math.ceil(data.length / 3) * 4;
+      // The agent's channel takes messages up to 16 MiB: an answer that large would cut it.
+      if (bytes > MAX_CONTENT_MESSAGE_BYTES) {
+        return {
+          files: [],
+          error: `asked for ${indexes.length} files at once, more than one message carries; ask for fewer`,
+        };
+      }
       files.push({ index, data: data.toString('base64') });
     }
     return { files };

@@ -329,8 +329,9 @@ export class RunManager {
       (m, r) => Math.max(m, r.seq),
       0,
     );
+    const decorated = this.decorate ? this.decorate(record, agent, result) : result;
     const stored: HostResult = {
-      ...this.fromAgentFields(result),
+      ...this.fromAgentFields(decorated),
       host: agent,
       receivedAt: this.now(),
       seq: seq + 1,

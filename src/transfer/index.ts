@@ -9,6 +9,8 @@
  *   whole-file MD5) and its id (the BLAKE3 of its canonical encoding).
  * - chunk-store.ts: an agent's content-addressed chunk store (verified
  *   before visible, crash-safe index, quota with LRU eviction, pins).
+ * - planner.ts: the pure distribution planner (striped trees per IDC, one
+ *   crossing per IDC, rack locality, re-parenting, a finish-time model).
  */
 
 export {
@@ -47,3 +49,16 @@ export {
   parseManifest,
   validateManifest,
 } from './manifest.js';
+export {
+  type ChooseOptions,
+  childrenOf,
+  choosePlan,
+  DEFAULT_STRIPES,
+  type EstimateOptions,
+  estimateSeconds,
+  type Plan,
+  type PlanHost,
+  type PlanInput,
+  plan,
+  replan,
+} from './planner.js';

@@ -54,11 +54,29 @@ export async function resolveDest(dest: string, roots: readonly string[]): Promi
   });
   if (!path.isAbsolute(dest)) return refuse('is not an absolute path');
   const full = path.resolve(dest);
-  const root = roots.find((r) => path.isAbsolute(r) && isInside(path.resolve(r), full) && full !== r);
-  if (!root) {
-    const via = full === path.normalize(dest) ? '' : ` (it resolves to ${JSON.stringify(full)})`;
+  const candidates = roots.filter(
+    (r) => path.isAbsolute(r) && isInside(path.resolve(r), full) && full !== path.resolve(r),
+  );
+  if (candidates.length === 0) {
+    const via = full === dest ? '' : ` (it resolves to ${JSON.stringify(full)})`;
     return refuse(`is outside the allowed roots${via}; add a root in the agent config or change dest`);
   }
+  // Any root that allows it is enough: adding a broader root must not take access away.
+  let refusal: DestCheck | undefined;
+  for (const root of candidates) {
+    const check = await checkUnder(dest, full, root, refuse);
+    if (check.ok) return check;
+    refusal ??= check;
+  }
+  return refusal as DestCheck;
+}
+
+async function checkUnder(
+  dest: string,
+  full: string,
+  root: string,
+  refuse: (why: string) => DestCheck,
+): Promise<DestCheck> {
   const dir = path.dirname(full);
   let realDir: string;
   let realRoot: string;
@@ -341,7 +359,11 @@ async function keepBackup(dest: string, backupDir: string, md5: string): Promise
   const home = backupHome(dest, backupDir);
   await mkdir(home, { recursive: true, mode: 0o700 });
   await writeFile(path.join(home, 'dest'), dest, { mode: 0o600 });
-  const name = `${Date.now().toString().padStart(14, '0')}-${md5}`;
+  // A sequence number, not a time: two backups in one millisecond, or a clock stepping back,
+  // must not reorder them.
+  const last = (await listBackups(home)).at(-1);
+  const seq = last ? Number(last.slice(0, 14)) + 1 : 1;
+  const name = `${seq.toString().padStart(14, '0')}-${md5}`;
   const file = path.join(home, name);
   await copyFile(dest, `${file}.tmp`);
   const fh = await open(`${file}.tmp`, 'r');
