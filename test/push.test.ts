@@ -125,6 +125,38 @@ async function pushJson(fleet: TestFleet, args: string[], expectCode = 0): Promi
   return JSON.parse(r.stdout) as PushJson;
 }
 
+/** A raw API call with the fleet's admin token. */
+function apiOf(fleet: TestFleet) {
+  const c = clientConfig(fleet);
+  return (method: string, path: string, body?: unknown) =>
+    new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const data = body === undefined ? undefined : JSON.stringify(body);
+      const req = request(`${c.url}${path}`, {
+        method,
+        headers: {
+          authorization: `Bearer ${c.token}`,
+          ...(data ? { 'content-type': 'application/json' } : {}),
+        },
+        ca: c.ca,
+        checkServerIdentity: checkSan(COORDINATOR_SAN),
+      });
+      req.on('response', (res) => {
+        let text = '';
+        res.setEncoding('utf8').on('data', (d: string) => {
+          text += d;
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+      });
+      req.on('error', reject);
+      req.end(data);
+    });
+}
+
+async function contentBytes(fleet: TestFleet): Promise<number> {
+  const m = await apiOf(fleet)('GET', '/metrics');
+  return Number(/^canopy_push_content_bytes_total(?:\{\})? (\d+)$/m.exec(m.text)?.[1] ?? 'NaN');
+}
+
 function agentFile(fleet: TestFleet, host: string, rel: string): string {
   return join(fleet.dir, 'agents', host, 'root', rel);
 }
@@ -155,8 +187,11 @@ test('cold push writes every file, warm push writes none (same inode and mtime),
   for (const h of ['web-01', 'web-02', 'db-01']) {
     for (const f of files) before.set(`${h}/${f}`, stamp(agentFile(fleet, h, f)));
   }
+  const sentCold = await contentBytes(fleet);
+  assert.ok(sentCold > 0, `content bytes after the cold push: ${sentCold}`);
   const warm = await pushJson(fleet, [push]);
   assert.deepEqual(warm.summary.hosts, { unchanged: 3 });
+  assert.equal(await contentBytes(fleet), sentCold, 'a warm push sent file content');
   assert.equal(warm.summary.files.written, 0);
   for (const [k, v] of before) {
     const [h, ...rest] = k.split('/');
@@ -428,29 +463,7 @@ files:
 
 test('the API: POST /v1/pushes, its event stream and GET; bad bodies and bad push files name the field or line', async (t) => {
   const { fleet, proj, push } = await fleetWith(t, (root) => BASIC(root));
-  const c = clientConfig(fleet);
-  const api = (method: string, path: string, body?: unknown) =>
-    new Promise<{ status: number; text: string }>((resolve, reject) => {
-      const data = body === undefined ? undefined : JSON.stringify(body);
-      const req = request(`${c.url}${path}`, {
-        method,
-        headers: {
-          authorization: `Bearer ${c.token}`,
-          ...(data ? { 'content-type': 'application/json' } : {}),
-        },
-        ca: c.ca,
-        checkServerIdentity: checkSan(COORDINATOR_SAN),
-      });
-      req.on('response', (res) => {
-        let text = '';
-        res.setEncoding('utf8').on('data', (d: string) => {
-          text += d;
-        });
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-      });
-      req.on('error', reject);
-      req.end(data);
-    });
+  const api = apiOf(fleet);
   const root = dests(fleet);
   const body = {
     targets: ['role=web'],

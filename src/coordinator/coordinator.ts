@@ -97,11 +97,16 @@ export class Coordinator {
         metrics.counter('canopy_host_results_total', 'host results recorded, by state'),
       ],
       [
+        'canopy_push_content_bytes_total',
+        metrics.counter('canopy_push_content_bytes_total', 'file content bytes sent to agents for pushes'),
+      ],
+      [
         'canopy_inventory_reloads_total',
         metrics.counter('canopy_inventory_reloads_total', 'inventory reloads, by outcome'),
       ],
     ]);
-    const count = (name: string, labels?: Record<string, string>) => counters.get(name)?.(labels);
+    const count = (name: string, labels?: Record<string, string>, by?: number) =>
+      counters.get(name)?.(labels, by);
 
     let url = opts.advertise ?? '';
     const tokens = new TokenService(store, () => url, identity.caFingerprint, now);
@@ -125,7 +130,11 @@ export class Coordinator {
       decorate: (run, host, result) => pushes?.decorate(run, host, result) ?? result,
       onFinished: (run) => pushes?.finished(run),
     });
-    pushes = new PushManager({ runs, logger: log });
+    pushes = new PushManager({
+      runs,
+      logger: log,
+      onContent: (bytes) => count('canopy_push_content_bytes_total', {}, bytes),
+    });
     fleet.runs = runs;
     fleet.content = pushes;
 

@@ -57,16 +57,20 @@ interface HeldPush {
 export interface PushManagerOptions {
   runs: RunManager;
   logger: Logger;
+  /** Counts content bytes sent to agents (a warm push sends none). */
+  onContent?: (bytes: number) => void;
 }
 
 export class PushManager implements ContentSource {
   private readonly runs: RunManager;
   private readonly log: Logger;
   private readonly held = new Map<string, HeldPush>();
+  private readonly onContent: ((bytes: number) => void) | undefined;
 
   constructor(opts: PushManagerOptions) {
     this.runs = opts.runs;
     this.log = opts.logger;
+    this.onContent = opts.onContent;
   }
 
   /**
@@ -155,11 +159,13 @@ export class PushManager implements ContentSource {
     }
     const files: { index: number; data: string }[] = [];
     let bytes = 0;
+    let raw = 0;
     for (const index of indexes) {
       const file = plan.files[index];
       const data = file ? held.byMd5.get(file.md5) : undefined;
       if (!data) return { files: [], error: `push task ${taskId} has no file ${index}` };
       bytes += Math.ceil(data.length / 3) * 4;
+      raw += data.length;
       // The agent's channel takes messages up to 16 MiB: an answer that large would cut it.
       if (bytes > MAX_CONTENT_MESSAGE_BYTES) {
         return {
@@ -169,6 +175,7 @@ export class PushManager implements ContentSource {
       }
       files.push({ index, data: data.toString('base64') });
     }
+    this.onContent?.(raw);
     return { files };
   }
 
