@@ -4,11 +4,9 @@
 // Every check reads the agents' files on disk: content, inode and mtime.
 import assert from 'node:assert/strict';
 import { mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
-import { request } from 'node:https';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { COORDINATOR_SAN, checkSan } from '../src/pki/index.js';
-import { clientConfig, startFleet, type TestAgent, type TestFleet, waitFor } from './helpers/fleet.js';
+import { apiOf, startFleet, type TestAgent, type TestFleet, waitFor } from './helpers/fleet.js';
 import { tempTree } from './helpers/tree.js';
 
 interface PushJson {
@@ -123,33 +121,6 @@ async function pushJson(fleet: TestFleet, args: string[], expectCode = 0): Promi
     `canopy push ${args.join(' ')} exited ${r.code}: ${r.stderr}\n${r.stdout}`,
   );
   return JSON.parse(r.stdout) as PushJson;
-}
-
-/** A raw API call with the fleet's admin token. */
-function apiOf(fleet: TestFleet) {
-  const c = clientConfig(fleet);
-  return (method: string, path: string, body?: unknown) =>
-    new Promise<{ status: number; text: string }>((resolve, reject) => {
-      const data = body === undefined ? undefined : JSON.stringify(body);
-      const req = request(`${c.url}${path}`, {
-        method,
-        headers: {
-          authorization: `Bearer ${c.token}`,
-          ...(data ? { 'content-type': 'application/json' } : {}),
-        },
-        ca: c.ca,
-        checkServerIdentity: checkSan(COORDINATOR_SAN),
-      });
-      req.on('response', (res) => {
-        let text = '';
-        res.setEncoding('utf8').on('data', (d: string) => {
-          text += d;
-        });
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
-      });
-      req.on('error', reject);
-      req.end(data);
-    });
 }
 
 async function contentBytes(fleet: TestFleet): Promise<number> {

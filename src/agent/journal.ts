@@ -13,9 +13,10 @@
  * assumed idempotent).
  */
 import { existsSync } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { NO_OUTPUT, type Task, type TaskResult } from '../protocol/index.js';
+import { syncDir, writeSynced } from '../transfer/index.js';
 
 const KEEP_MS = 14 * 86_400_000;
 
@@ -25,24 +26,9 @@ function fileName(id: string): string {
 
 async function writeDurable(dir: string, name: string, data: string): Promise<void> {
   const tmp = join(dir, `.${name}.tmp`);
-  const fh = await open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+  await writeSynced(tmp, data, 'w');
   await rename(tmp, join(dir, name));
   await syncDir(dir);
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const d = await open(dir, 'r');
-  try {
-    await d.sync();
-  } finally {
-    await d.close();
-  }
 }
 
 export class Journal {

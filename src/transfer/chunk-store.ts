@@ -34,6 +34,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { createBLAKE3, createMD5, type IHasher } from 'hash-wasm';
 import { CanopyError } from '../errors/index.js';
+import { syncDir, writeSynced } from './durable.js';
 import { chunkRange, isChunkDigest, type Manifest } from './manifest.js';
 
 export interface ChunkStoreOptions {
@@ -702,13 +703,7 @@ async function writeDurably(dir: string, digest: string, data: Uint8Array): Prom
     `.${digest}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`,
   );
   try {
-    const fh = await open(tmp, 'wx', 0o600);
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
+    await writeSynced(tmp, data);
     await rename(tmp, final);
   } catch (err) {
     await unlinkIfPresent(tmp);
@@ -719,23 +714,8 @@ async function writeDurably(dir: string, digest: string, data: Uint8Array): Prom
 
 async function replaceFile(path: string, text: string): Promise<void> {
   const tmp = `${path}.tmp`;
-  const fh = await open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(text);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+  await writeSynced(tmp, text, 'w');
   await rename(tmp, path);
-}
-
-async function syncDir(dir: string): Promise<void> {
-  const d = await open(dir, constants.O_RDONLY);
-  try {
-    await d.sync();
-  } finally {
-    await d.close();
-  }
 }
 
 async function unlinkIfPresent(path: string): Promise<void> {

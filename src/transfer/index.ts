@@ -20,6 +20,7 @@ export {
   type ChunkStoreOptions,
   type RecoveryReport,
 } from './chunk-store.js';
+export { syncDir, writeSynced } from './durable.js';
 export {
   type DestCheck,
   type FileState,

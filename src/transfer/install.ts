@@ -37,6 +37,7 @@ import {
 } from 'node:fs/promises';
 import path from 'node:path';
 import { CanopyError } from '../errors/index.js';
+import { syncDir, writeSynced } from './durable.js';
 
 const TEMP_MARK = '.canopy-tmp-';
 const KEEP_BACKUPS = 3;
@@ -64,7 +65,7 @@ export async function resolveDest(dest: string, roots: readonly string[]): Promi
   // Any root that allows it is enough: adding a broader root must not take access away.
   let refusal: DestCheck | undefined;
   for (const root of candidates) {
-    const check = await checkUnder(dest, full, root, refuse);
+    const check = await checkUnder(full, root, refuse);
     if (check.ok) return check;
     refusal ??= check;
   }
@@ -72,7 +73,6 @@ export async function resolveDest(dest: string, roots: readonly string[]): Promi
 }
 
 async function checkUnder(
-  dest: string,
   full: string,
   root: string,
   refuse: (why: string) => DestCheck,
@@ -274,16 +274,6 @@ function tempPath(dest: string): string {
   );
 }
 
-async function writeSynced(file: string, data: Buffer): Promise<void> {
-  const fh = await open(file, 'wx', 0o600);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-}
-
 /** Mode and owner on the temporary file, so the rename publishes them with the content. */
 async function setMeta(
   file: string,
@@ -317,15 +307,6 @@ export function metaDiffers(state: FileState, opts: Pick<InstallOptions, 'mode' 
     (opts.uid !== undefined && state.uid !== opts.uid) ||
     (opts.gid !== undefined && state.gid !== opts.gid)
   );
-}
-
-export async function syncDir(dir: string): Promise<void> {
-  const d = await open(dir, 'r');
-  try {
-    await d.sync();
-  } finally {
-    await d.close();
-  }
 }
 
 /** Deletes temporary files an interrupted install of `dest` left behind; returns their paths. */

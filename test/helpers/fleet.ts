@@ -3,10 +3,12 @@
 // process it started is killed (by PID) when the test ends.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { request } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { AGENT_NODE_FLAGS } from '../../src/cli/agent-command.js';
+import { COORDINATOR_SAN, checkSan } from '../../src/pki/index.js';
 import { BIN, ROOT } from './cli.js';
 
 export interface Proc {
@@ -277,4 +279,31 @@ export interface RunJson {
 /** The client config ({url, token, ca}) the fleet's coordinator wrote. */
 export function clientConfig(fleet: TestFleet): { url: string; token: string; ca: string } {
   return JSON.parse(readFileSync(join(fleet.dir, 'coordinator', 'client.json'), 'utf8'));
+}
+
+/** A raw API call with the fleet's admin token. */
+export function apiOf(fleet: TestFleet) {
+  const c = clientConfig(fleet);
+  return (method: string, path: string, body?: unknown) =>
+    new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const data = body === undefined ? undefined : JSON.stringify(body);
+      const req = request(`${c.url}${path}`, {
+        method,
+        headers: {
+          authorization: `Bearer ${c.token}`,
+          ...(data ? { 'content-type': 'application/json' } : {}),
+        },
+        ca: c.ca,
+        checkServerIdentity: checkSan(COORDINATOR_SAN),
+      });
+      req.on('response', (res) => {
+        let text = '';
+        res.setEncoding('utf8').on('data', (d: string) => {
+          text += d;
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+      });
+      req.on('error', reject);
+      req.end(data);
+    });
 }
