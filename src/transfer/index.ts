@@ -22,6 +22,8 @@ export {
 } from './chunk-store.js';
 export { syncDir, writeSynced } from './durable.js';
 export {
+  type CommitOptions,
+  commitInstall,
   type DestCheck,
   type FileState,
   fixMeta,
@@ -36,6 +38,7 @@ export {
   removeStaleTemps,
   resolveDest,
   rollback,
+  tempPathFor,
 } from './install.js';
 export {
   buildManifest,

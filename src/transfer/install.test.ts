@@ -22,7 +22,9 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { isCanopyError } from '../errors/index.js';
+import { ChunkStore } from './chunk-store.js';
 import {
+  commitInstall,
   fixMeta,
   type InstallOptions,
   installFile,
@@ -33,7 +35,9 @@ import {
   removeStaleTemps,
   resolveDest,
   rollback,
+  tempPathFor,
 } from './install.js';
+import { buildManifest } from './manifest.js';
 
 const asRoot = process.getuid?.() === 0;
 const TEMP_RE = /\.canopy-tmp-/;
@@ -859,4 +863,55 @@ test('removeStaleTemps of a missing directory or with nothing to do returns []',
   assert.deepEqual(await removeStaleTemps(path.join(dir, 'missing', 'f')), []);
   await writeFile(path.join(dir, 'f'), 'x');
   assert.deepEqual(await removeStaleTemps(path.join(dir, 'f')), []);
+});
+
+test('commitInstall publishes a file assembled from chunks in tempPathFor(dest), keeping a backup', async (t) => {
+  const dir = scratch(t);
+  const src = path.join(dir, 'blob.bin');
+  const data = Buffer.alloc(300 * 1024 + 7, 0);
+  for (let i = 0; i < data.length; i++) data[i] = (i * 31) % 251;
+  await writeFile(src, data);
+  const manifest = await buildManifest(src, { chunkSize: 64 * 1024 });
+  const store = await ChunkStore.open(path.join(dir, 'store'), { quotaBytes: 10 * 1024 * 1024 });
+  t.after(() => store.close());
+  for (const [i, digest] of manifest.chunks.entries()) {
+    await store.put(digest, data.subarray(i * 64 * 1024, (i + 1) * 64 * 1024));
+  }
+  const dest = path.join(dir, 'image.bin');
+  await writeFile(dest, 'old image\n');
+  const temp = tempPathFor(dest);
+  assert.equal(path.dirname(temp), dir);
+  await store.assemble(manifest, temp);
+  const r = await commitInstall(temp, manifest.md5, {
+    dest,
+    mode: 0o600,
+    backup: true,
+    backupDir: path.join(dir, 'b'),
+  });
+  assert.deepEqual(await readFile(dest), data);
+  assert.equal((await stat(dest)).mode & 0o7777, 0o600);
+  assert.equal(r.newMd5, manifest.md5);
+  assert.equal(r.oldMd5, md5Of('old image\n'));
+  assert.deepEqual(await tempsIn(dir), []);
+  await rollback(dest, path.join(dir, 'b'));
+  assert.equal(await readFile(dest, 'utf8'), 'old image\n');
+});
+
+test('commitInstall removes the temporary file and keeps the old one when validate refuses', async (t) => {
+  const dir = scratch(t);
+  const dest = path.join(dir, 'x.conf');
+  await writeFile(dest, 'old\n');
+  const temp = tempPathFor(dest);
+  await writeFile(temp, 'new\n');
+  const err = await rejectsWith(
+    commitInstall(temp, md5Of('new\n'), {
+      dest,
+      backupDir: path.join(dir, 'b'),
+      validate: async () => ({ ok: false, output: 'no' }),
+    }),
+    'PUSH_VALIDATE_FAILED',
+  );
+  assert.match(err.message, /old file is unchanged/);
+  assert.equal(await readFile(dest, 'utf8'), 'old\n');
+  assert.deepEqual(await tempsIn(dir), []);
 });

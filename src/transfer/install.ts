@@ -237,11 +237,29 @@ export async function installFile(opts: InstallOptions): Promise<InstallResult> 
       { path: opts.dest },
     );
   }
-  const previous = opts.previous ?? (await currentState(opts.dest));
-  const temp = tempPath(opts.dest);
-  let backup: string | undefined;
+  const temp = tempPathFor(opts.dest);
   try {
     await writeSynced(temp, opts.content);
+  } catch (err) {
+    await unlink(temp).catch(() => {});
+    throw err;
+  }
+  return commitInstall(temp, actual, opts);
+}
+
+export type CommitOptions = Omit<InstallOptions, 'content' | 'md5'>;
+
+/**
+ * Publishes a temporary file that already holds the verified, fsynced
+ * content (from `tempPathFor(dest)`: the distribution path assembles chunks
+ * there): mode and owner, validate, backup, rename, fsync the directory.
+ * Any failure removes the temporary file and leaves the destination as it was.
+ */
+export async function commitInstall(temp: string, md5: string, opts: CommitOptions): Promise<InstallResult> {
+  let backup: string | undefined;
+  let previous: FileState | undefined;
+  try {
+    previous = opts.previous ?? (await currentState(opts.dest));
     await setMeta(temp, opts, previous);
     if (opts.validate) {
       const v = await opts.validate(temp);
@@ -260,14 +278,15 @@ export async function installFile(opts: InstallOptions): Promise<InstallResult> 
     throw err;
   }
   await syncDir(path.dirname(opts.dest));
-  return { oldMd5: previous?.md5 ?? null, newMd5: actual, ...(backup ? { backup } : {}) };
+  return { oldMd5: previous?.md5 ?? null, newMd5: md5, ...(backup ? { backup } : {}) };
 }
 
 async function currentState(file: string): Promise<FileState | undefined> {
   return new Md5Cache(0).state(file);
 }
 
-function tempPath(dest: string): string {
+/** A fresh temporary path beside `dest` (removeStaleTemps finds it after a crash). */
+export function tempPathFor(dest: string): string {
   return path.join(
     path.dirname(dest),
     `.${path.basename(dest)}${TEMP_MARK}${randomBytes(6).toString('hex')}`,
