@@ -19,12 +19,14 @@ import {
   type CoordinatorMessage,
   decodeCoordinatorMessage,
   encode,
+  NO_OUTPUT,
   type Task,
   type TaskResult,
   type WithoutV,
 } from '../protocol/index.js';
+import type { ChunkStore, Manifest, PeerServer } from '../transfer/index.js';
 import { Md5Cache, removeStaleTemps, resolveDest } from '../transfer/index.js';
-import type { AgentConfig } from './config.js';
+import { type AgentConfig, parseHostPort } from './config.js';
 import { type ExecPolicy, runCommand } from './executor.js';
 import { gatherFacts } from './facts.js';
 import { type AgentIdentity, saveIdentity } from './identity.js';
@@ -99,6 +101,9 @@ export class Agent {
   private pendingKey: string | undefined;
   private renewing = false;
   private readonly md5Cache = new Md5Cache();
+  /** The chunk relay (peer_listen): blobs this agent may serve, and until when. */
+  private peer: { server: PeerServer; store: ChunkStore; address: string } | undefined;
+  private readonly serving = new Map<string, { manifest: Manifest; until: number }>();
   private readonly fetches = new Map<string, PendingFetch>();
   /** Resolves when the agent has said hello at least once (tests and the demo wait on it). */
   readonly ready: Promise<void>;
@@ -124,6 +129,7 @@ export class Agent {
   async start(): Promise<void> {
     if (this.opts.config.roots.length === 0)
       await mkdir(this.policy.defaultCwd, { recursive: true, mode: 0o700 });
+    if (this.opts.config.peerListen) await this.startPeer(this.opts.config.peerListen);
     const interrupted = await this.journal.open(this.now());
     for (const r of interrupted) {
       this.log.warn({ task: r.taskId }, 'task was running when the agent stopped; reporting it interrupted');
@@ -142,6 +148,37 @@ export class Agent {
     const deadline = this.now() + 10_000;
     while (this.running.size > 0 && this.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     this.ws?.close(1001, 'agent stopping');
+    await this.peer?.server.close();
+    await this.peer?.store.close();
+  }
+
+  /**
+   * Opens the chunk store and the peer server other agents fetch chunks from:
+   * mutual TLS with this agent's certificate; only agents of the fleet, only
+   * blobs of a distribution this agent takes part in.
+   */
+  private async startPeer(listen: string): Promise<void> {
+    const where = parseHostPort(listen);
+    if (!where) throw new Error(`peer_listen "${listen}" is not HOST:PORT`);
+    const { ChunkStore, PeerServer } = await import('../transfer/index.js');
+    const store = await ChunkStore.open(join(this.opts.dataDir, 'chunks'), {
+      quotaBytes: this.opts.config.chunkQuotaBytes,
+    });
+    const server = new PeerServer({
+      identity: { certPem: this.identity.certPem, keyPem: this.identity.keyPem },
+      caPem: this.identity.caPem,
+      authorize: (_peer, blob) => {
+        const s = this.serving.get(blob);
+        return s && s.until > this.now() ? s.manifest : undefined;
+      },
+      isRevoked: () => false,
+      log: this.log,
+      store,
+    });
+    const bound = await server.listen(where.port, where.host);
+    const host = bound.address.includes(':') ? `[${bound.address}]` : bound.address;
+    this.peer = { server, store, address: `${host}:${bound.port}` };
+    this.log.info({ peer: this.peer.address }, 'peer server listening');
   }
 
   private send(message: WithoutV<AgentMessage>): boolean {
@@ -247,7 +284,8 @@ export class Agent {
   }
 
   private facts() {
-    return gatherFacts(this.opts.config, this.opts.version, this.startedAt, this.now());
+    const facts = gatherFacts(this.opts.config, this.opts.version, this.startedAt, this.now());
+    return this.peer ? { ...facts, peer: this.peer.address } : facts;
   }
 
   private async handle(m: CoordinatorMessage): Promise<void> {
@@ -319,7 +357,9 @@ export class Agent {
       const r =
         task.kind === 'push'
           ? await this.push(task, controller.signal)
-          : await this.command(task, controller.signal);
+          : task.kind === 'dist'
+            ? this.distNotYet(task)
+            : await this.command(task, controller.signal);
       const aborted = controller.signal.aborted;
       result = {
         taskId: task.id,
@@ -344,6 +384,19 @@ export class Agent {
   private async command(task: Extract<Task, { kind: 'command' }>, signal: AbortSignal) {
     this.log.info({ task: task.id, command: task.spec.command }, 'running task');
     return runCommand(task.spec, this.policy, { signal });
+  }
+
+  /** Distribution tasks are defined in the protocol; running them comes with `canopy dist` (issue 6). */
+  private distNotYet(task: Extract<Task, { kind: 'dist' }>) {
+    const now = this.now();
+    return {
+      state: 'refused' as const,
+      ...NO_OUTPUT,
+      startedAt: now,
+      endedAt: now,
+      durationMs: 0,
+      error: `this agent cannot run distribution tasks yet (blob ${task.spec.blob.slice(0, 12)})`,
+    };
   }
 
   private async push(task: Extract<Task, { kind: 'push' }>, signal: AbortSignal) {

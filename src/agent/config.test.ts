@@ -2,7 +2,14 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { tempTree } from '../../test/helpers/tree.js';
 import { isCanopyError } from '../errors/index.js';
-import { loadAgentConfig, parseDuration } from './config.js';
+import {
+  checkAgentConfig,
+  DEFAULT_AGENT_CONFIG,
+  loadAgentConfig,
+  parseDuration,
+  parseHostPort,
+  parseSize,
+} from './config.js';
 
 test('a config file sets roots, run_as, labels, heartbeat and bind', (t) => {
   const dir = tempTree(t, {
@@ -52,4 +59,21 @@ test('durations', () => {
   assert.equal(parseDuration(3, 'x'), 3000);
   assert.throws(() => parseDuration('0s', 'x'), /not a duration/);
   assert.throws(() => parseDuration('-1', 'x'), /not a duration/);
+});
+
+test('peer_listen is HOST:PORT and chunk_quota a size; bad values name the key', () => {
+  assert.deepEqual(parseHostPort('127.0.0.1:0'), { host: '127.0.0.1', port: 0 });
+  assert.deepEqual(parseHostPort('[::1]:7444'), { host: '::1', port: 7444 });
+  for (const bad of ['127.0.0.1', ':80', 'host:99999', 'a b:1'])
+    assert.equal(parseHostPort(bad), undefined, bad);
+  assert.equal(parseSize('10G', 'q'), 10 * 1024 ** 3);
+  assert.equal(parseSize('512M', 'q'), 512 * 1024 ** 2);
+  assert.equal(parseSize('1.5KiB', 'q'), 1536);
+  assert.equal(parseSize(4096, 'q'), 4096);
+  assert.throws(() => parseSize('lots', 'chunk_quota'), /chunk_quota: "lots" is not a size/);
+  assert.throws(
+    () =>
+      checkAgentConfig({ ...DEFAULT_AGENT_CONFIG, labels: {}, peerListen: 'nope' }, (k) => `agent.yaml:${k}`),
+    /agent\.yaml:peer_listen: "nope" is not HOST:PORT/,
+  );
 });

@@ -9,6 +9,8 @@
  *   heartbeat: 5s
  *   bind: 127.0.0.11             # source address for its connections
  *   coordinator: https://coord.example:7443   # overrides the address in the join token
+ *   peer_listen: 198.18.1.11:7444  # serve chunks to other agents here (distribution relay)
+ *   chunk_quota: 20G             # disk for the chunk store (default 10G)
  */
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -25,6 +27,9 @@ export interface AgentConfig {
   bind?: string;
   coordinator?: string;
   reconnectMaxMs: number;
+  /** `host:port` of the peer server (chunk relay); none when unset. */
+  peerListen?: string;
+  chunkQuotaBytes: number;
 }
 
 export const DEFAULT_AGENT_CONFIG: AgentConfig = {
@@ -33,6 +38,7 @@ export const DEFAULT_AGENT_CONFIG: AgentConfig = {
   labels: {},
   heartbeatMs: 5000,
   reconnectMaxMs: 15_000,
+  chunkQuotaBytes: 10 * 1024 ** 3,
 };
 
 const KEYS = [
@@ -44,11 +50,23 @@ const KEYS = [
   'bind',
   'coordinator',
   'reconnect_max',
+  'peer_listen',
+  'chunk_quota',
 ] as const;
 const NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$/;
 const ACCOUNT_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
 const LABEL_KEY_RE = /^[A-Za-z0-9_][A-Za-z0-9_./-]{0,62}$/;
 const LABEL_VALUE_RE = /^[A-Za-z0-9_.:/@+-]{0,253}$/;
+
+/** "10G", "512M", "64K", "1T" (powers of 1024) or a number of bytes. */
+export function parseSize(text: string | number, what: string): number {
+  if (typeof text === 'number' && Number.isInteger(text) && text > 0) return text;
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT])?i?B?$/i.exec(String(text).trim());
+  const unit = { K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[(m?.[2] ?? '').toUpperCase()] ?? 1;
+  const n = m ? Math.floor(Number(m[1]) * unit) : Number.NaN;
+  if (!(n > 0)) throw new CanopyError('USAGE', `${what}: "${text}" is not a size (use e.g. 512M, 10G)`);
+  return n;
+}
 
 /** "5s", "500ms", "2m", or a number of seconds. */
 export function parseDuration(text: string | number, what: string): number {
@@ -77,6 +95,12 @@ export function checkAgentConfig(c: AgentConfig, where: (key: string) => string)
     bad('coordinator', `"${c.coordinator}" is not https://HOST:PORT`);
   }
   if (c.heartbeatMs < 100) bad('heartbeat', 'must be at least 100ms');
+  if (c.peerListen !== undefined && !parseHostPort(c.peerListen)) {
+    bad(
+      'peer_listen',
+      `"${c.peerListen}" is not HOST:PORT (e.g. 198.18.1.11:7444, or 127.0.0.1:0 for any port)`,
+    );
+  }
 }
 
 /** Reads a config file over the defaults. */
@@ -157,6 +181,18 @@ export function loadAgentConfig(path: string): AgentConfig {
     config.heartbeatMs = parseDuration(raw.heartbeat as string, where('heartbeat'));
   if (raw.reconnect_max !== undefined)
     config.reconnectMaxMs = parseDuration(raw.reconnect_max as string, where('reconnect_max'));
+  const peerListen = str('peer_listen');
+  if (peerListen !== undefined) config.peerListen = peerListen;
+  if (raw.chunk_quota !== undefined)
+    config.chunkQuotaBytes = parseSize(raw.chunk_quota as string, where('chunk_quota'));
   checkAgentConfig(config, where);
   return config;
+}
+
+/** `host:port` (IPv6 in brackets), or undefined when malformed. */
+export function parseHostPort(text: string): { host: string; port: number } | undefined {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([A-Za-z0-9_.-]+)):(\d{1,5})$/.exec(text);
+  const port = m ? Number(m[3]) : Number.NaN;
+  if (!m || !(port >= 0 && port <= 65535)) return undefined;
+  return { host: m[1] ?? m[2] ?? '', port };
 }

@@ -9,5 +9,6 @@ export {
   DEFAULT_AGENT_CONFIG,
   loadAgentConfig,
   parseDuration,
+  parseSize,
 } from './config.js';
 export { type AgentIdentity, httpsJson, joinCoordinator, loadIdentity, saveIdentity } from './identity.js';

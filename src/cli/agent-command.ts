@@ -11,6 +11,7 @@ import {
   loadAgentConfig,
   loadIdentity,
   parseDuration,
+  parseSize,
   saveIdentity,
 } from '../agent/index.js';
 import { CanopyError } from '../errors/index.js';
@@ -43,6 +44,8 @@ options:
   --label KEY=VALUE      a label (repeatable)
   --heartbeat DURATION   default 5s; offline after three missed
   --bind ADDR            source address of its connections
+  --peer-listen HOST:PORT  serve chunks to other agents there (distribution relay; port 0 = any)
+  --chunk-quota SIZE     disk for the chunk store (default 10G)
   --coordinator URL      override the address in the token
   --reconnect-max DUR    longest wait between reconnects (default 15s)
   --log-level LEVEL      trace, debug, info (default), warn, error
@@ -62,6 +65,8 @@ export async function agentCommand(argv: string[], io: CliIO): Promise<number> {
     bind: { type: 'string' },
     coordinator: { type: 'string' },
     'reconnect-max': { type: 'string' },
+    'peer-listen': { type: 'string' },
+    'chunk-quota': { type: 'string' },
     'log-level': { type: 'string' },
   });
   if (values.help) {
@@ -84,6 +89,8 @@ export async function agentCommand(argv: string[], io: CliIO): Promise<number> {
   if (values['reconnect-max'])
     config.reconnectMaxMs = parseDuration(values['reconnect-max'], '--reconnect-max');
   if (values.bind) config.bind = values.bind;
+  if (values['peer-listen']) config.peerListen = values['peer-listen'];
+  if (values['chunk-quota']) config.chunkQuotaBytes = parseSize(values['chunk-quota'], '--chunk-quota');
   if (values.coordinator) config.coordinator = values.coordinator;
   if (values.name) config.name = values.name;
   checkAgentConfig(config, (key) => `--${key.replace('_', '-')}`);

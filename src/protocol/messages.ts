@@ -73,6 +73,47 @@ export const PushSpecSchema = Type.Object(
 );
 export type PushSpec = Static<typeof PushSpecSchema>;
 
+/** A blob's manifest as the protocol carries it (src/transfer validates it fully). */
+export const ManifestSchema = Type.Object(
+  {
+    version: Type.Literal(1),
+    size: Type.Integer({ minimum: 0 }),
+    chunkSize: Type.Integer({ minimum: 1 }),
+    chunks: Type.Array(Type.String({ pattern: '^[0-9a-f]{64}$' })),
+    md5: Md5,
+  },
+  { additionalProperties: false },
+);
+
+/** Where a peer listens: its agent name and `host:port`. */
+export const PeerAddressSchema = Type.Object(
+  { name: Name, address: Type.String({ minLength: 3, maxLength: 300 }) },
+  { additionalProperties: false },
+);
+export type PeerAddress = Static<typeof PeerAddressSchema>;
+
+/** What a distribution asks of one host: fetch the blob's chunks from its parents, verify, install. */
+export const DistSpecSchema = Type.Object(
+  {
+    blob: Type.String({ pattern: '^[0-9a-f]{64}$' }),
+    manifest: ManifestSchema,
+    dest: Type.String({ minLength: 2, maxLength: 4096, pattern: '^/' }),
+    mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777 })),
+    owner: Type.Optional(AccountName),
+    group: Type.Optional(AccountName),
+    /** Chunk i belongs to stripe i mod parents.length; parents[s] serves stripe s. */
+    parents: Type.Array(PeerAddressSchema, { minItems: 1, maxItems: 64 }),
+    /** Serves children until this long after the blob is complete here. */
+    serveForMs: Type.Integer({ minimum: 0 }),
+    /** No progress from a parent for this long: fall back to the next candidate. */
+    stallMs: Type.Integer({ minimum: 100 }),
+    /** Tried when a parent fails (in order; the source last). */
+    fallbacks: Type.Array(PeerAddressSchema, { maxItems: 64 }),
+  },
+  { additionalProperties: false },
+);
+export type DistSpec = Static<typeof DistSpecSchema>;
+
 const TaskCommon = {
   id: Id,
   runId: Id,
@@ -89,7 +130,12 @@ export const PushTaskSchema = Type.Object(
   { ...TaskCommon, kind: Type.Literal('push'), spec: PushSpecSchema },
   { additionalProperties: false },
 );
-export const TaskSchema = Type.Union([CommandTaskSchema, PushTaskSchema]);
+export const DistTaskSchema = Type.Object(
+  { ...TaskCommon, kind: Type.Literal('dist'), spec: DistSpecSchema },
+  { additionalProperties: false },
+);
+export const TaskSchema = Type.Union([CommandTaskSchema, PushTaskSchema, DistTaskSchema]);
+export type DistTask = Static<typeof DistTaskSchema>;
 export type CommandTask = Static<typeof CommandTaskSchema>;
 export type PushTask = Static<typeof PushTaskSchema>;
 export type Task = Static<typeof TaskSchema>;
@@ -143,6 +189,18 @@ export const TaskResultSchema = Type.Object(
     files: Type.Optional(Type.Array(FileOutcomeSchema, { maxItems: 1024 })),
     /** Push tasks: set when notify ran (stdout/stderr/exitCode above are notify's). */
     notified: Type.Optional(Type.Boolean()),
+    /** Dist tasks: bytes fetched, per peer, and how many chunks were already here. */
+    transfer: Type.Optional(
+      Type.Object(
+        {
+          fetchedBytes: Type.Integer({ minimum: 0 }),
+          reusedChunks: Type.Integer({ minimum: 0 }),
+          fromPeers: Type.Record(Type.String(), Type.Integer({ minimum: 0 })),
+          badPeers: Type.Array(Type.String({ maxLength: 300 }), { maxItems: 64 }),
+        },
+        { additionalProperties: false },
+      ),
+    ),
   },
   { additionalProperties: false },
 );
@@ -175,6 +233,8 @@ export const FactsSchema = Type.Object(
     roots: Type.Array(Type.String({ maxLength: 4096 }), { maxItems: 256 }),
     runAs: Type.Array(Type.String({ maxLength: 64 }), { maxItems: 256 }),
     heartbeatMs: Type.Integer({ minimum: 100 }),
+    /** Where this agent's peer server listens for chunk requests (`host:port`), if it runs one. */
+    peer: Type.Optional(Type.String({ maxLength: 300 })),
   },
   { additionalProperties: false },
 );

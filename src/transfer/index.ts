@@ -9,6 +9,9 @@
  *   whole-file MD5) and its id (the BLAKE3 of its canonical encoding).
  * - chunk-store.ts: an agent's content-addressed chunk store (verified
  *   before visible, crash-safe index, quota with LRU eviction, pins).
+ * - peer-server.ts, peer-client.ts, peer-wire.ts: the agents' chunk relay
+ *   over mutual TLS (fleet agents only, authorized blobs only, verified).
+ * - rate-limit.ts: a shared token bucket for upload and download caps.
  * - planner.ts: the pure distribution planner (striped trees per IDC, one
  *   crossing per IDC, rack locality, re-parenting, a finish-time model).
  */
@@ -53,6 +56,14 @@ export {
   parseManifest,
   validateManifest,
 } from './manifest.js';
+export { type FetchOptions, PeerClient, type PeerClientOptions } from './peer-client.js';
+export {
+  type ChunkSource,
+  type PeerLog,
+  PeerServer,
+  type PeerServerOptions,
+  type PeerServerStats,
+} from './peer-server.js';
 export {
   type ChooseOptions,
   childrenOf,
@@ -66,3 +77,4 @@ export {
   plan,
   replan,
 } from './planner.js';
+export { RateLimiter, type RateLimiterOptions } from './rate-limit.js';

@@ -1,0 +1,534 @@
+/**
+ * An agent's peer server: serves verified chunks to the other agents of the
+ * fleet over TLS 1.3 (wire format: peer-wire.ts). It owns the listening
+ * socket and its connections; it never decides who may fetch what (the
+ * `authorize` and `isRevoked` callbacks do) and never writes a chunk.
+ *
+ * Who is served: a client whose certificate chains to the fleet CA (OpenSSL
+ * checks that in the handshake), names exactly one agent
+ * (`<name>.agent.canopy`) and whose serial is not revoked; anything else is
+ * answered with one `error` frame and a hang-up. What is served: chunk i of
+ * blob B only if authorize(peer, B) returns B's manifest (a running
+ * distribution names both) and the chunk store, or else the `source`
+ * callback (a seed reading its original file), has the chunk. A refused
+ * request gets an `error` frame naming the blob and chunk, is logged, and the
+ * connection carries on.
+ *
+ * Memory per connection is bounded whatever the blob's size: requests are
+ * parsed only while fewer than MAX_QUEUED wait (the socket is paused
+ * otherwise, so TCP pushes back on the client), at most `readAhead` chunks
+ * are read from disk ahead of the one being sent, and the next chunk is
+ * written only after the socket drained the previous one. So a connection
+ * holds at most readAhead + 1 chunks (2 by default), plus TLS buffers.
+ * Invariant: only a connection's own run() loop writes to its socket (besides
+ * the refusal sent before the loop starts), so frames never interleave.
+ */
+import { once } from 'node:events';
+import type { AddressInfo, Socket } from 'node:net';
+import tls from 'node:tls';
+import { CanopyError, type ErrorCode, isCanopyError } from '../errors/index.js';
+import { agentSan, type CertAndKey, certInfo, checkSan } from '../pki/index.js';
+import type { ChunkStore } from './chunk-store.js';
+import { chunkRange, type Manifest } from './manifest.js';
+import {
+  decodeRequest,
+  type ErrorReply,
+  encodeFrame,
+  errorReply,
+  FrameDecoder,
+  type Get,
+  PEER_ALPN,
+  PEER_CODES,
+  type PeerRequest,
+} from './peer-wire.js';
+import type { RateLimiter } from './rate-limit.js';
+
+/** The logger a peer server or client writes to; a pino Logger fits. */
+export interface PeerLog {
+  debug(fields: object, event: string): void;
+  info(fields: object, event: string): void;
+  warn(fields: object, event: string): void;
+}
+
+/** A chunk straight from a seed's original file, or undefined when the seed cannot serve it. */
+export type ChunkSource = (
+  blobId: string,
+  index: number,
+  manifest: Manifest,
+) => Promise<Uint8Array | undefined>;
+
+export interface PeerServerOptions {
+  /** This agent's certificate and key (PEM), as issued by the fleet CA. */
+  identity: CertAndKey;
+  /** The fleet CA's certificate (PEM): clients must chain to it. */
+  caPem: string;
+  /**
+   * The manifest of blob `blobId` if a running distribution lets agent `peer`
+   * fetch it from this agent, else undefined. Called for every request.
+   */
+  authorize: (peer: string, blobId: string) => Manifest | undefined | Promise<Manifest | undefined>;
+  /** True if the certificate with this serial (lowercase hex) is revoked. Called per connection and request. */
+  isRevoked: (serial: string) => boolean | Promise<boolean>;
+  log: PeerLog;
+  /** Chunks served by digest. */
+  store?: ChunkStore;
+  /** Chunks the store lacks, read from the original file (a seed). */
+  source?: ChunkSource;
+  /** Upload cap shared by every connection (and anything else the agent uploads). */
+  limiter?: RateLimiter;
+  /** Chunks read from disk ahead of the one being sent, per connection; default 1. */
+  readAhead?: number;
+  /** A connection that moves no byte for this long is closed; default 120 s. */
+  idleTimeoutMs?: number;
+  /** Most connections at once; more are dropped by the kernel-side accept; default 256. */
+  maxConnections?: number;
+  /** A TLS handshake not finished after this long is dropped; default 10 s. */
+  handshakeTimeoutMs?: number;
+}
+
+/** Counters since the server started, for metrics and progress. */
+export interface PeerServerStats {
+  chunksServed: number;
+  bytesServed: number;
+  requestsRefused: number;
+  connectionsRefused: number;
+}
+
+/** Who is at the other end of an accepted connection. */
+interface PeerIdentity {
+  name: string;
+  serial: string;
+  address: string;
+}
+
+/** An answer prepared for one request: the chunk's bytes, or a refusal. */
+type Reply = { id: number; req: Get; data: Uint8Array } | { id: number; req: Get; error: ErrorReply };
+
+/** Requests parsed and waiting; past this the socket is paused until the loop catches up. */
+const MAX_QUEUED = 32;
+/** With a rate limit, payloads are written in slices this big, each taking its tokens. */
+const SLICE_BYTES = 64 * 1024;
+/** How long a refused client has to read the refusal before the socket is destroyed. */
+const REFUSE_LINGER_MS = 2000;
+const AGENT_SUFFIX = agentSan('');
+
+export class PeerServer {
+  /** This agent's name, from its own certificate. */
+  readonly name: string;
+  /** Updated as chunks go out; read, never write. */
+  readonly stats: PeerServerStats = {
+    chunksServed: 0,
+    bytesServed: 0,
+    requestsRefused: 0,
+    connectionsRefused: 0,
+  };
+  private readonly server: tls.Server;
+  private readonly connections = new Set<PeerConnection>();
+  private readonly sockets = new Set<Socket>();
+  private closing: Promise<void> | undefined;
+
+  constructor(private readonly options: PeerServerOptions) {
+    this.name = agentName(certInfo(options.identity.certPem).dnsNames) ?? 'this agent';
+    this.server = tls.createServer({
+      key: options.identity.keyPem,
+      cert: options.identity.certPem,
+      ca: [options.caPem],
+      requestCert: true,
+      rejectUnauthorized: true,
+      minVersion: 'TLSv1.3',
+      ALPNProtocols: [PEER_ALPN],
+      handshakeTimeout: options.handshakeTimeoutMs ?? 10_000,
+    });
+    this.server.maxConnections = options.maxConnections ?? 256;
+    this.server.on('connection', (s: Socket) => {
+      this.sockets.add(s);
+      s.on('close', () => this.sockets.delete(s));
+    });
+    this.server.on('tlsClientError', (err: Error, s: tls.TLSSocket) => {
+      this.stats.connectionsRefused++;
+      options.log.warn(
+        { err, address: s.remoteAddress, reason: s.authorizationError ?? err.message },
+        'transfer.peer.tls_refused',
+      );
+    });
+    this.server.on('secureConnection', (s: tls.TLSSocket) => {
+      this.accept(s).catch((err: unknown) => {
+        options.log.warn({ err, address: s.remoteAddress }, 'transfer.peer.accept_failed');
+        s.destroy();
+      });
+    });
+  }
+
+  /** Starts listening (port 0: any free port); resolves with the bound address. */
+  async listen(port = 0, host?: string): Promise<AddressInfo> {
+    this.server.listen(port, host);
+    await once(this.server, 'listening');
+    return this.address;
+  }
+
+  get address(): AddressInfo {
+    return this.server.address() as AddressInfo;
+  }
+
+  /** Connections past the handshake and the identity checks. */
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /** Stops accepting, hangs up every connection and waits for their loops. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      const closed = this.server.listening ? once(this.server, 'close') : Promise.resolve();
+      this.server.close();
+      for (const s of this.sockets) s.destroy();
+      await Promise.all([...this.connections].map((c) => c.done));
+      await closed;
+    })();
+    return this.closing;
+  }
+
+  /** Checks who connected; starts serving an agent, or refuses anyone else. */
+  private async accept(socket: tls.TLSSocket): Promise<void> {
+    const address = `${socket.remoteAddress}:${socket.remotePort}`;
+    const checked = await this.identify(socket, address);
+    if ('refusal' in checked) {
+      const { refusal } = checked;
+      this.stats.connectionsRefused++;
+      this.options.log.warn(
+        { address, code: refusal.code, reason: refusal.message },
+        'transfer.peer.refused',
+      );
+      socket.setTimeout(REFUSE_LINGER_MS, () => socket.destroy());
+      socket.end(encodeFrame(refusal));
+      socket.resume();
+      return;
+    }
+    if (this.closing || socket.destroyed) {
+      socket.destroy();
+      return;
+    }
+    const conn = new PeerConnection(socket, checked, this.options, this.name, this.stats);
+    this.connections.add(conn);
+    this.options.log.debug({ peer: checked.name, address }, 'transfer.peer.connected');
+    await conn.done;
+    this.connections.delete(conn);
+  }
+
+  private async identify(
+    socket: tls.TLSSocket,
+    address: string,
+  ): Promise<PeerIdentity | { refusal: ErrorReply }> {
+    const refuse = (code: ErrorCode, message: string) => ({ refusal: errorReply(code, message) });
+    if (socket.alpnProtocol !== PEER_ALPN) {
+      return refuse(
+        PEER_CODES.notAnAgent,
+        `${this.name} speaks ${PEER_ALPN} only; the client at ${address} offered ` +
+          `${socket.alpnProtocol || 'no ALPN protocol'}: upgrade the client agent`,
+      );
+    }
+    const cert = socket.getPeerX509Certificate();
+    const info = cert ? certInfo(cert.toString()) : undefined;
+    const name = info ? agentName(info.dnsNames) : undefined;
+    const sanError = name ? checkSan(agentSan(name))(address, socket.getPeerCertificate()) : undefined;
+    if (!info || !name || sanError) {
+      return refuse(
+        PEER_CODES.notAnAgent,
+        `${this.name} serves chunks to agents only; the certificate from ${address} ` +
+          `(CN=${info?.commonName ?? '?'}, DNS ${info?.dnsNames.join(', ') || 'none'}) names no agent ` +
+          `(<name>${AGENT_SUFFIX}): connect with the agent's own certificate`,
+      );
+    }
+    if (await this.options.isRevoked(info.serial))
+      return refuse(PEER_CODES.revoked, revokedMessage(this.name, name, info.serial));
+    return { name, serial: info.serial, address };
+  }
+}
+
+/**
+ * One accepted agent connection. run() is its only writer: it takes parsed
+ * requests in order, prepares up to `readAhead` answers ahead, and writes one
+ * answer at a time, waiting for the socket to drain between them.
+ */
+class PeerConnection {
+  readonly done: Promise<void>;
+  private readonly queue: Get[] = [];
+  private readonly aborted = new AbortController();
+  private readonly decoder: FrameDecoder<PeerRequest>;
+  private readonly readAhead: number;
+  private wake: (() => void) | undefined;
+  private paused = false;
+  private closed = false;
+  /** True while send() has written part of a frame: nothing else may be written until the rest is. */
+  private writing = false;
+
+  constructor(
+    private readonly socket: tls.TLSSocket,
+    private readonly peer: PeerIdentity,
+    private readonly options: PeerServerOptions,
+    private readonly self: string,
+    private readonly stats: PeerServerStats,
+  ) {
+    this.readAhead = Math.max(1, options.readAhead ?? 1);
+    this.decoder = new FrameDecoder<PeerRequest>(
+      decodeRequest,
+      { bytes: 0, what: 'requests carry no payload' },
+      {
+        onHeader: (req) => this.onRequest(req),
+        onPayload: () => {},
+        onFrameEnd: () => {},
+      },
+    );
+    socket.setTimeout(options.idleTimeoutMs ?? 120_000, () => {
+      options.log.info({ peer: peer.name, address: peer.address }, 'transfer.peer.idle_timeout');
+      socket.destroy();
+    });
+    socket.on('data', (data: Buffer) => this.onData(data));
+    socket.on('error', (err) => options.log.debug({ err, peer: peer.name }, 'transfer.peer.socket_error'));
+    socket.on('close', () => this.onClose());
+    this.done = this.run();
+  }
+
+  private onData(data: Buffer): void {
+    if (this.closed) return;
+    try {
+      this.decoder.push(data);
+    } catch (err) {
+      this.protocolError(err);
+      return;
+    }
+    if (this.queue.length >= MAX_QUEUED && !this.paused) {
+      this.paused = true;
+      this.socket.pause();
+    }
+    this.notify();
+  }
+
+  private onRequest(req: PeerRequest): void {
+    if (req.type === 'get') {
+      this.queue.push(req);
+      return;
+    }
+    const at = this.queue.findIndex((q) => q.id === req.id);
+    if (at >= 0) this.queue.splice(at, 1);
+  }
+
+  /** Answers the malformed frame with a connection error and hangs up; other connections are untouched. */
+  private protocolError(err: unknown): void {
+    const message =
+      `malformed frame from ${this.peer.name} (${this.peer.address}): ${(err as Error).message}; ` +
+      `the connection is closed. Check both agents run the same canopy version`;
+    this.options.log.warn(
+      { err, peer: this.peer.name, address: this.peer.address },
+      'transfer.peer.protocol_invalid',
+    );
+    // run() may be in the middle of a frame: a refusal written now would land inside its payload.
+    this.hangUp(this.writing ? undefined : errorReply(PEER_CODES.protocol, message));
+  }
+
+  /** Stops serving: optionally one last frame, then end, and destroy if the client lingers. */
+  private hangUp(last?: ErrorReply): void {
+    this.closed = true;
+    this.queue.length = 0;
+    this.notify();
+    if (last) this.socket.end(encodeFrame(last));
+    else this.socket.end();
+    this.socket.resume();
+    this.socket.setTimeout(REFUSE_LINGER_MS, () => this.socket.destroy());
+  }
+
+  private onClose(): void {
+    this.closed = true;
+    this.aborted.abort(new Error('connection closed'));
+    this.notify();
+  }
+
+  private notify(): void {
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
+  }
+
+  private async run(): Promise<void> {
+    const ready: Promise<Reply>[] = [];
+    try {
+      while (!this.closed) {
+        this.fill(ready);
+        const next = ready.shift();
+        if (!next) {
+          await new Promise<void>((resolve) => {
+            this.wake = resolve;
+          });
+          continue;
+        }
+        const reply = await next;
+        if (this.closed) break;
+        this.fill(ready);
+        await this.send(reply);
+        if ('error' in reply && reply.error.code === PEER_CODES.revoked) this.hangUp();
+      }
+    } finally {
+      // Answers being prepared settle on their own (prepare() never rejects); wait so none floats.
+      await Promise.all(ready);
+    }
+  }
+
+  /** Starts preparing queued requests until `readAhead` answers are ready or being read. */
+  private fill(ready: Promise<Reply>[]): void {
+    while (ready.length < this.readAhead && this.queue.length > 0) {
+      ready.push(this.prepare(this.queue.shift() as Get));
+    }
+    if (this.paused && this.queue.length < MAX_QUEUED / 2 && !this.closed) {
+      this.paused = false;
+      this.socket.resume();
+    }
+  }
+
+  /** The chunk for `req`, or a refusal; never rejects. */
+  private async prepare(req: Get): Promise<Reply> {
+    try {
+      return { id: req.id, req, data: await this.chunkFor(req) };
+    } catch (err) {
+      const code: ErrorCode = isCanopyError(err) ? err.code : PEER_CODES.missing;
+      const message = isCanopyError(err)
+        ? err.message
+        : `${this.self} could not read chunk ${req.chunk} of blob ${req.blob}: ${(err as Error).message}; ` +
+          `fetch it from another peer or the source`;
+      // A chunk not here yet is routine in a pipelined relay; anything else deserves attention.
+      const level = code === PEER_CODES.missing && !(isCanopyError(err) && err.cause) ? 'info' : 'warn';
+      this.options.log[level](
+        { peer: this.peer.name, blob: req.blob, chunk: req.chunk, code, err },
+        'transfer.peer.request_refused',
+      );
+      return { id: req.id, req, error: errorReply(code, message, req.id) };
+    }
+  }
+
+  private async chunkFor(req: Get): Promise<Uint8Array> {
+    const { name, serial } = this.peer;
+    if (await this.options.isRevoked(serial)) {
+      throw new CanopyError(PEER_CODES.revoked, revokedMessage(this.self, name, serial), {
+        peer: name,
+        serial,
+      });
+    }
+    const manifest = await this.options.authorize(name, req.blob);
+    if (!manifest) {
+      throw new CanopyError(
+        PEER_CODES.forbidden,
+        `${this.self} refuses chunk ${req.chunk} of blob ${req.blob} to agent ${name}: no running ` +
+          `distribution lets ${name} fetch that blob from ${this.self}; fetch from the peer the current plan ` +
+          `names (the coordinator re-plans a host whose parent refuses it)`,
+        { peer: name, blob: req.blob, chunk: req.chunk },
+      );
+    }
+    if (req.chunk >= manifest.chunks.length) {
+      throw new CanopyError(
+        PEER_CODES.missing,
+        `blob ${req.blob} has ${manifest.chunks.length} chunks, so there is no chunk ${req.chunk}; ` +
+          `the requesting agent ${name} has another manifest under that id: fetch the manifest again`,
+        { peer: name, blob: req.blob, chunk: req.chunk },
+      );
+    }
+    return this.readChunk(req, manifest);
+  }
+
+  /** The chunk's bytes from the store, else from the source; checks their length against the manifest. */
+  private async readChunk(req: Get, manifest: Manifest): Promise<Uint8Array> {
+    const digest = manifest.chunks[req.chunk] as string;
+    const { length } = chunkRange(manifest, req.chunk);
+    const { store, source } = this.options;
+    let data: Uint8Array | undefined;
+    let storeError: unknown;
+    if (store?.has(digest)) {
+      try {
+        data = await store.get(digest);
+      } catch (err) {
+        storeError = err;
+      }
+    }
+    if (!data && source) data = await source(req.blob, req.chunk, manifest);
+    if (!data && storeError) {
+      throw new CanopyError(
+        isCanopyError(storeError, PEER_CODES.mismatch) ? PEER_CODES.mismatch : PEER_CODES.missing,
+        `${this.self} lost chunk ${req.chunk} (${digest}) of blob ${req.blob}: its stored copy was damaged ` +
+          `or removed (its log says which); fetch the chunk from another peer or the source`,
+        { peer: this.peer.name, blob: req.blob, chunk: req.chunk, digest, cause: storeError },
+      );
+    }
+    if (!data) {
+      throw new CanopyError(
+        PEER_CODES.missing,
+        `${this.self} does not have chunk ${req.chunk} (${digest}) of blob ${req.blob} yet; ` +
+          `fetch it from another peer or the source`,
+        { peer: this.peer.name, blob: req.blob, chunk: req.chunk, digest },
+      );
+    }
+    if (data.length !== length) {
+      throw new CanopyError(
+        PEER_CODES.mismatch,
+        `${this.self} read ${data.length} bytes for chunk ${req.chunk} of blob ${req.blob}, but the manifest ` +
+          `gives ${length}: its copy changed since the manifest was built; fetch from another peer or the source`,
+        { peer: this.peer.name, blob: req.blob, chunk: req.chunk, digest },
+      );
+    }
+    return data;
+  }
+
+  /** Writes one answer, then waits until the socket has taken it all (or closed). */
+  private async send(reply: Reply): Promise<void> {
+    try {
+      if ('error' in reply) {
+        this.socket.write(encodeFrame(reply.error));
+      } else {
+        this.writing = true;
+        this.socket.write(encodeFrame({ type: 'chunk', id: reply.id }, reply.data.length));
+        await this.writePayload(reply.data);
+        this.writing = false;
+      }
+      if (this.socket.writableNeedDrain) await once(this.socket, 'drain', { signal: this.aborted.signal });
+      if ('error' in reply) {
+        this.stats.requestsRefused++;
+      } else {
+        this.stats.chunksServed++;
+        this.stats.bytesServed += reply.data.length;
+        this.options.log.debug(
+          { peer: this.peer.name, blob: reply.req.blob, chunk: reply.req.chunk, bytes: reply.data.length },
+          'transfer.peer.served',
+        );
+      }
+    } catch (err) {
+      // A write or drain fails only when the connection is gone; 'close' ends the loop.
+      if (!this.socket.destroyed && !this.aborted.signal.aborted) throw err;
+    } finally {
+      this.writing = false;
+    }
+  }
+
+  private async writePayload(data: Uint8Array): Promise<void> {
+    const { limiter } = this.options;
+    if (!limiter) {
+      this.socket.write(data);
+      return;
+    }
+    for (let at = 0; at < data.length && !this.closed; at += SLICE_BYTES) {
+      const slice = data.subarray(at, Math.min(at + SLICE_BYTES, data.length));
+      await limiter.take(slice.length, this.aborted.signal);
+      if (!this.socket.write(slice)) await once(this.socket, 'drain', { signal: this.aborted.signal });
+    }
+  }
+}
+
+/** The agent a certificate names: its one `<name>.agent.canopy` DNS SAN. */
+function agentName(dnsNames: readonly string[]): string | undefined {
+  const agents = dnsNames.filter(
+    (n) => n.toLowerCase().endsWith(AGENT_SUFFIX) && n.length > AGENT_SUFFIX.length,
+  );
+  return agents.length === 1 ? (agents[0] as string).slice(0, -AGENT_SUFFIX.length) : undefined;
+}
+
+function revokedMessage(self: string, peer: string, serial: string): string {
+  return (
+    `${self} refuses agent ${peer}: its certificate (serial ${serial}) is revoked; ` +
+    `if ${peer} should be in the fleet, join it again with a new token`
+  );
+}
