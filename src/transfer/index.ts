@@ -64,6 +64,7 @@ export {
   type PeerServerOptions,
   type PeerServerStats,
 } from './peer-server.js';
+export { PEER_ALPN, PEER_CODES } from './peer-wire.js';
 export {
   type ChooseOptions,
   childrenOf,

@@ -4,10 +4,12 @@
  * socket and its connections; it never decides who may fetch what (the
  * `authorize` and `isRevoked` callbacks do) and never writes a chunk.
  *
- * Who is served: a client whose certificate chains to the fleet CA (OpenSSL
- * checks that in the handshake), names exactly one agent
- * (`<name>.agent.canopy`) and whose serial is not revoked; anything else is
- * answered with one `error` frame and a hang-up. What is served: chunk i of
+ * Who is served: a client whose certificate chains to the fleet CA for
+ * client auth (OpenSSL checks that in the handshake; Node then hangs up
+ * without an alert, and the server logs `transfer.peer.tls_refused`), names
+ * exactly one agent (`<name>.agent.canopy`) and whose serial is not revoked
+ * (checked at connect and again per request); a fleet certificate failing
+ * those is answered with one `error` frame and a hang-up. What is served: chunk i of
  * blob B only if authorize(peer, B) returns B's manifest (a running
  * distribution names both) and the chunk store, or else the `source`
  * callback (a seed reading its original file), has the chunk. A refused
@@ -21,7 +23,9 @@
  * written only after the socket drained the previous one. So a connection
  * holds at most readAhead + 1 chunks (2 by default), plus TLS buffers.
  * Invariant: only a connection's own run() loop writes to its socket (besides
- * the refusal sent before the loop starts), so frames never interleave.
+ * the refusal sent before the loop starts, and a protocol refusal sent only
+ * between frames), so frames never interleave. Connections idle for
+ * `idleTimeoutMs` are closed; clients reconnect.
  */
 import { once } from 'node:events';
 import type { AddressInfo, Socket } from 'node:net';
