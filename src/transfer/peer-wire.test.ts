@@ -165,8 +165,8 @@ test('an error reply without id decodes, and long messages are cut to fit a head
   });
 });
 
-test('knownCode keeps canopy codes and maps unknown ones to PROTOCOL_INVALID', () => {
+test('knownCode keeps canopy codes and maps unknown ones to TRANSFER_PEER_PROTOCOL', () => {
   assert.equal(knownCode('TRANSFER_DIGEST_MISMATCH'), 'TRANSFER_DIGEST_MISMATCH');
-  assert.equal(knownCode('SOMETHING_NEWER'), 'PROTOCOL_INVALID');
-  assert.equal(knownCode('CONSTRUCTOR'), 'PROTOCOL_INVALID');
+  assert.equal(knownCode('SOMETHING_NEWER'), 'TRANSFER_PEER_PROTOCOL');
+  assert.equal(knownCode('CONSTRUCTOR'), 'TRANSFER_PEER_PROTOCOL');
 });

@@ -33,7 +33,7 @@
  * or a message that breaks its schema make the receiver refuse the
  * connection (an `error` frame without id where it can, then hang up). Error
  * codes are canopy's CanopyError codes; a receiver maps a code it does not
- * know to PROTOCOL_INVALID.
+ * know to TRANSFER_PEER_PROTOCOL.
  */
 import { type Static, type TSchema, Type } from '@sinclair/typebox';
 import { type TypeCheck, TypeCompiler } from '@sinclair/typebox/compiler';
@@ -49,24 +49,20 @@ export const MAX_PAYLOAD_BYTES = MAX_CHUNK_SIZE;
 /** Error messages longer than this are cut before they are sent (the header must stay under 8 KiB). */
 export const MAX_MESSAGE_CHARS = 2000;
 
-/**
- * The codes the peer channel raises, in one place. Right-hand sides are
- * existing codes standing in for the proposed ones named in the comments,
- * until those are added to CODES and docs/errors.md.
- */
+/** The codes the peer channel raises, in one place. */
 export const PEER_CODES = {
-  /** A blob that no running distribution lets this peer fetch (proposed TRANSFER_PEER_FORBIDDEN). */
-  forbidden: 'AGENT_CERT_REFUSED',
+  /** A blob that no running distribution lets this peer fetch. */
+  forbidden: 'TRANSFER_PEER_FORBIDDEN',
   /** A certificate of the fleet CA that does not name an agent, or the wrong ALPN. */
   notAnAgent: 'AGENT_CERT_REFUSED',
   /** A client certificate whose serial is revoked. */
   revoked: 'AGENT_REVOKED',
-  /** A malformed frame (proposed TRANSFER_PEER_PROTOCOL). */
-  protocol: 'PROTOCOL_INVALID',
-  /** The peer sent no byte for the stall timeout while requests were pending (proposed TRANSFER_PEER_STALLED). */
-  stalled: 'TRANSFER_CHUNK_MISSING',
-  /** The peer could not be reached, or hung up with requests pending (proposed TRANSFER_PEER_LOST). */
-  lost: 'TRANSFER_CHUNK_MISSING',
+  /** A malformed frame. */
+  protocol: 'TRANSFER_PEER_PROTOCOL',
+  /** The peer sent no byte for the stall timeout while requests were pending. */
+  stalled: 'TRANSFER_PEER_STALLED',
+  /** The peer could not be reached, or hung up with requests pending. */
+  lost: 'TRANSFER_PEER_LOST',
   /** The peer lacks the chunk. */
   missing: 'TRANSFER_CHUNK_MISSING',
   /** The chunk's bytes do not hash to the manifest's digest. */
@@ -191,7 +187,7 @@ export function errorReply(code: ErrorCode, message: string, id?: number): Error
     : { type: 'error', id, code, message: text };
 }
 
-/** A code received from a peer, as a local code: unknown codes become PROTOCOL_INVALID. */
+/** A code received from a peer, as a local code: unknown codes become TRANSFER_PEER_PROTOCOL. */
 export function knownCode(code: string): ErrorCode {
   return Object.hasOwn(CODES, code) ? (code as ErrorCode) : PEER_CODES.protocol;
 }
