@@ -358,7 +358,7 @@ export class Agent {
         task.kind === 'push'
           ? await this.push(task, controller.signal)
           : task.kind === 'dist'
-            ? this.distNotYet(task)
+            ? await this.dist(task, controller.signal)
             : await this.command(task, controller.signal);
       const aborted = controller.signal.aborted;
       result = {
@@ -386,17 +386,59 @@ export class Agent {
     return runCommand(task.spec, this.policy, { signal });
   }
 
-  /** Distribution tasks are defined in the protocol; running them comes with `canopy dist` (issue 6). */
-  private distNotYet(task: Extract<Task, { kind: 'dist' }>) {
-    const now = this.now();
-    return {
-      state: 'refused' as const,
-      ...NO_OUTPUT,
-      startedAt: now,
-      endedAt: now,
-      durationMs: 0,
-      error: `this agent cannot run distribution tasks yet (blob ${task.spec.blob.slice(0, 12)})`,
-    };
+  /** Fetches a blob's chunks from its parents over the peer channel, serves them on, installs the file. */
+  private async dist(task: Extract<Task, { kind: 'dist' }>, signal: AbortSignal) {
+    const peer = this.peer;
+    if (!peer) {
+      const now = this.now();
+      return {
+        state: 'refused' as const,
+        ...NO_OUTPUT,
+        startedAt: now,
+        endedAt: now,
+        durationMs: 0,
+        error:
+          'this agent relays no chunks: start it with --peer-listen HOST:PORT (peer_listen in its config)',
+      };
+    }
+    this.log.info(
+      {
+        task: task.id,
+        blob: task.spec.blob,
+        dest: task.spec.dest,
+        parents: task.spec.parents.map((p) => p.name),
+      },
+      'running distribution task',
+    );
+    const { PeerClient } = await import('../transfer/index.js');
+    const { runDist } = await import('./dist-task.js');
+    const r = await runDist(task, {
+      policy: this.policy,
+      backupDir: join(this.opts.dataDir, 'backups'),
+      store: peer.store,
+      connect: (p) => {
+        const where = parseHostPort(p.address);
+        if (!where) throw new Error(`peer ${p.name} has no valid address (${p.address})`);
+        return PeerClient.connect({
+          ...where,
+          peer: p.name,
+          identity: { certPem: this.identity.certPem, keyPem: this.identity.keyPem },
+          caPem: this.identity.caPem,
+          stallTimeoutMs: task.spec.stallMs,
+          signal,
+        });
+      },
+      serve: (blob, manifest, until) => this.serving.set(blob, { manifest, until }),
+      signal,
+      now: this.now,
+    });
+    const release = setTimeout(() => {
+      peer.store.unpin(task.id);
+      const s = this.serving.get(task.spec.blob);
+      if (s && s.until <= this.now()) this.serving.delete(task.spec.blob);
+    }, task.spec.serveForMs);
+    release.unref();
+    return r;
   }
 
   private async push(task: Extract<Task, { kind: 'push' }>, signal: AbortSignal) {

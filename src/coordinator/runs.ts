@@ -361,6 +361,7 @@ export class RunManager {
       ...(r.error === undefined ? {} : { error: r.error }),
       ...(r.files === undefined ? {} : { files: r.files }),
       ...(r.notified === undefined ? {} : { notified: r.notified }),
+      ...(r.transfer === undefined ? {} : { transfer: r.transfer }),
     };
   }
 

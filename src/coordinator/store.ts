@@ -9,7 +9,15 @@
  * burst of 5,000 results instead of 5,000.
  */
 import { Level } from 'level';
-import type { CommandSpec, Facts, FileOutcome, PushMode, PushSpec, Task } from '../protocol/index.js';
+import type {
+  CommandSpec,
+  Facts,
+  FileOutcome,
+  PushMode,
+  PushSpec,
+  Task,
+  TaskResult,
+} from '../protocol/index.js';
 
 export interface AgentRecord {
   name: string;
@@ -104,6 +112,8 @@ export interface HostResult {
   files?: FileOutcome[];
   /** Push runs: notify ran (exitCode/stdout/stderr are its). */
   notified?: boolean;
+  /** Distribution runs: what the host fetched, from whom, and which peers sent bad chunks. */
+  transfer?: TaskResult['transfer'];
 }
 
 /** One host's share of a push run, without the content. */
