@@ -81,7 +81,8 @@ export const CODES = {
   TRANSFER_QUOTA:
     "the chunk store's disk quota is reached and nothing more can be evicted; raise the quota or free space",
   TRANSFER_PLAN_INVALID: 'a distribution plan cannot be made from the given hosts and options',
-  TRANSFER_PEER_FORBIDDEN: 'a peer asked for a blob that no running distribution lets it fetch from this agent',
+  TRANSFER_PEER_FORBIDDEN:
+    'a peer asked for a blob that no running distribution lets it fetch from this agent',
   TRANSFER_PEER_STALLED: 'a peer sent no byte for the stall timeout while chunks were requested',
   TRANSFER_PEER_LOST: 'a peer could not be reached, or hung up with chunks requested',
   TRANSFER_PEER_PROTOCOL: 'a peer sent a malformed frame (the connection is closed)',
