@@ -63,6 +63,10 @@ const COMMANDS: Record<string, { load: () => Promise<{ run: Command; help: strin
       import('./push-command.js').then((m) => ({ run: m.rollbackCommand, help: m.ROLLBACK_HELP })),
     summary: "restore the newest backup of a push file's destinations",
   },
+  dist: {
+    load: async () => import('./dist-command.js').then((m) => ({ run: m.distCommand, help: m.DIST_HELP })),
+    summary: "distribute a large file to hosts over the agents' peer tree (chunked, verified)",
+  },
   demo: {
     load: async () => import('./demo-command.js').then((m) => ({ run: m.demoCommand, help: m.DEMO_HELP })),
     summary: 'start a demo fleet on this machine, run a command, render the examples',

@@ -80,6 +80,29 @@ export const PushRequestSchema = Type.Object(
 );
 export type PushRequest = Static<typeof PushRequestSchema>;
 
+export const DistRequestSchema = Type.Object(
+  {
+    /** Absolute path of the file on the coordinator's machine. */
+    path: Type.String({ minLength: 2, maxLength: 4096, pattern: '^/' }),
+    dest: Type.String({ minLength: 2, maxLength: 4096, pattern: '^/' }),
+    targets: Type.Array(Type.String({ minLength: 1, maxLength: 1024 }), { minItems: 1, maxItems: 10_000 }),
+    mode: Type.Optional(Type.String({ pattern: '^0?[0-7]{3,4}$' })),
+    owner: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z_][A-Za-z0-9_.-]*\\$?$' }),
+    ),
+    group: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z_][A-Za-z0-9_.-]*\\$?$' }),
+    ),
+    /** Bytes, a power of two from 64 KiB to 64 MiB (default 1 MiB). */
+    chunkSize: Type.Optional(Type.Integer({ minimum: 65536, maximum: 67108864 })),
+    stripes: Type.Optional(Type.Integer({ minimum: 1, maximum: 16 })),
+    /** Seconds for the whole distribution (default 3600). */
+    timeout: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 7 * 86400 })),
+  },
+  { additionalProperties: false },
+);
+export type DistRequestBody = Static<typeof DistRequestSchema>;
+
 export const TokenRequestSchema = Type.Object(
   {
     /** Seconds. */

@@ -12,12 +12,14 @@ import { isCanopyError } from '../errors/index.js';
 import { fingerprint } from '../pki/index.js';
 import {
   BadRequest,
+  DistRequestSchema,
   JoinRequestSchema,
   PushRequestSchema,
   RunRequestSchema,
   TokenRequestSchema,
   validator,
 } from './api-schemas.js';
+import type { DistManager } from './dists.js';
 import type { Fleet } from './fleet.js';
 import type { Metrics } from './metrics.js';
 import type { PushManager } from './pushes.js';
@@ -30,6 +32,7 @@ export interface ApiDeps {
   fleet: Fleet;
   runs: RunManager;
   pushes: PushManager;
+  dists: DistManager;
   tokens: TokenService;
   metrics: Metrics;
   logger: Logger;
@@ -46,6 +49,7 @@ const DEFAULT_TIMEOUT_S = 60;
 const checkRun = validator(RunRequestSchema);
 const checkToken = validator(TokenRequestSchema);
 const checkPush = validator(PushRequestSchema);
+const checkDist = validator(DistRequestSchema);
 /** Templates and plain files travel in the push request (base64): up to 8 MiB a file, several files. */
 const PUSH_BODY_LIMIT = 96 * 1024 * 1024;
 const checkJoin = validator(JoinRequestSchema);
@@ -230,6 +234,48 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       createdAt: record.createdAt,
       renderFailures: failures,
     };
+  });
+
+  app.post('/v1/dists', async (req, reply) => {
+    const body = checkDist(req.body);
+    const sourceBytesAtStart = deps.dists.sourceBytes;
+    const resolved = resolveTargets(body.targets, deps.view());
+    if (!resolved.ok) {
+      throw new ApiError(400, 'RUN_UNKNOWN_TARGET', resolved.message, `targets.${resolved.index}`);
+    }
+    const { record, manifest } = await deps.dists.create(
+      {
+        path: body.path,
+        dest: body.dest,
+        targets: body.targets,
+        ...(body.mode ? { mode: Number.parseInt(body.mode, 8) } : {}),
+        ...(body.owner ? { owner: body.owner } : {}),
+        ...(body.group ? { group: body.group } : {}),
+        ...(body.chunkSize ? { chunkSize: body.chunkSize } : {}),
+        ...(body.stripes ? { stripes: body.stripes } : {}),
+        ...(body.timeout ? { timeout: body.timeout } : {}),
+      },
+      resolved.hosts,
+    );
+    reply.code(201);
+    return {
+      id: record.id,
+      hosts: record.hosts,
+      deadline: record.deadline,
+      createdAt: record.createdAt,
+      blob: record.spec.kind === 'dist' ? record.spec.blob : null,
+      size: manifest.size,
+      md5: manifest.md5,
+      chunkSize: manifest.chunkSize,
+      sourceBytesAtStart,
+    };
+  });
+
+  app.get('/v1/dists/:id', async (req) => {
+    const { id } = req.params as { id: string };
+    const got = await runs.get(id);
+    if (got?.run.spec.kind !== 'dist') throw new ApiError(404, 'RUN_NOT_FOUND', `no distribution "${id}"`);
+    return { ...got, sourceBytes: deps.dists.sourceBytes };
   });
 
   app.get('/v1/pushes/:id', async (req) => {

@@ -16,6 +16,7 @@ import { isCanopyError } from '../errors/index.js';
 import { type ClientConfig, defaultClientConfigPath } from '../protocol/index.js';
 import { type Inventory, loadInventory } from '../render/index.js';
 import { registerApi } from './api.js';
+import { DistManager } from './dists.js';
 import { Fleet } from './fleet.js';
 import { loadOrCreateIdentity, writeFileAtomic } from './identity.js';
 import { Metrics } from './metrics.js';
@@ -137,6 +138,15 @@ export class Coordinator {
     });
     fleet.runs = runs;
     fleet.content = pushes;
+    let advertised: string | undefined;
+    const dists = new DistManager({
+      runs,
+      fleet,
+      ca: identity.ca,
+      logger: log,
+      host: opts.host,
+      advertiseHost: () => advertised,
+    });
 
     const app = Fastify({
       https: {
@@ -155,10 +165,12 @@ export class Coordinator {
       inventory: coordinator?.inventory ?? inventory,
       agents: fleet.labels(),
     });
+    app.addHook('onClose', async () => dists.close());
     registerApi(app, {
       fleet,
       runs,
       pushes,
+      dists,
       tokens,
       metrics,
       logger: log,
@@ -209,6 +221,7 @@ export class Coordinator {
     const port = typeof addr === 'object' && addr ? addr.port : opts.port;
     const dialHost = opts.host === '0.0.0.0' || opts.host === '::' ? '127.0.0.1' : opts.host;
     if (!url) url = `https://${dialHost.includes(':') ? `[${dialHost}]` : dialHost}:${port}`;
+    advertised = new URL(url).hostname.replace(/^\[|\]$/g, '');
 
     // Runs resume only once the listener is up, so resumed tasks can reach reconnecting agents.
     await runs.load();

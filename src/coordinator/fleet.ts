@@ -70,6 +70,9 @@ export interface ContentSource {
   ): { files: { index: number; data: string }[]; error?: string };
 }
 
+/** The agent name the coordinator's own peer server (the distribution source) uses. */
+export const RESERVED_AGENT_NAME = 'canopy-source';
+
 export class Fleet implements Courier {
   private readonly store: Store;
   private readonly tokens: TokenService;
@@ -148,6 +151,11 @@ export class Fleet implements Courier {
     return out;
   }
 
+  /** True when a certificate serial (hex, any case) was revoked. */
+  isRevokedSerial(serial: string): boolean {
+    return this.revokedSerials.has(normalizeSerial(serial));
+  }
+
   list(): AgentView[] {
     return [...this.records.values()]
       .sort((a, b) => a.name.localeCompare(b.name))
@@ -174,6 +182,12 @@ export class Fleet implements Courier {
     csr: string;
     ip: string;
   }): Promise<{ cert: string; ca: string }> {
+    if (req.name === RESERVED_AGENT_NAME) {
+      throw new CanopyError(
+        'JOIN_FAILED',
+        `the name "${RESERVED_AGENT_NAME}" is reserved for the coordinator's distribution source; join under another name`,
+      );
+    }
     // Check the CSR and name before burning the token: a bad request must not cost the operator a token.
     // (A certificate signed here for a token that then fails is never recorded, so never admitted.)
     const issued = await signCsr(this.ca, req.csr, { name: req.name, ttlMs: this.certTtlMs });

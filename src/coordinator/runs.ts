@@ -16,6 +16,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import {
   type CoordinatorMessage,
+  type DistSpec,
   type PushSpec,
   parseTaskId,
   type Task,
@@ -62,7 +63,7 @@ interface ActiveRun {
   timer: NodeJS.Timeout | undefined;
   listeners: Set<RunListener>;
   /** Push runs: each host's files. */
-  plans: Map<string, PushSpec>;
+  plans: Map<string, PushSpec | DistSpec>;
 }
 
 /** What `create` may add for a push run. */
@@ -70,7 +71,7 @@ export interface CreateExtras {
   /** The run's id, when the caller needs it before the first task goes out. */
   id?: string;
   /** Each host's push spec (push runs only); stored in the plans sublevel. */
-  plans?: Map<string, PushSpec>;
+  plans?: Map<string, PushSpec | DistSpec>;
   /** Hosts that are `failed` from the start, with the reason (a render error under --keep-going). */
   failed?: Map<string, string>;
 }
@@ -135,8 +136,8 @@ export class RunManager {
       }
       const queued = queuedByRun.get(record.id) ?? new Set<string>();
       const pending = record.hosts.filter((h) => !results.has(h) && !queued.has(h));
-      const plans = new Map<string, PushSpec>();
-      if (record.spec.kind === 'push') {
+      const plans = new Map<string, PushSpec | DistSpec>();
+      if (record.spec.kind === 'push' || record.spec.kind === 'dist') {
         for (const [key, plan] of await this.store.entries(this.store.plans, `${record.id}/`)) {
           plans.set(key.slice(record.id.length + 1), plan.spec);
         }
@@ -220,7 +221,9 @@ export class RunManager {
         targets: spec.targets,
         ...(spec.kind === 'push'
           ? { push: spec.mode, files: spec.files.map((f) => f.dest) }
-          : { command: spec.command }),
+          : spec.kind === 'dist'
+            ? { dist: spec.blob, dest: spec.dest, size: spec.size }
+            : { command: spec.command }),
       },
       'run created',
     );
@@ -407,10 +410,12 @@ export class RunManager {
       host,
       expiresInMs: Math.max(0, run.record.deadline - this.now()),
     };
-    if (spec.kind === 'push') {
+    if (spec.kind === 'push' || spec.kind === 'dist') {
       const plan = run.plans.get(host);
-      if (!plan) throw new Error(`push run ${run.record.id} has no plan for ${host}`);
-      return { ...common, kind: 'push', spec: plan };
+      if (!plan) throw new Error(`${spec.kind} run ${run.record.id} has no plan for ${host}`);
+      return spec.kind === 'push'
+        ? { ...common, kind: 'push', spec: plan as PushSpec }
+        : { ...common, kind: 'dist', spec: plan as DistSpec };
     }
     const command = Array.isArray(spec.command)
       ? spec.command.map((a) => a.replaceAll('?HOST', host))
@@ -522,6 +527,7 @@ export class RunManager {
 /** The longest one host may take: command timeout plus kill grace; a push's validates and notify. */
 function hostTimeMs(spec: RunSpec): number {
   if (spec.kind === 'push') return (spec.files.length + 1) * spec.timeoutMs;
+  if (spec.kind === 'dist') return spec.timeoutMs;
   return spec.timeoutMs + (spec.killGraceMs ?? DEFAULT_KILL_GRACE_MS);
 }
 

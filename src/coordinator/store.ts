@@ -11,6 +11,7 @@
 import { Level } from 'level';
 import type {
   CommandSpec,
+  DistSpec,
   Facts,
   FileOutcome,
   PushMode,
@@ -41,7 +42,7 @@ export interface TokenRecord {
   usedBy?: string;
 }
 
-export type RunSpec = CommandRunSpec | PushRunSpec;
+export type RunSpec = CommandRunSpec | PushRunSpec | DistRunSpec;
 
 export interface CommandRunSpec {
   kind?: 'command';
@@ -69,6 +70,21 @@ export interface PushRunSpec {
   /** What the push file named, for display: template or src, and the dest as written. */
   files: { source: string; dest: string }[];
   notify?: string;
+}
+
+/** A distribution: each host's parents are in the `plans` sublevel; the blob is read from `path`. */
+export interface DistRunSpec {
+  kind: 'dist';
+  targets: string[];
+  /** The file on the coordinator's machine (the source). */
+  path: string;
+  dest: string;
+  blob: string;
+  size: number;
+  chunkSize: number;
+  stripes: number;
+  timeoutMs: number;
+  concurrency: number;
 }
 
 export interface RunRecord {
@@ -116,9 +132,9 @@ export interface HostResult {
   transfer?: TaskResult['transfer'];
 }
 
-/** One host's share of a push run, without the content. */
+/** One host's share of a push run (without the content) or of a distribution. */
 export interface PlanRecord {
-  spec: PushSpec;
+  spec: PushSpec | DistSpec;
 }
 
 export interface QueueRecord {

@@ -1,0 +1,148 @@
+/**
+ * `canopy dist SRC --dest PATH --targets T...`: distributes a file on the
+ * coordinator's machine to the target agents over the planned peer tree
+ * (the agents need --peer-listen), then reports wall time, bytes the source
+ * uploaded (in copies of the file), and each host's time, bytes fetched and
+ * where from. Exit 0 only if every host has the file.
+ */
+import { resolve } from 'node:path';
+import type { HostResult } from '../coordinator/index.js';
+import { COMMON_OPTIONS, parse, usage } from './args.js';
+import { ApiClient, CLIENT_OPTIONS, clientSettings } from './client.js';
+import { foldHosts } from './fold-hosts.js';
+import { followRun } from './follow.js';
+import { type CliIO, palette, writeJson } from './io.js';
+
+export const DIST_HELP = `usage: canopy dist SRC --dest PATH --targets TARGET... [options]
+
+Distributes SRC (a file on the coordinator's machine; run this there) to
+every target agent: the coordinator hashes it into 1 MiB chunks (BLAKE3
+each, plus the whole file's MD5), plans a striped peer tree (each IDC
+entered once), and serves as the source; agents relay verified chunks to
+each other over mutual TLS and install the file atomically once its MD5
+matches. Agents must run with --peer-listen HOST:PORT.
+
+options:
+  --dest PATH          absolute path on every host (inside the agents' roots);
+                       {host} in it becomes each host's name
+  --targets TARGET     hosts, groups, ranges, label selectors, all (repeatable)
+  --mode MODE          e.g. 0644 (default: the existing file's, else 0644)
+  --owner U --group G  (default: the existing file's)
+  --chunk-size BYTES   power of two from 65536 to 67108864 (default 1048576)
+  --stripes N          interleaved trees (default 4)
+  --timeout DURATION   for the whole distribution (default 1h)
+  --json               the distribution and every host's result as JSON
+Exit 0 only if every host installed the file.
+`;
+
+export async function distCommand(argv: string[], io: CliIO): Promise<number> {
+  const { values, positionals } = parse('dist', argv, {
+    ...COMMON_OPTIONS,
+    ...CLIENT_OPTIONS,
+    dest: { type: 'string' },
+    targets: { type: 'string', multiple: true },
+    mode: { type: 'string' },
+    owner: { type: 'string' },
+    group: { type: 'string' },
+    'chunk-size': { type: 'string' },
+    stripes: { type: 'string' },
+    timeout: { type: 'string' },
+  });
+  if (values.help) {
+    io.out.write(DIST_HELP);
+    return 0;
+  }
+  const [src, ...extra] = positionals;
+  if (!src || extra.length > 0) throw usage('dist', 'give exactly one SRC file');
+  if (!values.dest) throw usage('dist', '--dest PATH is required');
+  if (!values.targets?.length) throw usage('dist', 'name the hosts with --targets (all, a group, role=web)');
+  const num = (v: string | undefined, what: string) => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!Number.isInteger(n) || n <= 0) throw usage('dist', `${what} "${v}" is not a positive whole number`);
+    return n;
+  };
+  const { parseDuration } = await import('../agent/config.js');
+  const body = {
+    path: resolve(io.cwd, src),
+    dest: values.dest,
+    targets: values.targets,
+    ...(values.mode ? { mode: values.mode } : {}),
+    ...(values.owner ? { owner: values.owner } : {}),
+    ...(values.group ? { group: values.group } : {}),
+    ...(values['chunk-size'] ? { chunkSize: num(values['chunk-size'], '--chunk-size') } : {}),
+    ...(values.stripes ? { stripes: num(values.stripes, '--stripes') } : {}),
+    ...(values.timeout ? { timeout: parseDuration(values.timeout, '--timeout') / 1000 } : {}),
+  };
+  const api = new ApiClient(clientSettings(values, io));
+  const started = Date.now();
+  const created = await api.call<{
+    id: string;
+    hosts: string[];
+    deadline: number;
+    size: number;
+    md5: string;
+    sourceBytesAtStart: number;
+  }>('POST', '/v1/dists', body);
+  const p = palette(io.out, io.env);
+  const stream = !values.json;
+  if (stream) {
+    io.err.write(
+      p.dim(
+        `dist ${created.id}: ${created.size} bytes (md5 ${created.md5}) to ${created.hosts.length} host(s)\n`,
+      ),
+    );
+  }
+  let done = 0;
+  const final = await followRun(
+    api,
+    created,
+    (r) => {
+      done++;
+      if (stream)
+        io.out.write(`[${done}/${created.hosts.length}] ${r.host}  ${r.state}  ${p.dim(line(r))}\n`);
+    },
+    (why) => {
+      if (stream) io.err.write(p.dim(`lost the event stream (${why}); reconnecting\n`));
+    },
+  );
+  const wall = (Date.now() - started) / 1000;
+  const after = await api.call<{ sourceBytes: number }>('GET', `/v1/dists/${created.id}`);
+  const sourceBytes = after.sourceBytes - created.sourceBytesAtStart;
+  const copies = created.size > 0 ? sourceBytes / created.size : 0;
+  const ok = final.results.filter((r) => r.state === 'ok');
+  if (values.json) {
+    writeJson(io, {
+      dist: created.id,
+      size: created.size,
+      md5: created.md5,
+      wallSeconds: wall,
+      sourceBytes,
+      sourceCopies: copies,
+      summary: final.summary,
+      results: final.results,
+    });
+  } else {
+    io.out.write(
+      `\n${ok.length} of ${created.hosts.length} hosts have ${body.dest} (md5 ${created.md5}) in ${wall.toFixed(2)} s; the source uploaded ${copies.toFixed(2)} copies (${sourceBytes} bytes)\n`,
+    );
+    const bad = final.results.filter((r) => r.state !== 'ok');
+    if (bad.length) io.out.write(`${p.red('not ok:')} ${foldHosts(bad.map((r) => r.host))}\n`);
+  }
+  return ok.length === created.hosts.length ? 0 : 1;
+}
+
+function line(r: HostResult): string {
+  const t = r.transfer;
+  const parts: string[] = [];
+  if (r.durationMs !== null) parts.push(`${(r.durationMs / 1000).toFixed(2)}s`);
+  if (t) {
+    parts.push(`fetched ${t.fetchedBytes} B`);
+    const from = Object.entries(t.fromPeers).map(([k, v]) => `${k} ${v}`);
+    if (from.length) parts.push(`from ${from.join(', ')}`);
+    if (t.reusedChunks) parts.push(`${t.reusedChunks} chunks already here`);
+    if (t.badPeers.length) parts.push(`bad peers: ${t.badPeers.join(' ')}`);
+  }
+  if (r.state !== 'ok' && r.error) parts.push(r.error.split('\n')[0] ?? '');
+  return parts.join(', ');
+}
