@@ -142,8 +142,12 @@ export class ApiClient {
 
   /** Like request, but a non-2xx answer becomes a CanopyError carrying the API's code and message. */
   async call<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const res = await this.request(method, path, body);
-    if (res.status >= 200 && res.status < 300) return res.body as T;
+    return this.expectOk(await this.request(method, path, body)) as T;
+  }
+
+  /** The body of a 2xx answer; any other answer becomes a CanopyError carrying the API's code and message. */
+  expectOk(res: ApiResponse): unknown {
+    if (res.status >= 200 && res.status < 300) return res.body;
     const b = (res.body ?? {}) as { code?: string; message?: string; field?: string };
     const code =
       res.status === 400 ? 'API_BAD_REQUEST' : res.status === 401 ? 'API_UNAUTHORIZED' : 'API_REQUEST_FAILED';

@@ -8,7 +8,7 @@
 import type { HostResult } from '../coordinator/index.js';
 import { CanopyError } from '../errors/index.js';
 import type { FileOutcome } from '../protocol/index.js';
-import { parseTaskVars, type TaskVarInput } from '../render/index.js';
+import { deepMerge, parseTaskVars, type TaskVarInput, type VarMap } from '../render/index.js';
 import { COMMON_OPTIONS, parse, usage } from './args.js';
 import { ApiClient, CLIENT_OPTIONS, clientSettings } from './client.js';
 import { foldHosts } from './fold-hosts.js';
@@ -66,7 +66,7 @@ export async function rollbackCommand(argv: string[], io: CliIO): Promise<number
 }
 
 async function push(argv: string[], io: CliIO, command: 'push' | 'rollback'): Promise<number> {
-  const { values, positionals } = parse(command, argv, {
+  const { values, positionals, taskVars } = parse(command, argv, {
     ...COMMON_OPTIONS,
     ...CLIENT_OPTIONS,
     limit: { type: 'string', multiple: true },
@@ -87,7 +87,7 @@ async function push(argv: string[], io: CliIO, command: 'push' | 'rollback'): Pr
   const spec = readPushFile(file);
   const templates = collectTemplates(spec);
   const sources = collectSources(spec, MAX_PUSH_FILE_BYTES);
-  const vars = taskVars(argv);
+  const vars = taskVarMap(taskVars);
   const body = {
     targets: spec.targets,
     ...(values.limit ? { limit: values.limit } : {}),
@@ -105,8 +105,12 @@ async function push(argv: string[], io: CliIO, command: 'push' | 'rollback'): Pr
   const api = new ApiClient(clientSettings(values, io));
   const res = await api.request('POST', '/v1/pushes', body);
   if (res.status === 422) throw renderFailed(res.body);
-  if (res.status < 200 || res.status >= 300) await api.call('POST', '/v1/pushes', body); // throws with the API's error
-  const created = res.body as { id: string; hosts: string[]; deadline: number; renderFailures: unknown[] };
+  const created = api.expectOk(res) as {
+    id: string;
+    hosts: string[];
+    deadline: number;
+    renderFailures: unknown[];
+  };
   const p = palette(io.out, io.env);
   const stream = !values.json && !values.quiet;
   const width = Math.min(40, Math.max(4, ...created.hosts.map((h) => h.length)));
@@ -140,34 +144,10 @@ async function push(argv: string[], io: CliIO, command: 'push' | 'rollback'): Pr
   return failed ? 1 : 0;
 }
 
-function taskVars(argv: string[]): Record<string, unknown> | undefined {
-  const inputs: TaskVarInput[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i] ?? '';
-    const next = argv[i + 1];
-    if ((a === '--var' || a === '--vars-file') && next !== undefined) {
-      inputs.push(a === '--var' ? { kind: 'var', text: next } : { kind: 'file', path: next });
-      i++;
-    } else if (a.startsWith('--var=')) inputs.push({ kind: 'var', text: a.slice(6) });
-    else if (a.startsWith('--vars-file=')) inputs.push({ kind: 'file', path: a.slice(12) });
-  }
+/** The task variables, in command-line order, merged into one mapping (later ones win). */
+function taskVarMap(inputs: TaskVarInput[]): Record<string, unknown> | undefined {
   if (inputs.length === 0) return undefined;
-  let merged: Record<string, unknown> = {};
-  for (const s of parseTaskVars(inputs)) merged = deepAssign(merged, s.vars);
-  return merged;
-}
-
-function deepAssign(a: Record<string, unknown>, b: Record<string, unknown>): Record<string, unknown> {
-  const out = { ...a };
-  for (const [k, v] of Object.entries(b)) {
-    const cur = out[k];
-    out[k] = isObj(cur) && isObj(v) ? deepAssign(cur, v) : v;
-  }
-  return out;
-}
-
-function isObj(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
+  return parseTaskVars(inputs).reduce<VarMap>((acc, s) => deepMerge(acc, s.vars), {});
 }
 
 function renderFailed(body: unknown): CanopyError {
