@@ -15,6 +15,7 @@ import {
   NO_OUTPUT,
   type PushFile,
   type PushTask,
+  shellQuote,
   type TaskResult,
 } from '../protocol/index.js';
 import {
@@ -306,8 +307,4 @@ async function finish(
     ...(failures.length > 0 ? { error: failures.join('\n').slice(0, 65536) } : {}),
     files: outcomes,
   };
-}
-
-function shellQuote(s: string): string {
-  return /^[A-Za-z0-9_.,:/@%+=-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
 }

@@ -19,6 +19,7 @@ import {
   type DistSpec,
   type PushSpec,
   parseTaskId,
+  shellQuote,
   type Task,
   type TaskResult,
   taskIdFor,
@@ -529,10 +530,6 @@ function hostTimeMs(spec: RunSpec): number {
   if (spec.kind === 'push') return (spec.files.length + 1) * spec.timeoutMs;
   if (spec.kind === 'dist') return spec.timeoutMs;
   return spec.timeoutMs + (spec.killGraceMs ?? DEFAULT_KILL_GRACE_MS);
-}
-
-export function shellQuote(s: string): string {
-  return /^[A-Za-z0-9_.,:/@%+=-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
 }
 
 function ago(t: number | undefined, now: number): string {

@@ -7,6 +7,7 @@ import {
   encode,
   PROTOCOL_VERSION,
   parseTaskId,
+  shellQuote,
   taskIdFor,
 } from './messages.js';
 
@@ -49,4 +50,13 @@ test('join tokens round-trip, and damaged ones say what is wrong', () => {
   assert.match(String(decodeJoinToken('canopy-join-v1.%%%')), /damaged|no coordinator/);
   const noFp = encodeJoinToken({ ...t, caFingerprint: 'xyz' });
   assert.match(String(decodeJoinToken(noFp)), /no CA fingerprint/);
+});
+
+test('shellQuote leaves safe words alone and quotes the rest so /bin/sh reads them back literally', async () => {
+  const { execFileSync } = await import('node:child_process');
+  for (const word of ['web-01', "it's", 'a b', '$(touch /tmp/x)', '"; rm -rf /', '']) {
+    const echoed = execFileSync('/bin/sh', ['-c', `printf %s ${shellQuote(word)}`], { encoding: 'utf8' });
+    assert.equal(echoed, word);
+  }
+  assert.equal(shellQuote('web-01'), 'web-01');
 });

@@ -387,3 +387,11 @@ export function parseTaskId(taskId: string): { runId: string; host: string } | u
   if (i <= 0 || i === taskId.length - 1) return undefined;
   return { runId: taskId.slice(0, i), host: taskId.slice(i + 1) };
 }
+
+/**
+ * A word for /bin/sh: as is when it holds only safe characters, else in single quotes. Commands
+ * given as one string get host names (?HOST) and temp paths (validate's %s) substituted this way.
+ */
+export function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_.,:/@%+=-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
+}
