@@ -14,12 +14,18 @@
  * its digest is reported in `transfer.badPeers`.
  */
 import { isCanopyError } from '../errors/index.js';
-import type { DistTask, FileOutcome, PeerAddress, TaskResult } from '../protocol/index.js';
+import {
+  type DistTask,
+  type FileOutcome,
+  NO_OUTPUT,
+  type PeerAddress,
+  type TaskResult,
+} from '../protocol/index.js';
 import {
   type ChunkStore,
   commitInstall,
+  fileState,
   type Manifest,
-  Md5Cache,
   type PeerClient,
   resolveDest,
   tempPathFor,
@@ -83,6 +89,12 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
   ctx.serve(spec.blob, manifest, Number.POSITIVE_INFINITY);
   ctx.store.pin(task.id, manifest.chunks);
   const missing = ctx.store.missing(manifest);
+  const transfer = () => ({
+    fetchedBytes: stats.fetchedBytes,
+    reusedChunks: manifest.chunks.length - missing.length,
+    fromPeers: stats.fromPeers,
+    badPeers: [...stats.badPeers],
+  });
   try {
     const stripes = spec.parents.length;
     await Promise.all(
@@ -98,26 +110,10 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
       ),
     );
     const file = await install(task, manifest, dest.path, ctx);
-    return {
-      ...output(startedAt, now(), 'ok', undefined, [file]),
-      transfer: {
-        fetchedBytes: stats.fetchedBytes,
-        reusedChunks: manifest.chunks.length - missing.length,
-        fromPeers: stats.fromPeers,
-        badPeers: [...stats.badPeers],
-      },
-    };
+    return { ...output(startedAt, now(), 'ok', undefined, [file]), transfer: transfer() };
   } catch (err) {
-    const out = fail((err as Error).message, 'failed', isCanopyError(err) ? err.code : undefined);
-    return {
-      ...out,
-      transfer: {
-        fetchedBytes: stats.fetchedBytes,
-        reusedChunks: manifest.chunks.length - missing.length,
-        fromPeers: stats.fromPeers,
-        badPeers: [...stats.badPeers],
-      },
-    };
+    const code = isCanopyError(err) ? err.code : undefined;
+    return { ...fail((err as Error).message, 'failed', code), transfer: transfer() };
   } finally {
     ctx.serve(spec.blob, manifest, now() + spec.serveForMs);
   }
@@ -213,7 +209,7 @@ async function install(
   if (spec.owner && uid === undefined)
     throw new Error(`owner "${spec.owner}" is not an account on this host`);
   if (spec.group && gid === undefined) throw new Error(`group "${spec.group}" is not a group on this host`);
-  const previous = await new Md5Cache(0).state(dest);
+  const previous = await fileState(dest);
   const base = { dest: spec.dest, oldMd5: previous?.md5 ?? null, newMd5: manifest.md5 };
   if (previous?.md5 === manifest.md5) return { ...base, state: 'unchanged', content: false };
   const temp = tempPathFor(dest);
@@ -238,14 +234,7 @@ function output(
 ): DistOutput {
   return {
     state,
-    exitCode: null,
-    signal: null,
-    stdout: '',
-    stderr: '',
-    stdoutTruncated: false,
-    stderrTruncated: false,
-    stdoutBytes: 0,
-    stderrBytes: 0,
+    ...NO_OUTPUT,
     startedAt,
     endedAt,
     durationMs: endedAt - startedAt,

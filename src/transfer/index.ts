@@ -29,6 +29,7 @@ export {
   commitInstall,
   type DestCheck,
   type FileState,
+  fileState,
   fixMeta,
   type InstallOptions,
   type InstallResult,

@@ -259,7 +259,7 @@ export async function commitInstall(temp: string, md5: string, opts: CommitOptio
   let backup: string | undefined;
   let previous: FileState | undefined;
   try {
-    previous = opts.previous ?? (await currentState(opts.dest));
+    previous = opts.previous ?? (await fileState(opts.dest));
     await setMeta(temp, opts, previous);
     if (opts.validate) {
       const v = await opts.validate(temp);
@@ -281,7 +281,8 @@ export async function commitInstall(temp: string, md5: string, opts: CommitOptio
   return { oldMd5: previous?.md5 ?? null, newMd5: md5, ...(backup ? { backup } : {}) };
 }
 
-async function currentState(file: string): Promise<FileState | undefined> {
+/** A file's state (MD5 read now, nothing cached), or undefined when there is none. */
+export async function fileState(file: string): Promise<FileState | undefined> {
   return new Md5Cache(0).state(file);
 }
 
