@@ -5,14 +5,12 @@
 // connection — each proven to run every command at most once.
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
-import { request } from 'node:https';
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { COORDINATOR_SAN, checkSan } from '../src/pki/index.js';
 import {
+  apiOf,
   cli,
-  clientConfig,
   fileText,
   type RunJson,
   readJsonLines,
@@ -27,35 +25,17 @@ function byHost(r: RunJson): Record<string, RunJson['results'][number]> {
 }
 
 /** Reads a run's server-sent events to the end. */
-function sse(fleet: TestFleet, runId: string): Promise<{ event: string; data: string; id?: string }[]> {
-  const c = clientConfig(fleet);
-  return new Promise((resolve, reject) => {
-    const req = request(`${c.url}/v1/runs/${runId}/events`, {
-      headers: { authorization: `Bearer ${c.token}` },
-      ca: c.ca,
-      checkServerIdentity: checkSan(COORDINATOR_SAN),
+async function sse(fleet: TestFleet, runId: string): Promise<{ event: string; data: string; id?: string }[]> {
+  const { text } = await apiOf(fleet)('GET', `/v1/runs/${runId}/events`);
+  return text
+    .split('\n\n')
+    .filter((b) => b.trim() && !b.startsWith(':'))
+    .map((b) => {
+      const f = Object.fromEntries(
+        b.split('\n').map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 2)]),
+      );
+      return { event: f.event ?? '', data: f.data ?? '', ...(f.id ? { id: f.id } : {}) };
     });
-    req.on('response', (res) => {
-      let text = '';
-      res.setEncoding('utf8').on('data', (d: string) => {
-        text += d;
-      });
-      res.on('end', () => {
-        const events = text
-          .split('\n\n')
-          .filter((b) => b.trim() && !b.startsWith(':'))
-          .map((b) => {
-            const f = Object.fromEntries(
-              b.split('\n').map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 2)]),
-            );
-            return { event: f.event ?? '', data: f.data ?? '', ...(f.id ? { id: f.id } : {}) };
-          });
-        resolve(events);
-      });
-    });
-    req.on('error', reject);
-    req.end();
-  });
 }
 
 const INVENTORY = `
@@ -152,26 +132,7 @@ test('join, heartbeat facts, a run on several agents, grouped output and the SSE
   assert.equal(b?.stdoutTruncated, true);
 
   // Metrics count what happened.
-  const c = clientConfig(fleet);
-  const metrics = await new Promise<string>((resolve, reject) => {
-    request(
-      `${c.url}/metrics`,
-      {
-        headers: { authorization: `Bearer ${c.token}` },
-        ca: c.ca,
-        checkServerIdentity: checkSan(COORDINATOR_SAN),
-      },
-      (res) => {
-        let s = '';
-        res.setEncoding('utf8').on('data', (d: string) => {
-          s += d;
-        });
-        res.on('end', () => resolve(s));
-      },
-    )
-      .on('error', reject)
-      .end();
-  });
+  const metrics = (await apiOf(fleet)('GET', '/metrics')).text;
   assert.match(metrics, /^canopy_agents_connected 2$/m);
   assert.match(metrics, /^canopy_host_results_total\{state="ok",late="false"\} \d+$/m);
 });

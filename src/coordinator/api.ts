@@ -271,38 +271,29 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     };
   });
 
-  app.get('/v1/dists/:id', async (req) => {
-    const { id } = req.params as { id: string };
+  /** A run by id; with `kind`, only a run of that kind (a push id is not a distribution). */
+  const runOf = async (id: string, kind?: 'push' | 'dist') => {
     const got = await runs.get(id);
-    if (got?.run.spec.kind !== 'dist') throw new ApiError(404, 'RUN_NOT_FOUND', `no distribution "${id}"`);
-    return { ...got, sourceBytes: deps.dists.sourceBytes };
-  });
-
-  app.get('/v1/pushes/:id', async (req) => {
-    const { id } = req.params as { id: string };
-    const got = await runs.get(id);
-    if (got?.run.spec.kind !== 'push') throw new ApiError(404, 'RUN_NOT_FOUND', `no push "${id}"`);
+    if (!got || (kind && got.run.spec.kind !== kind)) {
+      const what = kind === 'push' ? 'push' : kind === 'dist' ? 'distribution' : 'run';
+      throw new ApiError(404, 'RUN_NOT_FOUND', `no ${what} "${id}"`);
+    }
     return got;
-  });
-
-  app.get('/v1/pushes/:id/events', async (req, reply) => {
-    const { id } = req.params as { id: string };
-    const lastId = Number(req.headers['last-event-id'] ?? 0) || 0;
-    await streamRun(req, reply, runs, id, lastId);
-  });
-
-  app.get('/v1/runs/:id', async (req) => {
-    const { id } = req.params as { id: string };
-    const got = await runs.get(id);
-    if (!got) throw new ApiError(404, 'RUN_NOT_FOUND', `no run "${id}"`);
-    return got;
-  });
-
-  app.get('/v1/runs/:id/events', async (req, reply) => {
-    const { id } = req.params as { id: string };
-    const lastId = Number(req.headers['last-event-id'] ?? 0) || 0;
-    await streamRun(req, reply, runs, id, lastId);
-  });
+  };
+  app.get('/v1/runs/:id', async (req) => runOf((req.params as { id: string }).id));
+  app.get('/v1/pushes/:id', async (req) => runOf((req.params as { id: string }).id, 'push'));
+  app.get('/v1/dists/:id', async (req) => ({
+    ...(await runOf((req.params as { id: string }).id, 'dist')),
+    sourceBytes: deps.dists.sourceBytes,
+  }));
+  // Pushes and distributions are runs: one event stream serves all three paths.
+  for (const path of ['/v1/runs/:id/events', '/v1/pushes/:id/events', '/v1/dists/:id/events']) {
+    app.get(path, async (req, reply) => {
+      const { id } = req.params as { id: string };
+      const lastId = Number(req.headers['last-event-id'] ?? 0) || 0;
+      await streamRun(req, reply, runs, id, lastId);
+    });
+  }
 }
 
 /** Server-sent events: one `result` event per host (id = its seq), then `done`. */

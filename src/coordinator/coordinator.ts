@@ -122,6 +122,7 @@ export class Coordinator {
     });
     await fleet.load();
     let pushes: PushManager | undefined;
+    let dists: DistManager | undefined;
     const runs = new RunManager({
       store,
       courier: fleet,
@@ -129,7 +130,10 @@ export class Coordinator {
       now,
       onResult: (state, late) => count('canopy_host_results_total', { state, late: String(late) }),
       decorate: (run, host, result) => pushes?.decorate(run, host, result) ?? result,
-      onFinished: (run) => pushes?.finished(run),
+      onFinished: (run) => {
+        pushes?.finished(run);
+        dists?.finished(run);
+      },
     });
     pushes = new PushManager({
       runs,
@@ -139,7 +143,7 @@ export class Coordinator {
     fleet.runs = runs;
     fleet.content = pushes;
     let advertised: string | undefined;
-    const dists = new DistManager({
+    dists = new DistManager({
       runs,
       fleet,
       ca: identity.ca,
@@ -165,7 +169,7 @@ export class Coordinator {
       inventory: coordinator?.inventory ?? inventory,
       agents: fleet.labels(),
     });
-    app.addHook('onClose', async () => dists.close());
+    app.addHook('onClose', async () => dists?.close());
     registerApi(app, {
       fleet,
       runs,

@@ -9,7 +9,7 @@
  * deadlines, events). Each host falls back to the source when its parent
  * fails, and reports the bytes it fetched and from whom.
  */
-import { open, stat } from 'node:fs/promises';
+import { type FileHandle, open, stat } from 'node:fs/promises';
 import { isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import { CanopyError } from '../errors/index.js';
@@ -26,7 +26,7 @@ import {
   plan,
 } from '../transfer/index.js';
 import { type Fleet, RESERVED_AGENT_NAME } from './fleet.js';
-import type { RunManager } from './runs.js';
+import { newRunId, type RunManager } from './runs.js';
 import type { DistRunSpec, RunRecord } from './store.js';
 
 /** The agent name the coordinator's own peer server (the source) goes by; no agent may join with it. */
@@ -64,6 +64,9 @@ export interface DistManagerOptions {
 interface Active {
   manifest: Manifest;
   path: string;
+  /** Opened on the first chunk served, closed when the last run of this blob finishes. */
+  file: Promise<FileHandle> | undefined;
+  runs: Set<string>;
 }
 
 export class DistManager {
@@ -91,7 +94,13 @@ export class DistManager {
     }
     const manifest = await buildManifest(req.path, { chunkSize: req.chunkSize ?? DEFAULT_DIST_CHUNK });
     const blob = await manifestId(manifest);
-    this.active.set(blob, { manifest, path: req.path });
+    const active = this.active.get(blob) ?? {
+      manifest,
+      path: req.path,
+      file: undefined,
+      runs: new Set<string>(),
+    };
+    this.active.set(blob, active);
     const source = await this.startSource();
     const plans = this.planHosts(req, hosts, manifest, blob, source);
     const spec: DistRunSpec = {
@@ -106,7 +115,9 @@ export class DistManager {
       timeoutMs: Math.ceil((req.timeout ?? DEFAULT_TIMEOUT_MS / 1000) * 1000),
       concurrency: Math.max(1, hosts.length),
     };
-    const record = await this.opts.runs.create(spec, hosts, { plans: plans.specs, failed: plans.failed });
+    const id = newRunId(Date.now());
+    active.runs.add(id);
+    const record = await this.opts.runs.create(spec, hosts, { id, plans: plans.specs, failed: plans.failed });
     this.opts.logger.info(
       {
         dist: record.id,
@@ -126,8 +137,19 @@ export class DistManager {
     return this.source?.server.stats.bytesServed ?? 0;
   }
 
+  /** A distribution finished: its blob is no longer served (once no other run distributes it). */
+  finished(run: RunRecord): void {
+    if (run.spec.kind !== 'dist') return;
+    const a = this.active.get(run.spec.blob);
+    if (!a?.runs.delete(run.id) || a.runs.size > 0) return;
+    this.active.delete(run.spec.blob);
+    void a.file?.then((fh) => fh.close()).catch(() => {});
+  }
+
   async close(): Promise<void> {
     await this.source?.server.close();
+    for (const a of this.active.values()) await a.file?.then((fh) => fh.close()).catch(() => {});
+    this.active.clear();
   }
 
   /** Parents per stripe for every host that runs a peer server; the others fail, saying why. */
@@ -208,13 +230,9 @@ export class DistManager {
     const a = this.active.get(blob);
     if (!a) return undefined;
     const { offset, length } = chunkRange(a.manifest, index);
-    const fh = await open(a.path, 'r');
-    try {
-      const buf = Buffer.allocUnsafe(length);
-      const { bytesRead } = await fh.read(buf, 0, length, offset);
-      return bytesRead === length ? buf : undefined;
-    } finally {
-      await fh.close();
-    }
+    a.file ??= open(a.path, 'r');
+    const buf = Buffer.allocUnsafe(length);
+    const { bytesRead } = await (await a.file).read(buf, 0, length, offset);
+    return bytesRead === length ? buf : undefined;
   }
 }
