@@ -24,9 +24,17 @@ import {
   type TaskResult,
   type WithoutV,
 } from '../protocol/index.js';
-import type { ChunkStore, Manifest, PeerServer } from '../transfer/index.js';
-import { Md5Cache, removeStaleTemps, resolveDest } from '../transfer/index.js';
+import {
+  ChunkStore,
+  type Manifest,
+  Md5Cache,
+  PeerClient,
+  PeerServer,
+  removeStaleTemps,
+  resolveDest,
+} from '../transfer/index.js';
 import { type AgentConfig, parseHostPort } from './config.js';
+import { runDist } from './dist-task.js';
 import { type ExecPolicy, runCommand } from './executor.js';
 import { gatherFacts } from './facts.js';
 import { type AgentIdentity, saveIdentity } from './identity.js';
@@ -160,7 +168,6 @@ export class Agent {
   private async startPeer(listen: string): Promise<void> {
     const where = parseHostPort(listen);
     if (!where) throw new Error(`peer_listen "${listen}" is not HOST:PORT`);
-    const { ChunkStore, PeerServer } = await import('../transfer/index.js');
     const store = await ChunkStore.open(join(this.opts.dataDir, 'chunks'), {
       quotaBytes: this.opts.config.chunkQuotaBytes,
     });
@@ -410,8 +417,6 @@ export class Agent {
       },
       'running distribution task',
     );
-    const { PeerClient } = await import('../transfer/index.js');
-    const { runDist } = await import('./dist-task.js');
     const r = await runDist(task, {
       policy: this.policy,
       backupDir: join(this.opts.dataDir, 'backups'),

@@ -21,7 +21,7 @@ import {
   DEFAULT_STRIPES,
   type Manifest,
   manifestId,
-  type PeerServer,
+  PeerServer,
   type PlanHost,
   plan,
 } from '../transfer/index.js';
@@ -207,7 +207,6 @@ export class DistManager {
   /** The coordinator's own peer server, serving chunks straight from the original files. */
   private async startSource(): Promise<PeerAddress> {
     if (this.source) return { name: SOURCE_NAME, address: this.source.address };
-    const { PeerServer } = await import('../transfer/index.js');
     const { keyPem, csrPem } = await createKeyAndCsr(SOURCE_NAME);
     const { certPem } = await signCsr(this.opts.ca, csrPem, { name: SOURCE_NAME, ttlMs: 365 * 86_400_000 });
     const server = new PeerServer({

@@ -6,7 +6,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, open, readFile, rename } from 'node:fs/promises';
+import { chmod, mkdir, readFile, rename } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   type CertAndKey,
@@ -16,6 +16,7 @@ import {
   fingerprint,
   issueServerCert,
 } from '../pki/index.js';
+import { writeSynced } from '../transfer/index.js';
 
 export interface CoordinatorIdentity {
   ca: CertAndKey;
@@ -29,13 +30,7 @@ export interface CoordinatorIdentity {
 
 export async function writeFileAtomic(path: string, data: string, mode = 0o600): Promise<void> {
   const tmp = `${path}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w', mode);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+  await writeSynced(tmp, data, 'w', mode);
   await chmod(tmp, mode);
   await rename(tmp, path);
 }
