@@ -30,11 +30,12 @@ import {
   Md5Cache,
   PeerClient,
   PeerServer,
+  RateLimiter,
   removeStaleTemps,
   resolveDest,
 } from '../transfer/index.js';
 import { type AgentConfig, parseHostPort } from './config.js';
-import { runDist } from './dist-task.js';
+import { type DistProgress, runDist } from './dist-task.js';
 import { type ExecPolicy, runCommand } from './executor.js';
 import { gatherFacts } from './facts.js';
 import { type AgentIdentity, saveIdentity } from './identity.js';
@@ -59,6 +60,10 @@ const RECONNECT_BASE_MS = 250;
 const CERT_BACKDATE_MS = 60_000;
 /** How long a push task waits for the content it asked the coordinator for. */
 const FETCH_TIMEOUT_MS = 60_000;
+/** How long the peer server holds a request for a chunk it is still fetching. */
+const CHUNK_WAIT_MS = 2_000;
+/** Distribution progress goes to the coordinator at most this often. */
+const PROGRESS_EVERY_MS = 1_000;
 
 interface PendingFetch {
   resolve: (m: Content) => void;
@@ -111,7 +116,11 @@ export class Agent {
   private readonly md5Cache = new Md5Cache();
   /** The chunk relay (peer_listen): blobs this agent may serve, and until when. */
   private peer: { server: PeerServer; store: ChunkStore; address: string } | undefined;
-  private readonly serving = new Map<string, { manifest: Manifest; until: number }>();
+  private readonly serving = new Map<string, { manifest: Manifest; until: number; rateLimit?: number }>();
+  /** Blobs a running distribution task is fetching (with how many tasks). */
+  private readonly fetching = new Map<string, number>();
+  /** The peer server's upload cap: the lowest --rate-limit of the distributions served. */
+  private readonly uploadLimit = new RateLimiter({ bytesPerSecond: Number.POSITIVE_INFINITY });
   private readonly fetches = new Map<string, PendingFetch>();
   /** Resolves when the agent has said hello at least once (tests and the demo wait on it). */
   readonly ready: Promise<void>;
@@ -142,6 +151,14 @@ export class Agent {
     for (const r of interrupted) {
       this.log.warn({ task: r.taskId }, 'task was running when the agent stopped; reporting it interrupted');
       await this.cleanInterruptedPush(r.taskId);
+    }
+    for (const task of this.journal.resumable) {
+      if (task.kind !== 'dist') continue;
+      // The temp file of the killed attempt is useless: the chunk store holds what was verified.
+      const dest = await resolveDest(task.spec.dest, this.policy.roots);
+      if (dest.ok) await removeStaleTemps(dest.path);
+      this.log.warn({ task: task.id }, 'distribution was running when the agent stopped; resuming it');
+      void this.execute(task);
     }
     this.connect();
   }
@@ -181,6 +198,15 @@ export class Agent {
       isRevoked: () => false,
       log: this.log,
       store,
+      // A chunk of a blob this agent is still fetching: answer when it lands (a long poll), so
+      // children stay one chunk behind without asking again and again.
+      source: async (blob, index, manifest) => {
+        const digest = manifest.chunks[index];
+        if (!digest || !this.fetching.has(blob)) return undefined;
+        if (!(await store.waitFor(digest, CHUNK_WAIT_MS))) return undefined;
+        return store.get(digest).catch(() => undefined);
+      },
+      limiter: this.uploadLimit,
     });
     const bound = await server.listen(where.port, where.host);
     const host = bound.address.includes(':') ? `[${bound.address}]` : bound.address;
@@ -354,6 +380,11 @@ export class Agent {
       this.log.warn({ task: task.id }, 'not starting a task whose run deadline has passed');
       return;
     }
+    await this.execute(task);
+  }
+
+  /** Runs a task (new, or a distribution resumed after a restart) and reports its result. */
+  private async execute(task: Task): Promise<void> {
     const controller = new AbortController();
     this.running.set(task.id, controller); // before any await: a duplicate message must see it
     let result: TaskResult;
@@ -417,33 +448,84 @@ export class Agent {
       },
       'running distribution task',
     );
-    const r = await runDist(task, {
-      policy: this.policy,
-      backupDir: join(this.opts.dataDir, 'backups'),
-      store: peer.store,
-      connect: (p) => {
-        const where = parseHostPort(p.address);
-        if (!where) throw new Error(`peer ${p.name} has no valid address (${p.address})`);
-        return PeerClient.connect({
-          ...where,
-          peer: p.name,
-          identity: { certPem: this.identity.certPem, keyPem: this.identity.keyPem },
-          caPem: this.identity.caPem,
-          stallTimeoutMs: task.spec.stallMs,
-          signal,
-        });
-      },
-      serve: (blob, manifest, until) => this.serving.set(blob, { manifest, until }),
-      signal,
-      now: this.now,
-    });
+    const blob = task.spec.blob;
+    const download = task.spec.rateLimit
+      ? new RateLimiter({ bytesPerSecond: task.spec.rateLimit })
+      : undefined;
+    let lastReport = 0;
+    let pendingReport: NodeJS.Timeout | undefined;
+    let latest: DistProgress | undefined;
+    const report = () => {
+      pendingReport = undefined;
+      lastReport = this.now();
+      if (latest) this.send({ type: 'progress', taskId: task.id, ...latest });
+    };
+    this.fetching.set(blob, (this.fetching.get(blob) ?? 0) + 1);
+    let r: Awaited<ReturnType<typeof runDist>>;
+    try {
+      r = await runDist(task, {
+        policy: this.policy,
+        backupDir: join(this.opts.dataDir, 'backups'),
+        store: peer.store,
+        connect: (p) => {
+          const where = parseHostPort(p.address);
+          if (!where) throw new Error(`peer ${p.name} has no valid address (${p.address})`);
+          return PeerClient.connect({
+            ...where,
+            peer: p.name,
+            identity: { certPem: this.identity.certPem, keyPem: this.identity.keyPem },
+            caPem: this.identity.caPem,
+            // Answers are long polls of up to CHUNK_WAIT_MS: silence means a dead link only well past that.
+            stallTimeoutMs: Math.max(2 * task.spec.stallMs, 3 * CHUNK_WAIT_MS),
+            ...(download ? { limiter: download } : {}),
+            signal,
+          });
+        },
+        serve: (b, manifest, until) => {
+          this.serving.set(b, {
+            manifest,
+            until,
+            ...(task.spec.rateLimit ? { rateLimit: task.spec.rateLimit } : {}),
+          });
+          this.applyUploadLimit();
+        },
+        progress: (p) => {
+          latest = p;
+          if (pendingReport) return;
+          const wait = PROGRESS_EVERY_MS - (this.now() - lastReport);
+          if (wait <= 0) report();
+          else pendingReport = setTimeout(report, wait);
+        },
+        signal,
+        now: this.now,
+      });
+    } finally {
+      const n = (this.fetching.get(blob) ?? 1) - 1;
+      if (n > 0) this.fetching.set(blob, n);
+      else this.fetching.delete(blob);
+      if (pendingReport) {
+        clearTimeout(pendingReport);
+        report();
+      }
+    }
     const release = setTimeout(() => {
       peer.store.unpin(task.id);
-      const s = this.serving.get(task.spec.blob);
-      if (s && s.until <= this.now()) this.serving.delete(task.spec.blob);
+      const s = this.serving.get(blob);
+      if (s && s.until <= this.now()) this.serving.delete(blob);
+      this.applyUploadLimit();
     }, task.spec.serveForMs);
     release.unref();
     return r;
+  }
+
+  /** The upload cap is the lowest rate limit among the blobs served now; none: no cap. */
+  private applyUploadLimit(): void {
+    let cap = Number.POSITIVE_INFINITY;
+    const now = this.now();
+    for (const s of this.serving.values()) {
+      if (s.until > now && s.rateLimit) cap = Math.min(cap, s.rateLimit);
+    }
+    if (cap !== this.uploadLimit.bytesPerSecond) this.uploadLimit.setRate(cap);
   }
 
   private async push(task: Extract<Task, { kind: 'push' }>, signal: AbortSignal) {

@@ -95,7 +95,13 @@ async function leaf(t: TestContext, w: World) {
   return { store, root, served, ctx };
 }
 
-function task(w: World, dest: string, parents: PeerAddress[], fallbacks: PeerAddress[] = []): DistTask {
+function task(
+  w: World,
+  dest: string,
+  parents: PeerAddress[],
+  fallbacks: PeerAddress[] = [],
+  stallMs = 2000,
+): DistTask {
   return {
     id: 'r1:leaf',
     runId: 'r1',
@@ -110,7 +116,7 @@ function task(w: World, dest: string, parents: PeerAddress[], fallbacks: PeerAdd
       parents,
       fallbacks,
       serveForMs: 60_000,
-      stallMs: 2000,
+      stallMs,
     },
   };
 }
@@ -180,9 +186,10 @@ test('no peer can serve: failed, naming what was tried; the destination is untou
   const l = await leaf(t, w);
   const dest = join(l.root, 'image.bin');
   writeFileSync(dest, 'old\n');
-  const r = await runDist(task(w, dest, [{ name: 'src', address: '127.0.0.1:1' }]), l.ctx);
+  // The last candidate is retried (backing off) for twelve stall windows before the task gives up.
+  const r = await runDist(task(w, dest, [{ name: 'src', address: '127.0.0.1:1' }], [], 200), l.ctx);
   assert.equal(r.state, 'failed');
-  assert.match(r.error ?? '', /no peer could serve .* \(tried src: /);
+  assert.match(r.error ?? '', /no peer could serve .*; tried src: cannot reach peer src .*ECONNREFUSED/);
   assert.equal(readFileSync(dest, 'utf8'), 'old\n');
 });
 

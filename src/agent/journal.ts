@@ -10,7 +10,10 @@
  *
  * After a crash, a task that started but has no result was interrupted: it
  * gets an `interrupted` result and is not run again (commands are not
- * assumed idempotent).
+ * assumed idempotent). Distribution tasks are the exception: fetching
+ * verified chunks and installing a file by its MD5 is idempotent, so they
+ * are listed in `resumable` and the agent runs them again (from the chunks
+ * it already verified).
  */
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
@@ -35,6 +38,8 @@ export class Journal {
   private readonly started: string;
   private readonly results: string;
   private readonly done: string;
+  /** Distribution tasks found unfinished by open(): to be run again. */
+  readonly resumable: Task[] = [];
 
   constructor(dir: string) {
     this.started = join(dir, 'started');
@@ -61,6 +66,10 @@ export class Journal {
         continue;
       }
       const entry = JSON.parse(await readFile(path, 'utf8')) as { task: Task; startedAt: number };
+      if (entry.task.kind === 'dist') {
+        this.resumable.push(entry.task);
+        continue;
+      }
       const result: TaskResult = {
         taskId: entry.task.id,
         runId: entry.task.runId,

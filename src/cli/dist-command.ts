@@ -6,9 +6,10 @@
  * where from. Exit 0 only if every host has the file.
  */
 import { resolve } from 'node:path';
-import type { HostResult } from '../coordinator/index.js';
+import type { DistProgress, HostResult } from '../coordinator/index.js';
 import { COMMON_OPTIONS, parse, usage } from './args.js';
 import { ApiClient, CLIENT_OPTIONS, clientSettings } from './client.js';
+import { parseRate, progressLine, reportLines } from './dist-progress.js';
 import { foldHosts } from './fold-hosts.js';
 import { followRun } from './follow.js';
 import { type CliIO, palette, writeJson } from './io.js';
@@ -31,7 +32,14 @@ options:
   --chunk-size BYTES   power of two from 65536 to 67108864 (default 1048576)
   --stripes N          interleaved trees (default 4)
   --timeout DURATION   for the whole distribution (default 1h)
+  --rate-limit RATE    cap every agent's upload and download, e.g. 40MB/s, 200Mbit/s
+  --link-rate RATE     each host's link (e.g. 1Gbit/s): the report gives the ratio
+                       to the single-link bound S/B
   --json               the distribution and every host's result as JSON
+
+While it runs, one progress line for the fleet (bytes, rate, ETA, hosts done
+per IDC, the slowest hosts); at the end the wall time, the copies the source
+uploaded, the ratio to S/B (with --link-rate) and each host's time.
 Exit 0 only if every host installed the file.
 `;
 
@@ -47,6 +55,8 @@ export async function distCommand(argv: string[], io: CliIO): Promise<number> {
     'chunk-size': { type: 'string' },
     stripes: { type: 'string' },
     timeout: { type: 'string' },
+    'rate-limit': { type: 'string' },
+    'link-rate': { type: 'string' },
   });
   if (values.help) {
     io.out.write(DIST_HELP);
@@ -73,6 +83,8 @@ export async function distCommand(argv: string[], io: CliIO): Promise<number> {
     ...(values['chunk-size'] ? { chunkSize: num(values['chunk-size'], '--chunk-size') } : {}),
     ...(values.stripes ? { stripes: num(values.stripes, '--stripes') } : {}),
     ...(values.timeout ? { timeout: parseDuration(values.timeout, '--timeout') / 1000 } : {}),
+    ...(values['rate-limit'] ? { rateLimit: parseRate(values['rate-limit'], '--rate-limit') } : {}),
+    ...(values['link-rate'] ? { linkRate: parseRate(values['link-rate'], '--link-rate') } : {}),
   };
   const api = new ApiClient(clientSettings(values, io));
   const started = Date.now();
@@ -94,24 +106,46 @@ export async function distCommand(argv: string[], io: CliIO): Promise<number> {
     );
   }
   let done = 0;
+  // A terminal gets one line redrawn in place; a log gets a line every 5 s.
+  const tty = (io.err as { isTTY?: boolean }).isTTY === true;
+  let shown = '';
+  let lastPrinted = 0;
+  const clear = () => {
+    if (tty && shown) io.err.write('\r\x1b[K');
+    shown = '';
+  };
   const final = await followRun(
     api,
     created,
     (r) => {
       done++;
-      if (stream)
-        io.out.write(`[${done}/${created.hosts.length}] ${r.host}  ${r.state}  ${p.dim(line(r))}\n`);
+      if (!stream) return;
+      clear();
+      io.out.write(`[${done}/${created.hosts.length}] ${r.host}  ${r.state}  ${p.dim(line(r))}\n`);
     },
     (why) => {
       if (stream) io.err.write(p.dim(`lost the event stream (${why}); reconnecting\n`));
     },
+    (progress) => {
+      if (!stream) return;
+      const text = progressLine(progress as DistProgress);
+      if (tty) {
+        io.err.write(`\r\x1b[K${text.slice(0, 200)}`);
+        shown = text;
+      } else if (Date.now() - lastPrinted >= 5_000) {
+        lastPrinted = Date.now();
+        io.err.write(`${text}\n`);
+      }
+    },
   );
+  clear();
   const wall = (Date.now() - started) / 1000;
   const after = await api.call<{ sourceBytes: number }>('GET', `/v1/dists/${created.id}`);
   const sourceBytes = after.sourceBytes - created.sourceBytesAtStart;
   const copies = created.size > 0 ? sourceBytes / created.size : 0;
   const ok = final.results.filter((r) => r.state === 'ok');
   if (values.json) {
+    const bound = body.linkRate ? created.size / body.linkRate : null;
     writeJson(io, {
       dist: created.id,
       size: created.size,
@@ -119,13 +153,23 @@ export async function distCommand(argv: string[], io: CliIO): Promise<number> {
       wallSeconds: wall,
       sourceBytes,
       sourceCopies: copies,
+      boundSeconds: bound,
+      ratioToBound: bound ? wall / bound : null,
       summary: final.summary,
       results: final.results,
     });
   } else {
-    io.out.write(
-      `\n${ok.length} of ${created.hosts.length} hosts have ${body.dest} (md5 ${created.md5}) in ${wall.toFixed(2)} s; the source uploaded ${copies.toFixed(2)} copies (${sourceBytes} bytes)\n`,
-    );
+    io.out.write(`\n${body.dest} (md5 ${created.md5}):\n`);
+    for (const l of reportLines({
+      hosts: created.hosts.length,
+      ok: ok.length,
+      size: created.size,
+      wallSeconds: wall,
+      sourceBytes,
+      ...(body.linkRate ? { linkRate: body.linkRate } : {}),
+    })) {
+      io.out.write(`${l}\n`);
+    }
     const bad = final.results.filter((r) => r.state !== 'ok');
     if (bad.length) io.out.write(`${p.red('not ok:')} ${foldHosts(bad.map((r) => r.host))}\n`);
   }

@@ -19,6 +19,7 @@ export async function followRun(
   run: { id: string; deadline: number },
   onResult: (r: HostResult) => void,
   onReconnect: (why: string) => void,
+  onProgress?: (progress: unknown) => void,
 ): Promise<FinalRun> {
   let lastId = 0;
   let done = false;
@@ -29,6 +30,10 @@ export async function followRun(
       await api.events(`/v1/runs/${run.id}/events`, lastId, (event, data, id) => {
         if (event === 'done') {
           done = true;
+          return;
+        }
+        if (event === 'progress') {
+          onProgress?.(JSON.parse(data));
           return;
         }
         if (event !== 'result') return;

@@ -98,6 +98,10 @@ export const DistRequestSchema = Type.Object(
     stripes: Type.Optional(Type.Integer({ minimum: 1, maximum: 16 })),
     /** Seconds for the whole distribution (default 3600). */
     timeout: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 7 * 86400 })),
+    /** Caps every agent's upload and download for this distribution, bytes per second. */
+    rateLimit: Type.Optional(Type.Integer({ minimum: 1024 })),
+    /** Each host's link, bytes per second: progress and the report give the ratio to the bound S/B. */
+    linkRate: Type.Optional(Type.Integer({ minimum: 1024 })),
   },
   { additionalProperties: false },
 );

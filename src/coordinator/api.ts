@@ -254,6 +254,8 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         ...(body.chunkSize ? { chunkSize: body.chunkSize } : {}),
         ...(body.stripes ? { stripes: body.stripes } : {}),
         ...(body.timeout ? { timeout: body.timeout } : {}),
+        ...(body.rateLimit ? { rateLimit: body.rateLimit } : {}),
+        ...(body.linkRate ? { linkRate: body.linkRate } : {}),
       },
       resolved.hosts,
     );
@@ -285,6 +287,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
   app.get('/v1/dists/:id', async (req) => ({
     ...(await runOf((req.params as { id: string }).id, 'dist')),
     sourceBytes: deps.dists.sourceBytes,
+    progress: deps.dists.progressOf((req.params as { id: string }).id) ?? null,
   }));
   // Pushes and distributions are runs: one event stream serves all three paths.
   for (const path of ['/v1/runs/:id/events', '/v1/pushes/:id/events', '/v1/dists/:id/events']) {
@@ -296,7 +299,11 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
   }
 }
 
-/** Server-sent events: one `result` event per host (id = its seq), then `done`. */
+/**
+ * Server-sent events: one `result` event per host (id = its seq), then
+ * `done`; a distribution also sends `progress` (the fleet's bytes, rate, ETA,
+ * IDCs and slowest hosts) about once a second.
+ */
 async function streamRun(
   req: FastifyRequest,
   reply: FastifyReply,
@@ -348,6 +355,7 @@ async function streamRun(
   const handle = (e: RunEvent) => {
     if (closed) return;
     if (e.type === 'result') writeResult(e.result);
+    else if (e.type === 'progress') res.write(`event: progress\ndata: ${JSON.stringify(e.progress)}\n\n`);
     else finish(e.summary);
   };
   for (const e of buffered) handle(e);

@@ -229,6 +229,8 @@ export class Coordinator {
 
     // Runs resume only once the listener is up, so resumed tasks can reach reconnecting agents.
     await runs.load();
+    await dists.resume();
+    fleet.progress = (agent, p) => dists?.progress(agent, p);
 
     const client: ClientConfig = { url, token: identity.adminToken, ca: identity.ca.certPem };
     const clientPaths = [join(opts.dataDir, 'client.json')];

@@ -14,7 +14,7 @@ import { isAbsolute } from 'node:path';
 import type { Logger } from 'pino';
 import { CanopyError } from '../errors/index.js';
 import { type CertAndKey, createKeyAndCsr, signCsr } from '../pki/index.js';
-import type { DistSpec, PeerAddress } from '../protocol/index.js';
+import type { DistSpec, PeerAddress, Progress } from '../protocol/index.js';
 import {
   buildManifest,
   chunkRange,
@@ -22,8 +22,11 @@ import {
   type Manifest,
   manifestId,
   PeerServer,
+  type Plan,
   type PlanHost,
+  type PlanInput,
   plan,
+  replan,
 } from '../transfer/index.js';
 import { type Fleet, RESERVED_AGENT_NAME } from './fleet.js';
 import { newRunId, type RunManager } from './runs.js';
@@ -48,7 +51,60 @@ export interface DistRequest {
   stripes?: number;
   /** Seconds. */
   timeout?: number;
+  /** Bytes per second: caps every agent's upload and download. */
+  rateLimit?: number;
+  /** Bytes per second: each host's link, for the ratio to the bound S/B. */
+  linkRate?: number;
 }
+
+/** One host's last progress report. */
+interface HostProgress {
+  bytes: number;
+  at: number;
+  failedPeers: string[];
+}
+
+/** The fleet's progress in one distribution (the `progress` event, and GET /v1/dists/:id). */
+export interface DistProgress {
+  at: number;
+  size: number;
+  hosts: number;
+  /** Bytes verified on all hosts together, and the total (size x hosts). */
+  bytes: number;
+  totalBytes: number;
+  /** Hosts holding every chunk. */
+  complete: number;
+  /** Bytes per second over the fleet, over the last few seconds. */
+  rate: number;
+  /** Seconds until the last host is done at the current rate (null before there is a rate). */
+  etaSeconds: number | null;
+  elapsedSeconds: number;
+  /** Per IDC ('' = unlabelled): hosts, complete, bytes. */
+  idcs: Record<string, { hosts: number; complete: number; bytes: number }>;
+  /** Up to three unfinished hosts with the fewest bytes. */
+  slowest: { host: string; bytes: number }[];
+  /** Peers some host gave up on (dead, stalled or bad chunks). */
+  failedPeers: string[];
+  sourceBytes: number;
+  /** With linkRate: the single-link bound S/B in seconds. */
+  boundSeconds: number | null;
+}
+
+interface Tracker {
+  run: string;
+  startedAt: number;
+  size: number;
+  hosts: string[];
+  idcOf: Map<string, string>;
+  hosts_: Map<string, HostProgress>;
+  samples: { at: number; bytes: number }[];
+  sourceAtStart: number;
+  linkRate: number | undefined;
+  timer: NodeJS.Timeout;
+  last: DistProgress | undefined;
+}
+
+const PROGRESS_EVERY_MS = 1_000;
 
 export interface DistManagerOptions {
   runs: RunManager;
@@ -71,6 +127,7 @@ interface Active {
 
 export class DistManager {
   private readonly active = new Map<string, Active>();
+  private readonly trackers = new Map<string, Tracker>();
   private source: { server: PeerServer; address: string } | undefined;
 
   constructor(private readonly opts: DistManagerOptions) {}
@@ -103,6 +160,7 @@ export class DistManager {
     this.active.set(blob, active);
     const source = await this.startSource();
     const plans = this.planHosts(req, hosts, manifest, blob, source);
+    const sourceAtStart = this.sourceBytes;
     const spec: DistRunSpec = {
       kind: 'dist',
       targets: req.targets,
@@ -114,10 +172,19 @@ export class DistManager {
       stripes: plans.stripes,
       timeoutMs: Math.ceil((req.timeout ?? DEFAULT_TIMEOUT_MS / 1000) * 1000),
       concurrency: Math.max(1, hosts.length),
+      ...(req.linkRate ? { linkRate: req.linkRate } : {}),
+      ...(req.rateLimit ? { rateLimit: req.rateLimit } : {}),
     };
     const id = newRunId(Date.now());
     active.runs.add(id);
-    const record = await this.opts.runs.create(spec, hosts, { id, plans: plans.specs, failed: plans.failed });
+    this.track(id, spec, [...plans.specs.keys()], sourceAtStart);
+    let record: RunRecord;
+    try {
+      record = await this.opts.runs.create(spec, hosts, { id, plans: plans.specs, failed: plans.failed });
+    } catch (err) {
+      this.untrack(id);
+      throw err;
+    }
     this.opts.logger.info(
       {
         dist: record.id,
@@ -137,9 +204,64 @@ export class DistManager {
     return this.source?.server.stats.bytesServed ?? 0;
   }
 
+  /** A progress report from an agent's distribution task (task ids are RUN:HOST). */
+  progress(agent: string, p: Progress): void {
+    const run = p.taskId.slice(0, p.taskId.indexOf(':'));
+    const t = this.trackers.get(run);
+    if (!t?.idcOf.has(agent)) return;
+    t.hosts_.set(agent, { bytes: Math.min(p.bytes, t.size), at: Date.now(), failedPeers: p.failedPeers });
+  }
+
+  /** The latest progress of an unfinished distribution. */
+  progressOf(run: string): DistProgress | undefined {
+    const t = this.trackers.get(run);
+    return t ? this.snapshot(t) : undefined;
+  }
+
+  /**
+   * After a coordinator restart: serves the blobs of the distributions that
+   * were still running (their stored plans hold the manifest and the source's
+   * old address, which it listens on again if it can) so that hosts still
+   * fetching from the source, or falling back to it, go on.
+   */
+  async resume(): Promise<void> {
+    for (const record of this.opts.runs.activeRecords()) {
+      const spec = record.spec;
+      if (spec.kind !== 'dist') continue;
+      const plan = [...(this.opts.runs.plansOf(record.id)?.values() ?? [])].find(
+        (p): p is DistSpec => 'blob' in p,
+      );
+      const st = await stat(spec.path).catch(() => undefined);
+      if (!plan || st?.size !== spec.size) {
+        this.opts.logger.warn(
+          { dist: record.id, path: spec.path },
+          'cannot serve a resumed distribution: its source file is gone or changed size; hosts that need ' +
+            'the source will fail when their stall window passes',
+        );
+        continue;
+      }
+      const active = this.active.get(spec.blob) ?? {
+        manifest: plan.manifest,
+        path: spec.path,
+        file: undefined,
+        runs: new Set<string>(),
+      };
+      active.runs.add(record.id);
+      this.active.set(spec.blob, active);
+      const old = plan.fallbacks.find((f) => f.name === SOURCE_NAME);
+      await this.startSource(old ? Number(old.address.slice(old.address.lastIndexOf(':') + 1)) || 0 : 0);
+      this.track(record.id, spec, [...(this.opts.runs.plansOf(record.id)?.keys() ?? [])], this.sourceBytes);
+      this.opts.logger.info(
+        { dist: record.id, blob: spec.blob },
+        'distribution resumed: serving its blob again',
+      );
+    }
+  }
+
   /** A distribution finished: its blob is no longer served (once no other run distributes it). */
   finished(run: RunRecord): void {
     if (run.spec.kind !== 'dist') return;
+    this.untrack(run.id);
     const a = this.active.get(run.spec.blob);
     if (!a?.runs.delete(run.id) || a.runs.size > 0) return;
     this.active.delete(run.spec.blob);
@@ -147,6 +269,7 @@ export class DistManager {
   }
 
   async close(): Promise<void> {
+    for (const id of [...this.trackers.keys()]) this.untrack(id);
     await this.source?.server.close();
     for (const a of this.active.values()) await a.file?.then((fh) => fh.close()).catch(() => {});
     this.active.clear();
@@ -179,14 +302,17 @@ export class DistManager {
     }
     const specs = new Map<string, DistSpec>();
     if (members.length === 0) return { specs, failed, stripes: 0, depth: 0 };
-    const p = plan({
+    const input = {
       source: { name: SOURCE_NAME },
       hosts: members,
       chunkCount: Math.max(1, manifest.chunks.length),
       stripes: req.stripes ?? DEFAULT_STRIPES,
-    });
+    };
+    const p = plan(input);
+    const alternates = alternatesOf(p, input);
     for (const m of members) {
       const parents = (p.parents[m.name] ?? []).map((n) => addresses.get(n) ?? source);
+      const alt = (alternates.get(m.name) ?? []).map((n) => addresses.get(n) ?? source);
       specs.set(m.name, {
         blob,
         manifest: { ...manifest, chunks: [...manifest.chunks] },
@@ -196,6 +322,8 @@ export class DistManager {
         ...(req.owner ? { owner: req.owner } : {}),
         ...(req.group ? { group: req.group } : {}),
         parents: parents.length > 0 ? parents : [source],
+        ...(alt.length === parents.length && parents.length > 0 ? { alternates: alt } : {}),
+        ...(req.rateLimit ? { rateLimit: req.rateLimit } : {}),
         fallbacks: [source],
         serveForMs: SERVE_FOR_MS,
         stallMs: STALL_MS,
@@ -204,8 +332,87 @@ export class DistManager {
     return { specs, failed, stripes: p.stripes, depth: p.depth };
   }
 
+  private track(run: string, spec: DistRunSpec, hosts: string[], sourceAtStart: number): void {
+    const labels = new Map(this.opts.fleet.list().map((a) => [a.name, a.facts?.labels ?? {}] as const));
+    const t: Tracker = {
+      run,
+      startedAt: Date.now(),
+      size: spec.size,
+      hosts,
+      idcOf: new Map(hosts.map((h) => [h, labels.get(h)?.idc ?? ''] as const)),
+      hosts_: new Map(),
+      samples: [],
+      sourceAtStart,
+      linkRate: spec.linkRate,
+      timer: setInterval(() => {
+        const snap = this.snapshot(t);
+        if (t.last && snap.bytes === t.last.bytes && snap.complete === t.last.complete) return;
+        t.last = snap;
+        this.opts.runs.publish(run, { type: 'progress', progress: snap });
+      }, PROGRESS_EVERY_MS),
+      last: undefined,
+    };
+    t.timer.unref();
+    this.trackers.set(run, t);
+  }
+
+  private untrack(run: string): void {
+    const t = this.trackers.get(run);
+    if (!t) return;
+    clearInterval(t.timer);
+    this.trackers.delete(run);
+  }
+
+  private snapshot(t: Tracker): DistProgress {
+    const now = Date.now();
+    let bytes = 0;
+    let complete = 0;
+    const idcs: DistProgress['idcs'] = {};
+    const failed = new Set<string>();
+    const open: { host: string; bytes: number }[] = [];
+    for (const h of t.hosts) {
+      const b = t.hosts_.get(h)?.bytes ?? 0;
+      for (const f of t.hosts_.get(h)?.failedPeers ?? []) failed.add(f);
+      bytes += b;
+      const idc = t.idcOf.get(h) ?? '';
+      const row = idcs[idc] ?? { hosts: 0, complete: 0, bytes: 0 };
+      idcs[idc] = row;
+      row.hosts++;
+      row.bytes += b;
+      if (b >= t.size) {
+        complete++;
+        row.complete++;
+      } else open.push({ host: h, bytes: b });
+    }
+    t.samples.push({ at: now, bytes });
+    while (t.samples.length > 2 && now - (t.samples[0]?.at ?? now) > 5_000) t.samples.shift();
+    const first = t.samples[0] ?? { at: now, bytes };
+    const rate = now > first.at ? ((bytes - first.bytes) * 1000) / (now - first.at) : 0;
+    const totalBytes = t.size * t.hosts.length;
+    // The fleet finishes when its slowest host does: ETA from the slowest host at the per-host rate.
+    const slowest = open.sort((a, b) => a.bytes - b.bytes).slice(0, 3);
+    const perHost = t.hosts.length > 0 ? rate / t.hosts.length : 0;
+    const lag = slowest[0] ? t.size - slowest[0].bytes : 0;
+    return {
+      at: now,
+      size: t.size,
+      hosts: t.hosts.length,
+      bytes,
+      totalBytes,
+      complete,
+      rate: Math.round(rate),
+      etaSeconds: lag === 0 ? 0 : perHost > 0 ? lag / perHost : null,
+      elapsedSeconds: (now - t.startedAt) / 1000,
+      idcs,
+      slowest,
+      failedPeers: [...failed],
+      sourceBytes: this.sourceBytes - t.sourceAtStart,
+      boundSeconds: t.linkRate ? t.size / t.linkRate : null,
+    };
+  }
+
   /** The coordinator's own peer server, serving chunks straight from the original files. */
-  private async startSource(): Promise<PeerAddress> {
+  private async startSource(port = 0): Promise<PeerAddress> {
     if (this.source) return { name: SOURCE_NAME, address: this.source.address };
     const { keyPem, csrPem } = await createKeyAndCsr(SOURCE_NAME);
     const { certPem } = await signCsr(this.opts.ca, csrPem, { name: SOURCE_NAME, ttlMs: 365 * 86_400_000 });
@@ -217,7 +424,11 @@ export class DistManager {
       log: this.opts.logger,
       source: (blob, index) => this.readChunk(blob, index),
     });
-    const bound = await server.listen(0, this.opts.host);
+    const bound = await server.listen(port, this.opts.host).catch((err) => {
+      if (port === 0) throw err;
+      this.opts.logger.warn({ err, port }, 'the source cannot listen on its old port again; using another');
+      return server.listen(0, this.opts.host);
+    });
     const dial = this.opts.advertiseHost?.() ?? bound.address;
     const host = dial.includes(':') ? `[${dial}]` : dial;
     this.source = { server, address: `${host}:${bound.port}` };
@@ -234,4 +445,35 @@ export class DistManager {
     const { bytesRead } = await (await a.file).read(buf, 0, length, offset);
     return bytesRead === length ? buf : undefined;
   }
+}
+
+/**
+ * The coordinator's re-parenting, worked out with the plan: for each host
+ * and stripe, its parent there should that parent fail (the planner's
+ * replan with that one parent taken out). Computed for every parent up to
+ * 2,000 hosts; above that, orphans fall back to the source.
+ */
+function alternatesOf(p: Plan, input: PlanInput): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  const parents = new Set(Object.values(p.parents).flat());
+  parents.delete(p.source);
+  if (input.hosts.length > 2_000) return out;
+  for (const host of Object.keys(p.parents)) {
+    out.set(
+      host,
+      (p.parents[host] ?? []).map(() => p.source),
+    );
+  }
+  for (const failed of parents) {
+    const r = replan(p, input, [failed]);
+    for (const [host, ps] of Object.entries(p.parents)) {
+      ps.forEach((parent, s) => {
+        if (parent !== failed) return;
+        const alt = out.get(host);
+        const next = r.parents[host]?.[s];
+        if (alt && next && next !== failed) alt[s] = next;
+      });
+    }
+  }
+  return out;
 }

@@ -16,6 +16,7 @@ import {
   decodeAgentMessage,
   encode,
   type Facts,
+  type Progress,
   type WithoutV,
 } from '../protocol/index.js';
 import type { AgentStatus, Courier, RunManager } from './runs.js';
@@ -88,6 +89,8 @@ export class Fleet implements Courier {
   runs: RunManager | undefined;
   /** Answers push tasks' content requests. */
   content: ContentSource | undefined;
+  /** Receives distribution tasks' progress. */
+  progress: ((agent: string, p: Progress) => void) | undefined;
 
   constructor(opts: FleetOptions) {
     this.store = opts.store;
@@ -386,6 +389,9 @@ export class Fleet implements Courier {
         );
         return;
       }
+      case 'progress':
+        this.progress?.(s.name, m);
+        return;
       default:
         assertNeverMessage(m);
     }

@@ -45,7 +45,10 @@ export interface Courier {
   lastSeen(agent: string): number | undefined;
 }
 
-export type RunEvent = { type: 'result'; result: HostResult } | { type: 'done'; summary: RunSummary };
+export type RunEvent =
+  | { type: 'result'; result: HostResult }
+  | { type: 'done'; summary: RunSummary }
+  | { type: 'progress'; progress: unknown };
 export type RunListener = (event: RunEvent) => void;
 
 export interface RunSummary {
@@ -254,6 +257,24 @@ export class RunManager {
       if (open - running > 0) counts.pending = open - running;
     }
     return { total: run.hosts.length, counts, finished: run.finishedAt !== undefined };
+  }
+
+  /** Unfinished runs (after load: the ones resumed). */
+  activeRecords(): RunRecord[] {
+    return [...this.active.values()].map((r) => r.record);
+  }
+
+  /** Per-host plans (push files, distribution specs) of an unfinished run. */
+  plansOf(id: string): ReadonlyMap<string, PushSpec | DistSpec> | undefined {
+    return this.active.get(id)?.plans;
+  }
+
+  /** Sends an event to the run's listeners (a distribution's progress); false if the run is not active. */
+  publish(id: string, event: RunEvent): boolean {
+    const run = this.active.get(id);
+    if (!run) return false;
+    this.emit(run, event);
+    return true;
   }
 
   /** Listens to a run's events from now on; returns the unsubscribe function, or undefined if not active. */

@@ -85,6 +85,10 @@ export interface DistRunSpec {
   stripes: number;
   timeoutMs: number;
   concurrency: number;
+  /** Each host's link in bytes per second, when the user gave it: the report's bound S/B. */
+  linkRate?: number;
+  /** The cap on each agent's upload and download, bytes per second. */
+  rateLimit?: number;
 }
 
 export interface RunRecord {

@@ -109,6 +109,14 @@ export const DistSpecSchema = Type.Object(
     stallMs: Type.Integer({ minimum: 100 }),
     /** Tried when a parent fails (in order; the source last). */
     fallbacks: Type.Array(PeerAddressSchema, { maxItems: 64 }),
+    /**
+     * Per stripe, the coordinator's re-parenting should parents[s] fail (its
+     * planner's replan of that parent's orphans, worked out with the plan),
+     * tried before the fallbacks.
+     */
+    alternates: Type.Optional(Type.Array(PeerAddressSchema, { maxItems: 64 })),
+    /** Caps this host's download of the blob, bytes per second (its upload is capped by its peer server). */
+    rateLimit: Type.Optional(Type.Integer({ minimum: 1024 })),
   },
   { additionalProperties: false },
 );
@@ -256,6 +264,17 @@ export const FetchSchema = message('fetch', {
   taskId: Id,
   files: Type.Array(Type.Integer({ minimum: 0, maximum: 1023 }), { minItems: 1, maxItems: 1024 }),
 });
+/** A distribution task's progress, at most about once a second while it runs. */
+export const ProgressSchema = message('progress', {
+  taskId: Id,
+  /** Verified chunks held (fetched or already here) and their bytes. */
+  chunks: Type.Integer({ minimum: 0 }),
+  bytes: Type.Integer({ minimum: 0 }),
+  /** Bytes fetched over the network by this task so far. */
+  fetchedBytes: Type.Integer({ minimum: 0 }),
+  /** Peers this task gave up on so far (dead, stalled, or bad chunks). */
+  failedPeers: Type.Array(Type.String({ maxLength: 300 }), { maxItems: 64 }),
+});
 
 // coordinator -> agent
 export const WelcomeSchema = message('welcome', { now: Type.Number(), pullIntervalMs: Type.Integer() });
@@ -282,6 +301,7 @@ export type ResultMessage = Static<typeof ResultSchema>;
 export type Pull = Static<typeof PullSchema>;
 export type Renew = Static<typeof RenewSchema>;
 export type Fetch = Static<typeof FetchSchema>;
+export type Progress = Static<typeof ProgressSchema>;
 export type Content = Static<typeof ContentSchema>;
 export type Welcome = Static<typeof WelcomeSchema>;
 export type TaskMessage = Static<typeof TaskMessageSchema>;
@@ -289,7 +309,7 @@ export type ResultAck = Static<typeof ResultAckSchema>;
 export type Renewed = Static<typeof RenewedSchema>;
 export type Refuse = Static<typeof RefuseSchema>;
 
-export type AgentMessage = Hello | Heartbeat | Ack | ResultMessage | Pull | Renew | Fetch;
+export type AgentMessage = Hello | Heartbeat | Ack | ResultMessage | Pull | Renew | Fetch | Progress;
 export type CoordinatorMessage = Welcome | TaskMessage | ResultAck | Renewed | Refuse | Content;
 
 const AGENT_SCHEMAS = {
@@ -300,6 +320,7 @@ const AGENT_SCHEMAS = {
   pull: PullSchema,
   renew: RenewSchema,
   fetch: FetchSchema,
+  progress: ProgressSchema,
 } as const;
 const COORDINATOR_SCHEMAS = {
   welcome: WelcomeSchema,

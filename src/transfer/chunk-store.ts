@@ -53,6 +53,14 @@ export interface RecoveryReport {
   evictedOverQuota: number;
 }
 
+export interface PutOptions {
+  /**
+   * The caller has already checked that `data` hashes to `digest` (the peer
+   * client hashes every chunk as it streams in): skip the second BLAKE3.
+   */
+  verified?: boolean;
+}
+
 export interface GetOptions {
   /** Re-hash the data read from disk (catches bit rot; costs one BLAKE3 pass). */
   verify?: boolean;
@@ -91,6 +99,7 @@ export class ChunkStore {
   /** Index records buffered past this many are written even without a put. */
   private static readonly FLUSH_EVERY = 256;
   private readonly busy = new Map<string, Promise<void>>();
+  private readonly waiters = new Map<string, Set<(ok: boolean) => void>>();
   private readonly pins = new Map<string, Set<string>>();
   private readonly pinCount = new Map<string, number>();
   private used = 0;
@@ -203,9 +212,9 @@ export class ChunkStore {
    * TRANSFER_DIGEST_MISMATCH (nothing is written) or TRANSFER_QUOTA (nothing
    * is evicted).
    */
-  async put(digest: string, data: Uint8Array): Promise<void> {
+  async put(digest: string, data: Uint8Array, options: PutOptions = {}): Promise<void> {
     this.checkOpen();
-    const actual = this.hash(data);
+    const actual = options.verified ? checkDigest(digest) : this.hash(data);
     if (actual !== checkDigest(digest)) {
       throw new CanopyError(
         'TRANSFER_DIGEST_MISMATCH',
@@ -221,6 +230,32 @@ export class ChunkStore {
     const work = this.store(digest, data);
     this.setBusy(digest, work);
     await work;
+  }
+
+  /**
+   * Resolves true as soon as the store holds `digest` (at once if it does),
+   * false after `ms` or when `signal` aborts. A peer serving a blob it is
+   * still fetching answers a request for the next chunk when it lands
+   * instead of refusing it and having the child ask again.
+   */
+  waitFor(digest: string, ms: number, signal?: AbortSignal): Promise<boolean> {
+    if (this.entries.has(digest)) return Promise.resolve(true);
+    if (ms <= 0 || signal?.aborted) return Promise.resolve(false);
+    return new Promise<boolean>((resolve) => {
+      const waiters = this.waiters.get(digest) ?? new Set<(ok: boolean) => void>();
+      this.waiters.set(digest, waiters);
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        waiters.delete(done);
+        if (waiters.size === 0 && this.waiters.get(digest) === waiters) this.waiters.delete(digest);
+        resolve(ok);
+      };
+      const onAbort = () => done(false);
+      const timer = setTimeout(() => done(false), ms);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      waiters.add(done);
+    });
   }
 
   /**
@@ -345,6 +380,7 @@ export class ChunkStore {
     this.used += data.length;
     this.entries.set(digest, { size: data.length, lastUse: now });
     this.log.record(`+ ${digest} ${data.length} ${now}`);
+    for (const wake of [...(this.waiters.get(digest) ?? [])]) wake(true);
     await this.log.flush();
     if (this.log.bloated(this.entries.size)) await this.log.rewrite(() => this.entries);
   }

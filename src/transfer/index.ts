@@ -7,6 +7,8 @@
  *   backups and rollback, and the MD5 cache behind warm checks.
  * - manifest.ts: a blob's manifest (size, chunk size, BLAKE3 per chunk,
  *   whole-file MD5) and its id (the BLAKE3 of its canonical encoding).
+ * - assembler.ts: a blob's file written as its chunks arrive, its MD5
+ *   computed in order on the way.
  * - chunk-store.ts: an agent's content-addressed chunk store (verified
  *   before visible, crash-safe index, quota with LRU eviction, pins).
  * - peer-server.ts, peer-client.ts, peer-wire.ts: the agents' chunk relay
@@ -16,11 +18,13 @@
  *   crossing per IDC, rack locality, re-parenting, a finish-time model).
  */
 
+export { FileAssembler } from './assembler.js';
 export {
   type AssembleOptions,
   type AssembleTarget,
   ChunkStore,
   type ChunkStoreOptions,
+  type PutOptions,
   type RecoveryReport,
 } from './chunk-store.js';
 export { syncDir, writeSynced } from './durable.js';

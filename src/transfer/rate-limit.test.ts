@@ -129,7 +129,7 @@ test('the default burst is a quarter second of the rate, at least 64 KiB', () =>
 });
 
 test('a rate or burst that is not a positive number is refused naming the option', () => {
-  for (const bad of [0, -1, Number.NaN, Number.POSITIVE_INFINITY]) {
+  for (const bad of [0, -1, Number.NaN, Number.NEGATIVE_INFINITY]) {
     assert.throws(
       () => new RateLimiter({ bytesPerSecond: bad }),
       (err) => isCanopyError(err, 'USAGE') && /bytesPerSecond/.test(err.message),
@@ -138,5 +138,23 @@ test('a rate or burst that is not a positive number is refused naming the option
   assert.throws(
     () => new RateLimiter({ bytesPerSecond: 10, burstBytes: 0 }),
     (err) => isCanopyError(err, 'USAGE') && /burstBytes/.test(err.message),
+  );
+});
+
+test('Infinity is no cap, and setRate changes the cap from now on (a lowered cap makes callers wait)', () => {
+  let t = 0;
+  const l = new RateLimiter({ bytesPerSecond: Number.POSITIVE_INFINITY, now: () => t });
+  assert.equal(l.reserve(1e12), 0);
+  l.setRate(1000);
+  assert.equal(l.bytesPerSecond, 1000);
+  assert.equal(l.reserve(l.burstBytes), 0);
+  assert.equal(l.reserve(500), 500);
+  t += 500;
+  assert.equal(l.reserve(0), 0);
+  l.setRate(Number.POSITIVE_INFINITY);
+  assert.equal(l.reserve(1e9), 0);
+  assert.throws(
+    () => l.setRate(0),
+    (err) => isCanopyError(err, 'USAGE'),
   );
 });

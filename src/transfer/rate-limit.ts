@@ -29,8 +29,8 @@ export interface RateLimiterOptions {
 const MIN_DEFAULT_BURST = 64 * 1024;
 
 export class RateLimiter {
-  readonly bytesPerSecond: number;
-  readonly burstBytes: number;
+  private rate: number;
+  private burst: number;
   private readonly now: () => number;
   private readonly sleep: (ms: number, signal?: AbortSignal) => Promise<void>;
   /** Tokens in the bucket at `last`; negative while callers wait on a debt. */
@@ -38,15 +38,32 @@ export class RateLimiter {
   private last: number;
 
   constructor(options: RateLimiterOptions) {
-    this.bytesPerSecond = checkPositive('bytesPerSecond', options.bytesPerSecond);
-    this.burstBytes = checkPositive(
-      'burstBytes',
-      options.burstBytes ?? Math.max(MIN_DEFAULT_BURST, Math.floor(options.bytesPerSecond / 4)),
-    );
+    this.rate = checkRate(options.bytesPerSecond);
+    this.burst = checkPositive('burstBytes', options.burstBytes ?? defaultBurst(options.bytesPerSecond));
     this.now = options.now ?? (() => performance.now());
     this.sleep = options.sleep ?? ((ms, signal) => delay(ms, undefined, { signal }));
     this.tokens = this.burstBytes;
     this.last = this.now();
+  }
+
+  /** Sustained rate in bytes per second (Infinity: no cap). */
+  get bytesPerSecond(): number {
+    return this.rate;
+  }
+
+  get burstBytes(): number {
+    return this.burst;
+  }
+
+  /**
+   * Changes the cap from now on (Infinity lifts it; the burst follows the
+   * default rule). A debt callers are waiting out is kept.
+   */
+  setRate(bytesPerSecond: number): void {
+    this.refill();
+    this.rate = checkRate(bytesPerSecond);
+    this.burst = defaultBurst(bytesPerSecond);
+    this.tokens = Math.min(this.tokens, this.burst);
   }
 
   /** Tokens available now (negative: the debt callers are waiting out). */
@@ -61,15 +78,16 @@ export class RateLimiter {
    */
   reserve(bytes: number): number {
     if (!Number.isFinite(bytes) || bytes < 0) throw new RangeError(`cannot reserve ${bytes} bytes`);
+    if (this.rate === Number.POSITIVE_INFINITY) return 0;
     this.refill();
     this.tokens -= bytes;
-    return this.tokens >= 0 ? 0 : Math.ceil((-this.tokens * 1000) / this.bytesPerSecond);
+    return this.tokens >= 0 ? 0 : Math.ceil((-this.tokens * 1000) / this.rate);
   }
 
   /** Gives back tokens of a reservation whose bytes will not move (an aborted wait). */
   refund(bytes: number): void {
     this.refill();
-    this.tokens = Math.min(this.burstBytes, this.tokens + bytes);
+    this.tokens = Math.min(this.burst, this.tokens + bytes);
   }
 
   /**
@@ -97,8 +115,20 @@ export class RateLimiter {
     const t = this.now();
     const elapsed = Math.max(0, t - this.last);
     this.last = Math.max(this.last, t);
-    this.tokens = Math.min(this.burstBytes, this.tokens + (elapsed * this.bytesPerSecond) / 1000);
+    if (this.rate === Number.POSITIVE_INFINITY) {
+      this.tokens = this.burst;
+      return;
+    }
+    this.tokens = Math.min(this.burst, this.tokens + (elapsed * this.rate) / 1000);
   }
+}
+
+function defaultBurst(rate: number): number {
+  return Number.isFinite(rate) ? Math.max(MIN_DEFAULT_BURST, Math.floor(rate / 4)) : MIN_DEFAULT_BURST;
+}
+
+function checkRate(value: number): number {
+  return value === Number.POSITIVE_INFINITY ? value : checkPositive('bytesPerSecond', value);
 }
 
 function checkPositive(what: string, value: number): number {
