@@ -288,6 +288,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     ...(await runOf((req.params as { id: string }).id, 'dist')),
     sourceBytes: deps.dists.sourceBytes,
     progress: deps.dists.progressOf((req.params as { id: string }).id) ?? null,
+    tree: deps.dists.detailOf((req.params as { id: string }).id) ?? null,
   }));
   // Pushes and distributions are runs: one event stream serves all three paths.
   for (const path of ['/v1/runs/:id/events', '/v1/pushes/:id/events', '/v1/dists/:id/events']) {

@@ -212,6 +212,23 @@ export class DistManager {
     t.hosts_.set(agent, { bytes: Math.min(p.bytes, t.size), at: Date.now(), failedPeers: p.failedPeers });
   }
 
+  /**
+   * An unfinished distribution's tree and per-host bytes (GET /v1/dists/:id):
+   * each host's parent per stripe, and the bytes it holds.
+   */
+  detailOf(run: string): { parents: Record<string, string[]>; bytes: Record<string, number> } | undefined {
+    const t = this.trackers.get(run);
+    const plans = this.opts.runs.plansOf(run);
+    if (!t || !plans) return undefined;
+    const parents: Record<string, string[]> = {};
+    for (const [host, spec] of plans) {
+      if ('parents' in spec) parents[host] = spec.parents.map((p) => p.name);
+    }
+    const bytes: Record<string, number> = {};
+    for (const h of t.hosts) bytes[h] = t.hosts_.get(h)?.bytes ?? 0;
+    return { parents, bytes };
+  }
+
   /** The latest progress of an unfinished distribution. */
   progressOf(run: string): DistProgress | undefined {
     const t = this.trackers.get(run);
