@@ -5,12 +5,13 @@
  * host, each with its own root directory and the host's labels; joins them
  * with one-time tokens; runs a command on all of them; pushes the example
  * templates to every agent (cold, then a warm re-push that changes nothing);
+ * distributes a 64 MiB image to all of them through their peer tree;
  * then renders every example template and explains a few variables. --keep
  * leaves the fleet running until Ctrl-C. Every process it started is
  * stopped on exit, and the temporary directory removed.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { cpSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +23,7 @@ import { AGENT_NODE_FLAGS } from './agent-command.js';
 import { COMMON_OPTIONS, parse } from './args.js';
 import { ApiClient } from './client.js';
 import { untilSignal } from './daemon.js';
+import { distCommand } from './dist-command.js';
 import { type CliIO, palette, type Stream, writeJson } from './io.js';
 import { packageRoot, packageVersion } from './package-root.js';
 import { pushCommand } from './push-command.js';
@@ -34,13 +36,16 @@ Starts a demo fleet on this machine: a coordinator (state in a temporary
 directory) and 8 real agents on 127.0.0.11-18, one per host of examples/
 (two IDCs, labels idc and role), joined with one-time tokens. Runs a command
 on all of them, pushes the example templates to every agent (then pushes
-again: nothing changes), renders every example template for every host and
+again: nothing changes), distributes a 64 MiB image to all of them through
+the agents' peer tree (progress, then a report: time, copies the source
+uploaded), renders every example template for every host and
 explains where a few variables come from.
 
   --keep   leave the fleet running and print commands to try; Ctrl-C stops it
 `;
 
 const EXPLAINED = ['app.log.level', 'app.workers', 'release.channel'];
+const DEMO_IMAGE_BYTES = 64 * 1024 * 1024;
 const DEMO_COMMAND = 'echo "$(id -un) on $(uname -sr)"; test -w "$PWD"';
 
 class Capture implements Stream {
@@ -108,6 +113,7 @@ export async function demoCommand(argv: string[], io: CliIO): Promise<number> {
       const hostRoot = join(dir, 'hosts', host.name);
       mkdirSync(join(hostRoot, 'etc', 'nginx'), { recursive: true });
       mkdirSync(join(hostRoot, 'etc', 'orders'), { recursive: true });
+      mkdirSync(join(hostRoot, 'var', 'lib', 'images'), { recursive: true });
       mkdirSync(data, { recursive: true });
       const logFd = openSync(join(data, 'agent.log'), 'a');
       const args = [
@@ -126,6 +132,9 @@ export async function demoCommand(argv: string[], io: CliIO): Promise<number> {
         hostRoot,
         '--heartbeat',
         '2s',
+        // Agents relay distribution chunks to each other on their own address.
+        '--peer-listen',
+        `${host.address}:0`,
       ];
       for (const [k, v] of Object.entries(host.labels)) args.push('--label', `${k}=${v}`);
       children.push(
@@ -195,8 +204,33 @@ export async function demoCommand(argv: string[], io: CliIO): Promise<number> {
       }
       runCode = runCode || code;
     }
+    // A large file through the agents' peer tree: chunked, verified, relayed, installed atomically.
+    const image = join(dir, 'demo-image.bin');
+    writeFileSync(image, randomBytes(DEMO_IMAGE_BYTES));
+    const distArgs = [
+      image,
+      '--dest',
+      join(dir, 'hosts', '{host}', 'var', 'lib', 'images', 'demo.img'),
+      '--targets',
+      'all',
+    ];
+    say(
+      `\n${p.bold('Distributing')} a ${DEMO_IMAGE_BYTES / 1024 / 1024} MiB image through the agents' peer tree: ` +
+        `${p.cyan(`canopy dist ${shortPath(io.cwd, image)} --dest ${shortPath(io.cwd, join(dir, 'hosts'))}/{host}/var/lib/images/demo.img --targets all`)}\n`,
+    );
+    let dist: unknown;
+    if (values.json) {
+      const cap = new Capture();
+      runCode =
+        (await distCommand([...distArgs, '--json'], { ...io, out: cap, err: new Capture(), env: runEnv })) ||
+        runCode;
+      dist = JSON.parse(cap.text);
+    } else {
+      runCode = (await distCommand(distArgs, { ...io, env: runEnv })) || runCode;
+    }
     const report = renderExamples(io, values, inv, root);
-    if (values.json) writeJson(io, { coordinator: coordinator.url, run: runReport, pushes, hosts: report });
+    if (values.json)
+      writeJson(io, { coordinator: coordinator.url, run: runReport, pushes, dist, hosts: report });
     if (values.keep) {
       io.out.write(
         `\n${p.bold('The fleet keeps running')} (Ctrl-C stops it and removes ${dir}). Try, in another shell:\n` +
