@@ -67,6 +67,11 @@ const COMMANDS: Record<string, { load: () => Promise<{ run: Command; help: strin
     load: async () => import('./dist-command.js').then((m) => ({ run: m.distCommand, help: m.DIST_HELP })),
     summary: "distribute a large file to hosts over the agents' peer tree (chunked, verified)",
   },
+  'peer-rsh': {
+    load: async () =>
+      import('./peer-rsh-command.js').then((m) => ({ run: m.peerRshCommand, help: m.PEER_RSH_HELP })),
+    summary: "rsync's remote shell over the agents' peer channel (rsync -e 'canopy peer-rsh ...')",
+  },
   demo: {
     load: async () => import('./demo-command.js').then((m) => ({ run: m.demoCommand, help: m.DEMO_HELP })),
     summary: 'start a demo fleet on this machine, run a command, render the examples',

@@ -13,6 +13,9 @@
  *   before visible, crash-safe index, quota with LRU eviction, pins).
  * - peer-server.ts, peer-client.ts, peer-wire.ts: the agents' chunk relay
  *   over mutual TLS (fleet agents only, authorized blobs only, verified).
+ * - peer-stream.ts, rsync.ts: rsync pulls over the peer channel (a stream
+ *   connection to `rsync --server --sender` on the parent, validated there;
+ *   syncFromPeer runs the local rsync with `canopy peer-rsh` as remote shell).
  * - rate-limit.ts: a shared token bucket for upload and download caps.
  * - planner.ts: the pure distribution planner (striped trees per IDC, one
  *   crossing per IDC, rack locality, re-parenting, a finish-time model).
@@ -61,7 +64,7 @@ export {
   parseManifest,
   validateManifest,
 } from './manifest.js';
-export { type FetchOptions, PeerClient, type PeerClientOptions } from './peer-client.js';
+export { type DialOptions, type FetchOptions, PeerClient, type PeerClientOptions } from './peer-client.js';
 export {
   type ChunkSource,
   type PeerLog,
@@ -69,6 +72,7 @@ export {
   type PeerServerOptions,
   type PeerServerStats,
 } from './peer-server.js';
+export { type PeerRsyncOptions, type RsyncStats, runPeerRsync } from './peer-stream.js';
 export { PEER_ALPN, PEER_CODES } from './peer-wire.js';
 export {
   type ChooseOptions,
@@ -84,3 +88,14 @@ export {
   replan,
 } from './planner.js';
 export { RateLimiter, type RateLimiterOptions } from './rate-limit.js';
+export {
+  formatRshError,
+  PARTIAL_DIR,
+  type PeerAddress,
+  parseRshError,
+  parseRsyncStats,
+  rsyncClientArgv,
+  type SyncFromPeerOptions,
+  type SyncResult,
+  syncFromPeer,
+} from './rsync.js';

@@ -129,27 +129,7 @@ export class PeerClient {
   static async connect(options: PeerClientOptions): Promise<PeerClient> {
     options.signal?.throwIfAborted();
     const hasher = await createBLAKE3();
-    const socket = tls.connect({
-      host: options.host,
-      port: options.port,
-      servername: agentSan(options.peer),
-      key: options.identity.keyPem,
-      cert: options.identity.certPem,
-      ca: [options.caPem],
-      checkServerIdentity: checkSan(agentSan(options.peer)),
-      minVersion: 'TLSv1.3',
-      ALPNProtocols: [PEER_ALPN],
-    });
-    await handshake(socket, options, options.stallTimeoutMs ?? 30_000);
-    if (socket.alpnProtocol !== PEER_ALPN) {
-      socket.destroy();
-      throw new CanopyError(
-        PEER_CODES.protocol,
-        `peer ${options.peer} (${options.host}:${options.port}) does not speak ${PEER_ALPN} ` +
-          `(it chose ${socket.alpnProtocol || 'no ALPN protocol'}): upgrade that agent, or fetch from another peer`,
-        { peer: options.peer },
-      );
-    }
+    const socket = await dialPeer(options, options.stallTimeoutMs ?? 30_000);
     return new PeerClient(socket, hasher, options);
   }
 
@@ -377,12 +357,43 @@ class ConnectionRefused extends Error {
   }
 }
 
+/** Where to dial a peer and as whom; shared by chunk clients and stream (rsync) clients. */
+export type DialOptions = Pick<PeerClientOptions, 'host' | 'port' | 'peer' | 'identity' | 'caPem' | 'signal'>;
+
+/**
+ * A TLS socket to the peer, past the handshake and the checks that it is the
+ * expected agent of the fleet speaking PEER_ALPN. Throws PKI_WRONG_PEER,
+ * AGENT_CERT_REFUSED, a peer error (PEER_CODES.lost, .protocol) naming the
+ * peer, or the signal's reason.
+ */
+export async function dialPeer(options: DialOptions, timeoutMs: number): Promise<tls.TLSSocket> {
+  options.signal?.throwIfAborted();
+  const socket = tls.connect({
+    host: options.host,
+    port: options.port,
+    servername: agentSan(options.peer),
+    key: options.identity.keyPem,
+    cert: options.identity.certPem,
+    ca: [options.caPem],
+    checkServerIdentity: checkSan(agentSan(options.peer)),
+    minVersion: 'TLSv1.3',
+    ALPNProtocols: [PEER_ALPN],
+  });
+  await handshake(socket, options, timeoutMs);
+  if (socket.alpnProtocol !== PEER_ALPN) {
+    socket.destroy();
+    throw new CanopyError(
+      PEER_CODES.protocol,
+      `peer ${options.peer} (${options.host}:${options.port}) does not speak ${PEER_ALPN} ` +
+        `(it chose ${socket.alpnProtocol || 'no ALPN protocol'}): upgrade that agent, or fetch from another peer`,
+      { peer: options.peer },
+    );
+  }
+  return socket;
+}
+
 /** Waits for the handshake; turns its failures into errors naming the peer. */
-async function handshake(
-  socket: tls.TLSSocket,
-  options: PeerClientOptions,
-  timeoutMs: number,
-): Promise<void> {
+async function handshake(socket: tls.TLSSocket, options: DialOptions, timeoutMs: number): Promise<void> {
   const where = `peer ${options.peer} (${options.host}:${options.port})`;
   try {
     await new Promise<void>((resolve, reject) => {
@@ -419,7 +430,7 @@ async function handshake(
 }
 
 /** A TLS failure as an operator reads it, or undefined when it is not one. */
-function tlsError(err: Error, where: string, peer: string): CanopyError | undefined {
+export function tlsError(err: Error, where: string, peer: string): CanopyError | undefined {
   if (isCanopyError(err)) return err;
   const code = (err as NodeJS.ErrnoException).code ?? '';
   if (code.startsWith('ERR_SSL_') && code.includes('ALERT')) {

@@ -26,6 +26,14 @@
  * the refusal sent before the loop starts, and a protocol refusal sent only
  * between frames), so frames never interleave. Connections idle for
  * `idleTimeoutMs` are closed; clients reconnect.
+ *
+ * rsync pulls: a connection whose first request is `rsync` becomes a stream
+ * connection (peer-stream.ts) if authorizeTree(peer, tree) names a root and
+ * rsync.ts accepts the command; the server then runs only the system rsync as
+ * `--server --sender` (an argv array, never a shell) in that root, at most
+ * `maxRsyncSessions` at once, and kills it when the connection drops. Every
+ * refusal is logged (`transfer.peer.rsync_refused`) and answered with one
+ * `error` frame and a hang-up.
  */
 import { once } from 'node:events';
 import type { AddressInfo, Socket } from 'node:net';
@@ -34,18 +42,25 @@ import { CanopyError, type ErrorCode, isCanopyError } from '../errors/index.js';
 import { agentSan, type CertAndKey, certInfo, checkSan } from '../pki/index.js';
 import type { ChunkStore } from './chunk-store.js';
 import { chunkRange, type Manifest } from './manifest.js';
+import { RsyncSession, type RsyncStats } from './peer-stream.js';
 import {
   decodeRequest,
+  decodeStreamInput,
   type ErrorReply,
   encodeFrame,
   errorReply,
   FrameDecoder,
   type Get,
+  MAX_STREAM_PAYLOAD_BYTES,
   PEER_ALPN,
   PEER_CODES,
   type PeerRequest,
+  type RsyncRequest,
+  type StreamInput,
+  WireError,
 } from './peer-wire.js';
 import type { RateLimiter } from './rate-limit.js';
+import { parseServerCommand, serverSpawn } from './rsync.js';
 
 /** The logger a peer server or client writes to; a pino Logger fits. */
 export interface PeerLog {
@@ -88,6 +103,21 @@ export interface PeerServerOptions {
   maxConnections?: number;
   /** A TLS handshake not finished after this long is dropped; default 10 s. */
   handshakeTimeoutMs?: number;
+  /**
+   * The directory (or single file) that a running distribution lets agent
+   * `peer` pull as tree `treeId` with rsync, else undefined. Without this
+   * option every rsync request is refused.
+   */
+  authorizeTree?: (
+    peer: string,
+    treeId: string,
+  ) => { root: string } | undefined | Promise<{ root: string } | undefined>;
+  /** The rsync program a pull runs; default "rsync" from PATH. Never chosen by the peer. */
+  rsyncPath?: string;
+  /** rsync processes at once; more requests are refused (the peer retries); default 8. */
+  maxRsyncSessions?: number;
+  /** A stream connection that moves no byte for this long is closed; default 10 min (rsync's own --timeout should fire first). */
+  streamIdleTimeoutMs?: number;
 }
 
 /** Counters since the server started, for metrics and progress. */
@@ -126,6 +156,8 @@ export class PeerServer {
     requestsRefused: 0,
     connectionsRefused: 0,
   };
+  /** rsync pulls served; read, never write. */
+  readonly rsyncStats: RsyncStats = { started: 0, refused: 0, running: 0, bytesSent: 0 };
   private readonly server: tls.Server;
   private readonly connections = new Set<PeerConnection>();
   private readonly sockets = new Set<Socket>();
@@ -211,7 +243,7 @@ export class PeerServer {
       socket.destroy();
       return;
     }
-    const conn = new PeerConnection(socket, checked, this.options, this.name, this.stats);
+    const conn = new PeerConnection(socket, checked, this.options, this.name, this.stats, this.rsyncStats);
     this.connections.add(conn);
     this.options.log.debug({ peer: checked.name, address }, 'transfer.peer.connected');
     await conn.done;
@@ -257,8 +289,11 @@ class PeerConnection {
   readonly done: Promise<void>;
   private readonly queue: Get[] = [];
   private readonly aborted = new AbortController();
-  private readonly decoder: FrameDecoder<PeerRequest>;
+  private readonly decoder: FrameDecoder<PeerRequest | StreamInput>;
   private readonly readAhead: number;
+  /** Set by an `rsync` first request: from then on every frame is the stream's. */
+  private stream: RsyncSession | undefined;
+  private requests = 0;
   private wake: (() => void) | undefined;
   private paused = false;
   private closed = false;
@@ -271,15 +306,22 @@ class PeerConnection {
     private readonly options: PeerServerOptions,
     private readonly self: string,
     private readonly stats: PeerServerStats,
+    private readonly rsyncStats: RsyncStats,
   ) {
     this.readAhead = Math.max(1, options.readAhead ?? 1);
-    this.decoder = new FrameDecoder<PeerRequest>(
-      decodeRequest,
-      { bytes: 0, what: 'requests carry no payload' },
+    this.decoder = new FrameDecoder<PeerRequest | StreamInput>(
+      (header) => (this.stream ? decodeStreamInput(header) : decodeRequest(header)),
       {
-        onHeader: (req) => this.onRequest(req),
-        onPayload: () => {},
-        onFrameEnd: () => {},
+        bytes: MAX_STREAM_PAYLOAD_BYTES,
+        what: `requests carry no payload; stdin frames of an rsync stream at most ${MAX_STREAM_PAYLOAD_BYTES}`,
+      },
+      {
+        onHeader: (m, length) =>
+          this.stream
+            ? this.stream.onHeader(m as StreamInput, length)
+            : this.onRequest(m as PeerRequest, length),
+        onPayload: (slice) => this.stream?.onPayload(slice),
+        onFrameEnd: () => this.stream?.onFrameEnd(),
       },
     );
     socket.setTimeout(options.idleTimeoutMs ?? 120_000, () => {
@@ -307,13 +349,103 @@ class PeerConnection {
     this.notify();
   }
 
-  private onRequest(req: PeerRequest): void {
+  private onRequest(req: PeerRequest, length: number): void {
+    if (length > 0)
+      throw new WireError(
+        `${req.type} request with a payload of ${length} bytes (requests carry no payload)`,
+      );
+    if (req.type === 'rsync') {
+      if (this.requests > 0)
+        throw new WireError('an rsync request must be the first frame of its connection');
+      this.startStream(req);
+      return;
+    }
+    this.requests++;
     if (req.type === 'get') {
       this.queue.push(req);
       return;
     }
     const at = this.queue.findIndex((q) => q.id === req.id);
     if (at >= 0) this.queue.splice(at, 1);
+  }
+
+  /**
+   * Turns this connection into an rsync stream: input is held (the socket
+   * paused) while the tree, the command and its paths are checked, then the
+   * session spawns rsync or refuses. run() stops; the session writes from now on.
+   */
+  private startStream(req: RsyncRequest): void {
+    const o = this.options;
+    const session = new RsyncSession({
+      socket: this.socket,
+      peer: this.peer.name,
+      self: this.self,
+      tree: req.tree,
+      log: o.log,
+      stats: this.rsyncStats,
+      ...(o.limiter ? { limiter: o.limiter } : {}),
+    });
+    this.stream = session;
+    this.socket.pause();
+    this.socket.setTimeout(o.streamIdleTimeoutMs ?? 600_000);
+    this.notify();
+    const admitted = this.rsyncStats.running < (o.maxRsyncSessions ?? 8);
+    if (admitted) this.rsyncStats.running++; // counted from now, so concurrent checks cannot overshoot
+    this.checkStream(req, admitted)
+      .then(
+        (spec) => {
+          if (admitted) this.rsyncStats.running--;
+          session.start(o.rsyncPath ?? 'rsync', spec);
+        },
+        (err: unknown) => {
+          if (admitted) this.rsyncStats.running--;
+          this.rsyncStats.refused++;
+          const code: ErrorCode = isCanopyError(err) ? err.code : PEER_CODES.protocol;
+          const reason =
+            isCanopyError(err) && typeof err.subject.reason === 'string' ? err.subject.reason : undefined;
+          const message = `${this.self} refuses to serve tree ${req.tree} to ${this.peer.name}: ${reason ?? (err as Error).message}`;
+          o.log.warn(
+            { peer: this.peer.name, address: this.peer.address, tree: req.tree, args: req.args, code, err },
+            'transfer.peer.rsync_refused',
+          );
+          session.refuse(errorReply(code, message, req.id));
+        },
+      )
+      .catch((err: unknown) => {
+        // Only a synchronous spawn failure gets here (spawn validates its arguments): drop the connection.
+        o.log.warn({ err, peer: this.peer.name, tree: req.tree }, 'transfer.peer.rsync_spawn_failed');
+        this.socket.destroy();
+      });
+  }
+
+  /** The argv and directory for a permitted pull; throws a CanopyError saying why not. */
+  private async checkStream(req: RsyncRequest, admitted: boolean) {
+    const o = this.options;
+    const { name, serial } = this.peer;
+    if (!admitted) {
+      throw new CanopyError(
+        PEER_CODES.lost,
+        `${o.maxRsyncSessions ?? 8} rsync pulls are running already; retry shortly or pull from another peer`,
+        { peer: name, tree: req.tree },
+      );
+    }
+    if (await o.isRevoked(serial)) {
+      throw new CanopyError(PEER_CODES.revoked, revokedMessage(this.self, name, serial), {
+        peer: name,
+        serial,
+      });
+    }
+    const command = parseServerCommand(req.args);
+    const tree = await o.authorizeTree?.(name, req.tree);
+    if (!tree) {
+      throw new CanopyError(
+        PEER_CODES.forbidden,
+        `no running distribution lets ${name} pull it from ${this.self}; pull from the peer the current ` +
+          `plan names`,
+        { peer: name, tree: req.tree },
+      );
+    }
+    return serverSpawn(command, tree.root);
   }
 
   /** Answers the malformed frame with a connection error and hangs up; other connections are untouched. */
@@ -343,6 +475,7 @@ class PeerConnection {
   private onClose(): void {
     this.closed = true;
     this.aborted.abort(new Error('connection closed'));
+    this.stream?.onClose();
     this.notify();
   }
 
@@ -355,7 +488,7 @@ class PeerConnection {
   private async run(): Promise<void> {
     const ready: Promise<Reply>[] = [];
     try {
-      while (!this.closed) {
+      while (!this.closed && !this.stream) {
         this.fill(ready);
         const next = ready.shift();
         if (!next) {
@@ -374,6 +507,7 @@ class PeerConnection {
       // Answers being prepared settle on their own (prepare() never rejects); wait so none floats.
       await Promise.all(ready);
     }
+    await this.stream?.done;
   }
 
   /** Starts preparing queued requests until `readAhead` answers are ready or being read. */

@@ -28,6 +28,27 @@
  * A cancelled request may still be answered (if it had started), and the
  * client discards that answer as it streams in.
  *
+ * A connection whose first request is `rsync` becomes a stream connection
+ * instead (no `get` is accepted on it, before or after): the server runs the
+ * system rsync as `rsync --server --sender` over the tree the request names,
+ * with arguments it validates itself (rsync.ts), and the frames carry that
+ * process's standard streams until it exits:
+ *
+ * Client to server:
+ *   {"type":"rsync","id":1,"tree":"<id>","args":["rsync","--server","--sender",...]}   first frame only
+ *   {"type":"stdin"}  + bytes            for the rsync's standard input (at most 256 KiB a frame)
+ *   {"type":"eof"}                       its standard input is closed
+ * Server to client:
+ *   {"type":"stdout"} + bytes            what it wrote to standard output (at most 256 KiB a frame)
+ *   {"type":"stderr"} + bytes            what it wrote to standard error (at most 64 KiB in all; the rest is cut)
+ *   {"type":"exit","code":0}             it exited (`signal` names a signal that ended it); the server hangs up
+ *   {"type":"error","id":1,"code":"...","message":"..."}   the request was refused; the server hangs up
+ *
+ * `args` is the remote command exactly as the rsync client handed it to its
+ * remote shell (rsync's --rsh), with rsync's own backslash escapes. There is
+ * no window: each side stops reading the socket while the process (or the
+ * local rsync) does not take its input, so TCP pushes back in both directions.
+ *
  * Limits: a header over 8 KiB, a request with a payload, a chunk payload over
  * the receiver's maximum (at most 64 MiB, the largest chunk size), bad JSON
  * or a message that breaks its schema make the receiver refuse the
@@ -107,8 +128,48 @@ export const ErrorReplySchema = Type.Object(
 );
 export type ErrorReply = Static<typeof ErrorReplySchema>;
 
-export type PeerRequest = Get | Cancel;
+/** A tree id: what a distribution calls the directory or file it lets peers pull with rsync. */
+const TreeId = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$' });
+
+export const RsyncSchema = Type.Object(
+  {
+    type: Type.Literal('rsync'),
+    id: Id,
+    tree: TreeId,
+    args: Type.Array(Type.String({ maxLength: 4096 }), { minItems: 1, maxItems: 64 }),
+  },
+  { additionalProperties: false },
+);
+export type RsyncRequest = Static<typeof RsyncSchema>;
+
+const NoFields = <T extends string>(type: T) =>
+  Type.Object({ type: Type.Literal(type) }, { additionalProperties: false });
+
+export const StdinSchema = NoFields('stdin');
+export const EofSchema = NoFields('eof');
+export const StdoutSchema = NoFields('stdout');
+export const StderrSchema = NoFields('stderr');
+export const ExitSchema = Type.Object(
+  {
+    type: Type.Literal('exit'),
+    code: Type.Integer({ minimum: 0, maximum: 255 }),
+    signal: Type.Optional(Type.String({ pattern: '^SIG[A-Z0-9]{1,16}$' })),
+  },
+  { additionalProperties: false },
+);
+export type ExitReply = Static<typeof ExitSchema>;
+
+export type PeerRequest = Get | Cancel | RsyncRequest;
 export type PeerReply = ChunkReply | ErrorReply;
+/** What a client sends on a stream connection after its `rsync` request. */
+export type StreamInput = Static<typeof StdinSchema> | Static<typeof EofSchema>;
+/** What a server sends on a stream connection. */
+export type StreamOutput = Static<typeof StdoutSchema> | Static<typeof StderrSchema> | ExitReply | ErrorReply;
+
+/** The largest stdin or stdout payload of a stream frame. */
+export const MAX_STREAM_PAYLOAD_BYTES = 256 * 1024;
+/** Standard error relayed per stream connection; the rest is counted, not sent. */
+export const MAX_STREAM_STDERR_BYTES = 64 * 1024;
 
 /** Where a malformed frame was found; the message says what was wrong. */
 export class WireError extends Error {
@@ -126,8 +187,15 @@ function lazyChecks(schemas: Record<string, TSchema>): Checks {
   );
 }
 
-const requestChecks = lazyChecks({ get: GetSchema, cancel: CancelSchema });
+const requestChecks = lazyChecks({ get: GetSchema, cancel: CancelSchema, rsync: RsyncSchema });
 const replyChecks = lazyChecks({ chunk: ChunkSchema, error: ErrorReplySchema });
+const streamInputChecks = lazyChecks({ stdin: StdinSchema, eof: EofSchema });
+const streamOutputChecks = lazyChecks({
+  stdout: StdoutSchema,
+  stderr: StderrSchema,
+  exit: ExitSchema,
+  error: ErrorReplySchema,
+});
 
 function decodeHeader<M>(bytes: Buffer, checks: Checks): M {
   let value: unknown;
@@ -165,11 +233,24 @@ export function decodeReply(bytes: Buffer): PeerReply {
   return decodeHeader<PeerReply>(bytes, replyChecks);
 }
 
+/** A stream client's frame header (after its `rsync` request) as a message; throws WireError. */
+export function decodeStreamInput(bytes: Buffer): StreamInput {
+  return decodeHeader<StreamInput>(bytes, streamInputChecks);
+}
+
+/** A stream server's frame header as a message; throws WireError. */
+export function decodeStreamOutput(bytes: Buffer): StreamOutput {
+  return decodeHeader<StreamOutput>(bytes, streamOutputChecks);
+}
+
 /**
  * The prefix and header of a frame, ready to write; the caller writes the
  * `payloadLength` payload bytes right after it.
  */
-export function encodeFrame(message: PeerRequest | PeerReply, payloadLength = 0): Buffer {
+export function encodeFrame(
+  message: PeerRequest | PeerReply | StreamInput | StreamOutput,
+  payloadLength = 0,
+): Buffer {
   const header = Buffer.from(JSON.stringify(message), 'utf8');
   if (header.length > MAX_HEADER_BYTES) throw new RangeError(`frame header of ${header.length} bytes`);
   const frame = Buffer.allocUnsafe(PREFIX_BYTES + header.length);
