@@ -249,7 +249,10 @@ test('demo starts 8 agents, runs a command on all, pushes the templates (then a 
   assert.match(r.stdout, /^app-\[01-02\],db-\[01-02\],web-\[01-04\] \(8\): unchanged$/m);
   assert.match(r.stdout, /^8 unchanged \(8 hosts\); files: 0 written, 0 changed, 16 unchanged, 0 failed$/m);
   assert.match(r.stdout, /^- {2}workers: 8\n\+ {2}workers: 16$/m);
-  assert.match(r.stdout, /^8 of 8 hosts have the file \(64\.0 MiB\) in .*; the source uploaded \d+\.\d\d copies/m);
+  assert.match(
+    r.stdout,
+    /^8 of 8 hosts have the file \(64\.0 MiB\) in .*; the source uploaded \d+\.\d\d copies/m,
+  );
   assert.equal((r.stdout.match(/^== /gm) ?? []).length, 8);
   assert.equal((r.stdout.match(/^-- nginx\.conf\.njk md5 [0-9a-f]{32}$/gm) ?? []).length, 8);
   assert.match(r.stdout, /app\.log\.level = "debug" +\(group all < group canary/);

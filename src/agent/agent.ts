@@ -7,9 +7,11 @@
  * after every reconnect until the coordinator acknowledges it. It also
  * pulls its queue on connect and periodically, so a lost push is found.
  */
+import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type WebSocketType from 'ws';
 import { COORDINATOR_SAN, certInfo, checkSan, createKeyAndCsr, verifyIssuedBy } from '../pki/index.js';
@@ -41,6 +43,7 @@ import { gatherFacts } from './facts.js';
 import { type AgentIdentity, saveIdentity } from './identity.js';
 import { Journal } from './journal.js';
 import { runPush } from './push-task.js';
+import { runTree } from './tree-task.js';
 
 export interface AgentOptions {
   dataDir: string;
@@ -62,6 +65,8 @@ const CERT_BACKDATE_MS = 60_000;
 const FETCH_TIMEOUT_MS = 60_000;
 /** How long the peer server holds a request for a chunk it is still fetching. */
 const CHUNK_WAIT_MS = 2_000;
+/** Memory for the chunks stored last (served to children without a disk read). */
+const RECENT_CHUNK_BYTES = 16 * 1024 * 1024;
 /** Distribution progress goes to the coordinator at most this often. */
 const PROGRESS_EVERY_MS = 1_000;
 
@@ -117,6 +122,8 @@ export class Agent {
   /** The chunk relay (peer_listen): blobs this agent may serve, and until when. */
   private peer: { server: PeerServer; store: ChunkStore; address: string } | undefined;
   private readonly serving = new Map<string, { manifest: Manifest; until: number; rateLimit?: number }>();
+  /** Directory distributions this host holds completely: their root, served to children until `until`. */
+  private readonly trees = new Map<string, { root: string; until: number }>();
   /** Blobs a running distribution task is fetching (with how many tasks). */
   private readonly fetching = new Map<string, number>();
   /** The peer server's upload cap: the lowest --rate-limit of the distributions served. */
@@ -187,6 +194,10 @@ export class Agent {
     if (!where) throw new Error(`peer_listen "${listen}" is not HOST:PORT`);
     const store = await ChunkStore.open(join(this.opts.dataDir, 'chunks'), {
       quotaBytes: this.opts.config.chunkQuotaBytes,
+      // A relay's chunks are re-verified by whoever receives them: no fsync per chunk (see ChunkStore).
+      durable: false,
+      // Children ask for a chunk right after it lands here: serve it from memory, not from disk.
+      cacheBytes: RECENT_CHUNK_BYTES,
     });
     const server = new PeerServer({
       identity: { certPem: this.identity.certPem, keyPem: this.identity.keyPem },
@@ -194,6 +205,11 @@ export class Agent {
       authorize: (_peer, blob) => {
         const s = this.serving.get(blob);
         return s && s.until > this.now() ? s.manifest : undefined;
+      },
+      // A tree is served only once this host's own pull of it finished: children pull a whole level.
+      authorizeTree: (_peer, id) => {
+        const t = this.trees.get(id);
+        return t && t.until > this.now() ? { root: t.root } : undefined;
       },
       isRevoked: () => false,
       log: this.log,
@@ -439,6 +455,7 @@ export class Agent {
           'this agent relays no chunks: start it with --peer-listen HOST:PORT (peer_listen in its config)',
       };
     }
+    if (task.spec.tree) return this.tree(task, signal);
     this.log.info(
       {
         task: task.id,
@@ -514,6 +531,41 @@ export class Agent {
       if (s && s.until <= this.now()) this.serving.delete(blob);
       this.applyUploadLimit();
     }, task.spec.serveForMs);
+    release.unref();
+    return r;
+  }
+
+  /** Pulls a directory distribution's tree with rsync from its parent, then serves it to its children. */
+  private async tree(task: Extract<Task, { kind: 'dist' }>, signal: AbortSignal) {
+    const id = task.spec.tree?.id ?? '';
+    this.log.info(
+      { task: task.id, tree: id, dest: task.spec.dest, parent: task.spec.parents[0]?.name },
+      'running directory distribution task',
+    );
+    const r = await runTree(task, {
+      policy: this.policy,
+      dataDir: this.opts.dataDir,
+      canopy: canopyArgv(),
+      ready: (tree, root) => this.trees.set(tree, { root, until: this.now() + task.spec.serveForMs }),
+      signal,
+      now: this.now,
+    });
+    if (r.state === 'ok') {
+      const size = task.spec.manifest.size;
+      const fetched = r.transfer?.fetchedBytes ?? 0;
+      this.send({
+        type: 'progress',
+        taskId: task.id,
+        chunks: 0,
+        bytes: size,
+        fetchedBytes: fetched,
+        failedPeers: [],
+      });
+    }
+    const release = setTimeout(() => {
+      const t = this.trees.get(id);
+      if (t && t.until <= this.now()) this.trees.delete(id);
+    }, task.spec.serveForMs + 1_000);
     release.unref();
     return r;
   }
@@ -630,4 +682,15 @@ export class Agent {
 
 function assertNeverMessage(m: never): never {
   throw new Error(`unhandled coordinator message ${JSON.stringify(m)}`);
+}
+
+/**
+ * The argv that runs this canopy's CLI (rsync's remote shell is `canopy
+ * peer-rsh`): node with dist/src/cli/main.js beside this module, or, when
+ * the agent runs from the TypeScript sources, main.ts through tsx.
+ */
+function canopyArgv(): string[] {
+  const js = fileURLToPath(new URL('../cli/main.js', import.meta.url));
+  if (existsSync(js)) return [process.execPath, js];
+  return [process.execPath, '--import', 'tsx', fileURLToPath(new URL('../cli/main.ts', import.meta.url))];
 }

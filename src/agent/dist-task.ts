@@ -129,16 +129,24 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
     // A host that already holds the file serves it: its chunks go into the store (each checked).
     if (previous?.md5 === manifest.md5) await ingest(dest.path, manifest, ctx.store);
     else assembler = await FileAssembler.create(tempPathFor(dest.path), manifest);
-    const missing = ctx.store.missing(manifest);
-    reused = manifest.chunks.length - missing.length;
-    const lacking = new Set(missing);
+    const lacking = new Set(ctx.store.missing(manifest));
     for (let i = 0; i < manifest.chunks.length; i++) {
       if (lacking.has(i)) continue;
-      const data = assembler ? await ctx.store.get(manifest.chunks[i] ?? '') : undefined;
-      if (data) await assembler?.add(i, data);
+      if (assembler) {
+        // Re-hashed: a relay's store does not fsync each chunk, so one may be damaged after a power
+        // loss; a damaged chunk is dropped from the store (get says so) and fetched again.
+        const data = await ctx.store.get(manifest.chunks[i] ?? '', { verify: true }).catch(() => undefined);
+        if (!data) {
+          lacking.add(i);
+          continue;
+        }
+        await assembler.add(i, data);
+      }
       stats.heldChunks++;
       stats.heldBytes += chunkRange(manifest, i).length;
     }
+    const missing = [...lacking].sort((a, b) => a - b);
+    reused = manifest.chunks.length - missing.length;
     const report = () =>
       ctx.progress?.({
         chunks: stats.heldChunks,

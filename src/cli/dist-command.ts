@@ -5,6 +5,7 @@
  * uploaded (in copies of the file), and each host's time, bytes fetched and
  * where from. Exit 0 only if every host has the file.
  */
+import { statSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { DistProgress, HostResult } from '../coordinator/index.js';
 import { COMMON_OPTIONS, parse, usage } from './args.js';
@@ -23,6 +24,12 @@ entered once), and serves as the source; agents relay verified chunks to
 each other over mutual TLS and install the file atomically once its MD5
 matches. Agents must run with --peer-listen HOST:PORT.
 
+When SRC is a directory, the tree goes with the system rsync (needed on
+every host) over the same peer channel, level by level down the planned
+tree: each host pulls from its parent once the parent holds the whole tree
+(falling back to the coordinator), as deltas against what it already has,
+and an interrupted pull resumes. Files in PATH the tree lacks are kept.
+
 options:
   --dest PATH          absolute path on every host (inside the agents' roots);
                        {host} in it becomes each host's name
@@ -33,6 +40,7 @@ options:
   --stripes N          interleaved trees (default 4)
   --timeout DURATION   for the whole distribution (default 1h)
   --rate-limit RATE    cap every agent's upload and download, e.g. 40MB/s, 200Mbit/s
+  --delete             SRC a directory: remove files on the hosts the source lacks
   --link-rate RATE     each host's link (e.g. 1Gbit/s): the report gives the ratio
                        to the single-link bound S/B
   --json               the distribution and every host's result as JSON
@@ -57,13 +65,14 @@ export async function distCommand(argv: string[], io: CliIO): Promise<number> {
     timeout: { type: 'string' },
     'rate-limit': { type: 'string' },
     'link-rate': { type: 'string' },
+    delete: { type: 'boolean' },
   });
   if (values.help) {
     io.out.write(DIST_HELP);
     return 0;
   }
   const [src, ...extra] = positionals;
-  if (!src || extra.length > 0) throw usage('dist', 'give exactly one SRC file');
+  if (!src || extra.length > 0) throw usage('dist', 'give exactly one SRC file or directory');
   if (!values.dest) throw usage('dist', '--dest PATH is required');
   if (!values.targets?.length) throw usage('dist', 'name the hosts with --targets (all, a group, role=web)');
   const num = (v: string | undefined, what: string) => {
@@ -85,6 +94,7 @@ export async function distCommand(argv: string[], io: CliIO): Promise<number> {
     ...(values.timeout ? { timeout: parseDuration(values.timeout, '--timeout') / 1000 } : {}),
     ...(values['rate-limit'] ? { rateLimit: parseRate(values['rate-limit'], '--rate-limit') } : {}),
     ...(values['link-rate'] ? { linkRate: parseRate(values['link-rate'], '--link-rate') } : {}),
+    ...(values.delete ? { delete: true } : {}),
   };
   const api = new ApiClient(clientSettings(values, io));
   const started = Date.now();
@@ -98,12 +108,11 @@ export async function distCommand(argv: string[], io: CliIO): Promise<number> {
   }>('POST', '/v1/dists', body);
   const p = palette(io.out, io.env);
   const stream = !values.json;
+  // The coordinator decides; this only words the report (the CLI runs on the coordinator's machine).
+  const isTree = isDirectory(body.path);
+  const what = isTree ? `tree of ${created.size} bytes` : `${created.size} bytes (md5 ${created.md5})`;
   if (stream) {
-    io.err.write(
-      p.dim(
-        `dist ${created.id}: ${created.size} bytes (md5 ${created.md5}) to ${created.hosts.length} host(s)\n`,
-      ),
-    );
+    io.err.write(p.dim(`dist ${created.id}: ${what} to ${created.hosts.length} host(s)\n`));
   }
   let done = 0;
   // A terminal gets one line redrawn in place; a log gets a line every 5 s.
@@ -159,7 +168,7 @@ export async function distCommand(argv: string[], io: CliIO): Promise<number> {
       results: final.results,
     });
   } else {
-    io.out.write(`\n${body.dest} (md5 ${created.md5}):\n`);
+    io.out.write(`\n${body.dest} (${isTree ? `directory, ${created.size} bytes` : `md5 ${created.md5}`}):\n`);
     for (const l of reportLines({
       hosts: created.hosts.length,
       ok: ok.length,
@@ -180,7 +189,13 @@ function line(r: HostResult): string {
   const t = r.transfer;
   const parts: string[] = [];
   if (r.durationMs !== null) parts.push(`${(r.durationMs / 1000).toFixed(2)}s`);
-  if (t) {
+  if (t?.rsync) {
+    const s = t.rsync;
+    parts.push(
+      `from ${s.peer}: received ${s.bytesReceived} B, literal ${s.literalBytes} B, matched ${s.matchedBytes} B, ` +
+        `${s.files}/${s.filesTotal} files updated`,
+    );
+  } else if (t) {
     parts.push(`fetched ${t.fetchedBytes} B`);
     const from = Object.entries(t.fromPeers).map(([k, v]) => `${k} ${v}`);
     if (from.length) parts.push(`from ${from.join(', ')}`);
@@ -189,4 +204,12 @@ function line(r: HostResult): string {
   }
   if (r.state !== 'ok' && r.error) parts.push(r.error.split('\n')[0] ?? '');
   return parts.join(', ');
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
 }

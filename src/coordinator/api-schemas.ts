@@ -100,6 +100,8 @@ export const DistRequestSchema = Type.Object(
     timeout: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 7 * 86400 })),
     /** Caps every agent's upload and download for this distribution, bytes per second. */
     rateLimit: Type.Optional(Type.Integer({ minimum: 1024 })),
+    /** A directory source: delete files on the hosts that the source no longer has (rsync --delete). */
+    delete: Type.Optional(Type.Boolean()),
     /** Each host's link, bytes per second: progress and the report give the ratio to the bound S/B. */
     linkRate: Type.Optional(Type.Integer({ minimum: 1024 })),
   },

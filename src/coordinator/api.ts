@@ -256,6 +256,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         ...(body.timeout ? { timeout: body.timeout } : {}),
         ...(body.rateLimit ? { rateLimit: body.rateLimit } : {}),
         ...(body.linkRate ? { linkRate: body.linkRate } : {}),
+        ...(body.delete ? { delete: true } : {}),
       },
       resolved.hosts,
     );

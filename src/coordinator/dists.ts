@@ -9,8 +9,9 @@
  * deadlines, events). Each host falls back to the source when its parent
  * fails, and reports the bytes it fetched and from whom.
  */
-import { type FileHandle, open, stat } from 'node:fs/promises';
-import { isAbsolute } from 'node:path';
+import { createHash, randomBytes } from 'node:crypto';
+import { type FileHandle, lstat, open, readdir, stat } from 'node:fs/promises';
+import { isAbsolute, join } from 'node:path';
 import type { Logger } from 'pino';
 import { CanopyError } from '../errors/index.js';
 import { type CertAndKey, createKeyAndCsr, signCsr } from '../pki/index.js';
@@ -55,6 +56,8 @@ export interface DistRequest {
   rateLimit?: number;
   /** Bytes per second: each host's link, for the ratio to the bound S/B. */
   linkRate?: number;
+  /** A directory source: delete files in dest the tree does not have (rsync --delete). */
+  delete?: boolean;
 }
 
 /** One host's last progress report. */
@@ -127,6 +130,8 @@ interface Active {
 
 export class DistManager {
   private readonly active = new Map<string, Active>();
+  /** Directory distributions running: tree id -> the source directory the source serves. */
+  private readonly trees = new Map<string, { root: string; runs: Set<string> }>();
   private readonly trackers = new Map<string, Tracker>();
   private source: { server: PeerServer; address: string } | undefined;
 
@@ -140,6 +145,7 @@ export class DistManager {
       );
     }
     const st = await stat(req.path).catch(() => undefined);
+    if (st?.isDirectory()) return this.createTree(req, hosts);
     if (!st?.isFile()) {
       throw new CanopyError(
         'INPUT_NOT_FOUND',
@@ -199,6 +205,64 @@ export class DistManager {
     return { record, manifest };
   }
 
+  /**
+   * A directory: no manifest and no chunks. Each host pulls the tree with
+   * rsync from its parent in a one-stripe plan (the source, serving the
+   * directory itself, at the top and as every host's fallback), and serves it
+   * on once its own pull is complete. The manifest returned only carries the
+   * tree's total file size.
+   */
+  private async createTree(
+    req: DistRequest,
+    hosts: string[],
+  ): Promise<{ record: RunRecord; manifest: Manifest }> {
+    const size = await treeSize(req.path);
+    const treeId = randomBytes(32).toString('hex');
+    const manifest: Manifest = {
+      version: 1,
+      size,
+      chunkSize: DEFAULT_DIST_CHUNK,
+      chunks: [],
+      md5: createHash('md5').update('').digest('hex'),
+    };
+    const source = await this.startSource();
+    const tree = { root: req.path, runs: new Set<string>() };
+    this.trees.set(treeId, tree);
+    const plans = this.planHosts({ ...req, stripes: 1 }, hosts, manifest, treeId, source, {
+      id: treeId,
+      ...(req.delete ? { delete: true } : {}),
+    });
+    const spec: DistRunSpec = {
+      kind: 'dist',
+      targets: req.targets,
+      path: req.path,
+      dest: req.dest,
+      blob: treeId,
+      size,
+      chunkSize: manifest.chunkSize,
+      stripes: plans.stripes,
+      timeoutMs: Math.ceil((req.timeout ?? DEFAULT_TIMEOUT_MS / 1000) * 1000),
+      concurrency: Math.max(1, hosts.length),
+      ...(req.linkRate ? { linkRate: req.linkRate } : {}),
+    };
+    const id = newRunId(Date.now());
+    tree.runs.add(id);
+    this.track(id, spec, [...plans.specs.keys()], this.sourceBytes);
+    let record: RunRecord;
+    try {
+      record = await this.opts.runs.create(spec, hosts, { id, plans: plans.specs, failed: plans.failed });
+    } catch (err) {
+      this.untrack(id);
+      this.trees.delete(treeId);
+      throw err;
+    }
+    this.opts.logger.info(
+      { dist: record.id, tree: treeId, path: req.path, size, hosts: hosts.length, depth: plans.depth },
+      'directory distribution planned',
+    );
+    return { record, manifest };
+  }
+
   /** Bytes the source has uploaded since the coordinator started. */
   get sourceBytes(): number {
     return this.source?.server.stats.bytesServed ?? 0;
@@ -249,7 +313,17 @@ export class DistManager {
         (p): p is DistSpec => 'blob' in p,
       );
       const st = await stat(spec.path).catch(() => undefined);
-      if (!plan || st?.size !== spec.size) {
+      if (plan?.tree && st?.isDirectory()) {
+        const tree = this.trees.get(plan.tree.id) ?? { root: spec.path, runs: new Set<string>() };
+        tree.runs.add(record.id);
+        this.trees.set(plan.tree.id, tree);
+        const old = plan.fallbacks.find((f) => f.name === SOURCE_NAME);
+        await this.startSource(old ? Number(old.address.slice(old.address.lastIndexOf(':') + 1)) || 0 : 0);
+        this.track(record.id, spec, [...(this.opts.runs.plansOf(record.id)?.keys() ?? [])], this.sourceBytes);
+        this.opts.logger.info({ dist: record.id, tree: plan.tree.id }, 'directory distribution resumed');
+        continue;
+      }
+      if (!plan || plan.tree || st?.size !== spec.size) {
         this.opts.logger.warn(
           { dist: record.id, path: spec.path },
           'cannot serve a resumed distribution: its source file is gone or changed size; hosts that need ' +
@@ -279,6 +353,12 @@ export class DistManager {
   finished(run: RunRecord): void {
     if (run.spec.kind !== 'dist') return;
     this.untrack(run.id);
+    const tree = this.trees.get(run.spec.blob);
+    if (tree) {
+      tree.runs.delete(run.id);
+      if (tree.runs.size === 0) this.trees.delete(run.spec.blob);
+      return;
+    }
     const a = this.active.get(run.spec.blob);
     if (!a?.runs.delete(run.id) || a.runs.size > 0) return;
     this.active.delete(run.spec.blob);
@@ -290,6 +370,7 @@ export class DistManager {
     await this.source?.server.close();
     for (const a of this.active.values()) await a.file?.then((fh) => fh.close()).catch(() => {});
     this.active.clear();
+    this.trees.clear();
   }
 
   /** Parents per stripe for every host that runs a peer server; the others fail, saying why. */
@@ -299,6 +380,7 @@ export class DistManager {
     manifest: Manifest,
     blob: string,
     source: PeerAddress,
+    tree?: DistSpec['tree'],
   ) {
     const facts = new Map(this.opts.fleet.list().map((a) => [a.name, a.facts] as const));
     const failed = new Map<string, string>();
@@ -344,6 +426,7 @@ export class DistManager {
         fallbacks: [source],
         serveForMs: SERVE_FOR_MS,
         stallMs: STALL_MS,
+        ...(tree ? { tree } : {}),
       });
     }
     return { specs, failed, stripes: p.stripes, depth: p.depth };
@@ -437,6 +520,10 @@ export class DistManager {
       identity: { certPem, keyPem },
       caPem: this.opts.ca.certPem,
       authorize: (_peer, blob) => this.active.get(blob)?.manifest,
+      authorizeTree: (_peer, id) => {
+        const tree = this.trees.get(id);
+        return tree ? { root: tree.root } : undefined;
+      },
       isRevoked: (serial) => this.opts.fleet.isRevokedSerial(serial),
       log: this.opts.logger,
       source: (blob, index) => this.readChunk(blob, index),
@@ -493,4 +580,15 @@ function alternatesOf(p: Plan, input: PlanInput): Map<string, string[]> {
     }
   }
   return out;
+}
+
+/** The total size of the regular files under `dir` (symlinks are not followed). */
+async function treeSize(dir: string): Promise<number> {
+  let total = 0;
+  for (const e of await readdir(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) total += await treeSize(p);
+    else if (e.isFile()) total += (await lstat(p)).size;
+  }
+  return total;
 }

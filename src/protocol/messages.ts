@@ -92,6 +92,18 @@ export const PeerAddressSchema = Type.Object(
 );
 export type PeerAddress = Static<typeof PeerAddressSchema>;
 
+/** A directory distribution's tree: its id (what peers pull it by) and whether extra files go. */
+function DistTreeSchema() {
+  return Type.Object(
+    {
+      id: Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$' }),
+      /** Delete files in dest that the tree does not have (rsync --delete). */
+      delete: Type.Optional(Type.Boolean()),
+    },
+    { additionalProperties: false },
+  );
+}
+
 /** What a distribution asks of one host: fetch the blob's chunks from its parents, verify, install. */
 export const DistSpecSchema = Type.Object(
   {
@@ -117,10 +129,18 @@ export const DistSpecSchema = Type.Object(
     alternates: Type.Optional(Type.Array(PeerAddressSchema, { maxItems: 64 })),
     /** Caps this host's download of the blob, bytes per second (its upload is capped by its peer server). */
     rateLimit: Type.Optional(Type.Integer({ minimum: 1024 })),
+    /**
+     * A directory distribution: instead of chunks, the host pulls tree `id`
+     * with the system rsync from parents[0] (then the alternates, then the
+     * fallbacks) into `dest`, a directory. The manifest then only carries the
+     * tree's total file size (`size`); its chunks are empty.
+     */
+    tree: Type.Optional(DistTreeSchema()),
   },
   { additionalProperties: false },
 );
 export type DistSpec = Static<typeof DistSpecSchema>;
+export type DistTree = NonNullable<DistSpec['tree']>;
 
 const TaskCommon = {
   id: Id,
@@ -205,6 +225,22 @@ export const TaskResultSchema = Type.Object(
           reusedChunks: Type.Integer({ minimum: 0 }),
           fromPeers: Type.Record(Type.String(), Type.Integer({ minimum: 0 })),
           badPeers: Type.Array(Type.String({ maxLength: 300 }), { maxItems: 64 }),
+          /** Directory distributions: rsync's figures for the pull that succeeded, and from whom. */
+          rsync: Type.Optional(
+            Type.Object(
+              {
+                peer: Type.String({ maxLength: 300 }),
+                files: Type.Integer({ minimum: 0 }),
+                filesTotal: Type.Integer({ minimum: 0 }),
+                bytesReceived: Type.Integer({ minimum: 0 }),
+                bytesSent: Type.Integer({ minimum: 0 }),
+                literalBytes: Type.Integer({ minimum: 0 }),
+                matchedBytes: Type.Integer({ minimum: 0 }),
+                totalFileSize: Type.Integer({ minimum: 0 }),
+              },
+              { additionalProperties: false },
+            ),
+          ),
         },
         { additionalProperties: false },
       ),

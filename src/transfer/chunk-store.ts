@@ -29,7 +29,7 @@
 import { randomBytes } from 'node:crypto';
 import { constants, ftruncate, write } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { mkdir, open, readdir, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { createBLAKE3, createMD5, type IHasher } from 'hash-wasm';
@@ -42,6 +42,15 @@ export interface ChunkStoreOptions {
   quotaBytes: number;
   /** Milliseconds since the epoch; tests pass a fake clock. */
   now?: () => number;
+  /**
+   * fsync every chunk and its directory before it becomes visible (default
+   * true). A relay may turn it off: after a power loss a chunk could then be
+   * damaged, which every receiver's BLAKE3 check catches (and a resumed
+   * assembly re-hashes what it reuses), while a kill -9 loses nothing.
+   */
+  durable?: boolean;
+  /** Keeps the most recently stored chunks in memory, up to this many bytes, for get() (default 0). */
+  cacheBytes?: number;
 }
 
 /** What open() found and repaired after an unclean stop. */
@@ -100,6 +109,9 @@ export class ChunkStore {
   private static readonly FLUSH_EVERY = 256;
   private readonly busy = new Map<string, Promise<void>>();
   private readonly waiters = new Map<string, Set<(ok: boolean) => void>>();
+  /** Recently stored chunks (insertion order = age); their bytes are `recentBytes`. */
+  private readonly recent = new Map<string, Buffer>();
+  private recentBytes = 0;
   private readonly pins = new Map<string, Set<string>>();
   private readonly pinCount = new Map<string, number>();
   private used = 0;
@@ -115,6 +127,8 @@ export class ChunkStore {
     private readonly log: IndexLog,
     private readonly b3: IHasher,
     private readonly now: () => number,
+    private readonly durable = true,
+    private readonly cacheBytes = 0,
   ) {
     for (const e of entries.values()) this.used += e.size;
   }
@@ -135,7 +149,17 @@ export class ChunkStore {
     const changed = report.entriesDropped + report.orphansAdopted > 0 || !loaded.clean;
     const log = await IndexLog.open(indexPath, loaded.records);
     const now = options.now ?? Date.now;
-    const store = new ChunkStore(dir, options.quotaBytes, report, loaded.entries, log, b3, now);
+    const store = new ChunkStore(
+      dir,
+      options.quotaBytes,
+      report,
+      loaded.entries,
+      log,
+      b3,
+      now,
+      options.durable ?? true,
+      options.cacheBytes ?? 0,
+    );
     if (changed || log.bloated(loaded.entries.size)) await log.rewrite(() => loaded.entries);
     report.evictedOverQuota = await store.shrinkToQuota();
     return store;
@@ -195,6 +219,11 @@ export class ChunkStore {
     this.checkOpen();
     const entry = this.entries.get(checkDigest(digest));
     if (!entry) throw this.chunkMissing(digest);
+    const cached = options.verify ? undefined : this.recent.get(digest);
+    if (cached) {
+      this.touch(digest);
+      return cached;
+    }
     const data = await this.readWhole(digest);
     const actual = data.length === entry.size && !options.verify ? digest : this.hash(data);
     if (actual !== digest || data.length !== entry.size) {
@@ -372,7 +401,7 @@ export class ChunkStore {
     const evictions = await this.makeRoom(digest, data.length);
     try {
       await Promise.all(evictions);
-      await writeDurably(this.dir, digest, data);
+      await writeChunk(this.dir, digest, data, this.durable);
     } finally {
       this.reserved -= data.length;
     }
@@ -380,6 +409,7 @@ export class ChunkStore {
     this.used += data.length;
     this.entries.set(digest, { size: data.length, lastUse: now });
     this.log.record(`+ ${digest} ${data.length} ${now}`);
+    this.remember(digest, data);
     for (const wake of [...(this.waiters.get(digest) ?? [])]) wake(true);
     await this.log.flush();
     if (this.log.bloated(this.entries.size)) await this.log.rewrite(() => this.entries);
@@ -431,6 +461,7 @@ export class ChunkStore {
     const entry = this.entries.get(digest);
     if (!entry) return this.busy.get(digest) ?? Promise.resolve();
     this.entries.delete(digest);
+    this.forget(digest);
     this.used -= entry.size;
     this.log.record(`- ${digest}`);
     const work = unlinkIfPresent(chunkPath(this.dir, digest));
@@ -462,6 +493,25 @@ export class ChunkStore {
   private async markUsed(digest: string): Promise<void> {
     this.touch(digest);
     if (this.log.pending >= ChunkStore.FLUSH_EVERY) await this.log.flush();
+  }
+
+  private remember(digest: string, data: Uint8Array): void {
+    if (this.cacheBytes <= 0 || data.length > this.cacheBytes) return;
+    const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.length);
+    this.recent.set(digest, buf);
+    this.recentBytes += buf.length;
+    for (const [d, b] of this.recent) {
+      if (this.recentBytes <= this.cacheBytes) break;
+      this.recent.delete(d);
+      this.recentBytes -= b.length;
+    }
+  }
+
+  private forget(digest: string): void {
+    const b = this.recent.get(digest);
+    if (!b) return;
+    this.recent.delete(digest);
+    this.recentBytes -= b.length;
   }
 
   private hash(data: Uint8Array): string {
@@ -730,7 +780,7 @@ function chunkPath(dir: string, digest: string): string {
 }
 
 /** Temp file beside the final name, fsync, rename, fsync the directory. */
-async function writeDurably(dir: string, digest: string, data: Uint8Array): Promise<void> {
+async function writeChunk(dir: string, digest: string, data: Uint8Array, durable: boolean): Promise<void> {
   const final = chunkPath(dir, digest);
   const tmp = join(
     dir,
@@ -739,13 +789,14 @@ async function writeDurably(dir: string, digest: string, data: Uint8Array): Prom
     `.${digest}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`,
   );
   try {
-    await writeSynced(tmp, data);
+    if (durable) await writeSynced(tmp, data);
+    else await writeFile(tmp, data, { mode: 0o600 });
     await rename(tmp, final);
   } catch (err) {
     await unlinkIfPresent(tmp);
     throw err;
   }
-  await syncDir(join(dir, 'chunks', digest.slice(0, 2)));
+  if (durable) await syncDir(join(dir, 'chunks', digest.slice(0, 2)));
 }
 
 async function replaceFile(path: string, text: string): Promise<void> {

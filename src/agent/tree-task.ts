@@ -1,0 +1,221 @@
+/**
+ * A directory distribution on the agent: pull the tree with the system rsync
+ * (syncFromPeer, tunnelled through the peer channel by `canopy peer-rsh`)
+ * from this host's parent in the planned tree into the destination
+ * directory, with --partial (an interrupted pull resumes) and deltas against
+ * what the host already has. The parent serves the tree only once its own
+ * pull has finished (the agent's `authorizeTree`), so the tree fills level by
+ * level: while the parent refuses (TRANSFER_PEER_FORBIDDEN: not ready yet),
+ * the pull is retried for a bounded wait; then, or when the parent is gone,
+ * the next candidate (the coordinator's alternate, then the source) is
+ * tried. Once the pull succeeds, `ready` lets this host serve the tree to its
+ * own children.
+ */
+import { lstat, mkdir } from 'node:fs/promises';
+import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { isCanopyError } from '../errors/index.js';
+import { type DistTask, NO_OUTPUT, type PeerAddress, type TaskResult } from '../protocol/index.js';
+import {
+  PEER_CODES,
+  resolveDest,
+  type SyncFromPeerOptions,
+  type SyncResult,
+  syncFromPeer,
+} from '../transfer/index.js';
+import { parseHostPort } from './config.js';
+import type { ExecPolicy } from './executor.js';
+
+type TreeOutput = Omit<TaskResult, 'taskId' | 'runId'>;
+
+export interface TreeContext {
+  policy: ExecPolicy;
+  /** This agent's data directory (peer-rsh reads the agent's identity there). */
+  dataDir: string;
+  /** The argv that runs the canopy CLI (rsync's remote shell is `canopy peer-rsh`). */
+  canopy: readonly string[];
+  /** This host holds the whole tree at `root`: it may serve it to its children. */
+  ready: (treeId: string, root: string) => void;
+  /** How long a parent that is not ready yet is asked again before the next candidate; default 10 min. */
+  parentWaitMs?: number;
+  /** Between two asks of a parent that is not ready; default 500 ms. */
+  retryMs?: number;
+  signal?: AbortSignal;
+  now?: () => number;
+  /** The pull (tests replace it). */
+  sync?: (o: SyncFromPeerOptions) => Promise<SyncResult>;
+}
+
+const PARENT_WAIT_MS = 10 * 60_000;
+const RETRY_MS = 500;
+/** Pulls from one candidate that failed on the link (not a refusal) before the next candidate. */
+const LINK_ATTEMPTS = 2;
+/** A name no tree is likely to hold: checking it with resolveDest checks its directory (the dest). */
+const PROBE = '.canopy-tree-dest-check';
+
+export async function runTree(task: DistTask, ctx: TreeContext): Promise<TreeOutput> {
+  const now = ctx.now ?? Date.now;
+  const startedAt = now();
+  const spec = task.spec;
+  const tree = spec.tree;
+  const out = (state: TreeOutput['state'], error?: string, extra: Partial<TreeOutput> = {}): TreeOutput => {
+    const endedAt = now();
+    return {
+      state,
+      ...NO_OUTPUT,
+      startedAt,
+      endedAt,
+      durationMs: endedAt - startedAt,
+      ...(error ? { error } : {}),
+      ...extra,
+    };
+  };
+  if (!tree) return out('failed', 'not a directory distribution (the task has no tree)');
+  const dest = await treeDest(spec.dest, ctx.policy.roots);
+  if (!dest.ok) return out('refused', dest.reason);
+
+  const candidates: PeerAddress[] = [];
+  for (const p of [spec.parents[0], spec.alternates?.[0], ...spec.fallbacks]) {
+    if (p && !candidates.some((c) => c.name === p.name)) candidates.push(p);
+  }
+  const sync = ctx.sync ?? syncFromPeer;
+  const failures: string[] = [];
+  const failedPeers: string[] = [];
+  let noRsync = false;
+  for (const peer of candidates) {
+    const where = parseHostPort(peer.address);
+    if (!where) {
+      failures.push(`${peer.name}: no valid address (${peer.address})`);
+      continue;
+    }
+    const deadline = now() + (ctx.parentWaitMs ?? PARENT_WAIT_MS);
+    let linkFailures = 0;
+    for (;;) {
+      if (ctx.signal?.aborted) return out('interrupted', `stopped while pulling tree ${tree.id}`);
+      try {
+        const r = await sync({
+          peer: { name: peer.name, host: where.host, port: where.port },
+          tree: tree.id,
+          localPath: dest.path,
+          dataDir: ctx.dataDir,
+          canopy: ctx.canopy,
+          partial: true,
+          ...(tree.delete ? { delete: true } : {}),
+          ...(ctx.signal ? { signal: ctx.signal } : {}),
+        });
+        ctx.ready(tree.id, dest.path);
+        return out('ok', undefined, {
+          exitCode: r.exitCode,
+          transfer: {
+            fetchedBytes: r.bytesReceived,
+            reusedChunks: 0,
+            fromPeers: { [peer.name]: r.bytesReceived },
+            badPeers: [],
+            rsync: {
+              peer: peer.name,
+              files: r.files,
+              filesTotal: r.filesTotal,
+              bytesReceived: r.bytesReceived,
+              bytesSent: r.bytesSent,
+              literalBytes: r.literalBytes,
+              matchedBytes: r.matchedBytes,
+              totalFileSize: r.totalFileSize,
+            },
+          },
+        });
+      } catch (err) {
+        if (ctx.signal?.aborted) return out('interrupted', `stopped while pulling tree ${tree.id}`);
+        const code = isCanopyError(err) ? err.code : undefined;
+        const message = (err as Error).message;
+        // Not ready yet (its own pull runs) or busy: ask again, until the wait is over.
+        if (code === PEER_CODES.forbidden && now() < deadline) {
+          await sleep(ctx.retryMs ?? RETRY_MS, ctx.signal);
+          continue;
+        }
+        if (code !== PEER_CODES.forbidden && code !== 'INPUT_NOT_FOUND' && ++linkFailures < LINK_ATTEMPTS) {
+          await sleep(ctx.retryMs ?? RETRY_MS, ctx.signal);
+          continue; // the partial file resumes
+        }
+        failures.push(`${peer.name}${code ? ` (${code})` : ''}: ${message}`);
+        failedPeers.push(peer.name);
+        noRsync = code === 'INPUT_NOT_FOUND'; // no rsync on this host: no other peer helps
+        break;
+      }
+    }
+    if (noRsync) break;
+  }
+  return out(
+    'failed',
+    `could not pull tree ${tree.id} into ${dest.path} from ${candidates.map((c) => c.name).join(', then ')}: ` +
+      failures.join('; '),
+    { transfer: { fetchedBytes: 0, reusedChunks: 0, fromPeers: {}, badPeers: failedPeers.slice(0, 64) } },
+  );
+}
+
+type TreeDest = { ok: true; path: string } | { ok: false; reason: string };
+
+/**
+ * The destination directory, checked as a file destination is (resolveDest
+ * on a name inside it: inside a root, no symlink on the way, a real
+ * directory), and created when missing: its nearest existing ancestor is
+ * checked first, then the directory again once made. A root itself is refused.
+ */
+export async function treeDest(dest: string, roots: readonly string[]): Promise<TreeDest> {
+  const full = resolve(dest);
+  if (!isAbsolute(dest)) return { ok: false, reason: `destination ${JSON.stringify(dest)} is not absolute` };
+  if (roots.some((r) => isAbsolute(r) && resolve(r) === full)) {
+    return {
+      ok: false,
+      reason: `destination ${JSON.stringify(dest)} is an allowed root itself; distribute a directory into a directory inside it`,
+    };
+  }
+  let existing = full;
+  for (;;) {
+    const st = await lstat(existing).catch(() => undefined);
+    if (st) {
+      if (!st.isDirectory()) {
+        return {
+          ok: false,
+          reason: `destination ${JSON.stringify(dest)} is refused: ${existing} is ${st.isSymbolicLink() ? 'a symlink' : 'not a directory'}`,
+        };
+      }
+      break;
+    }
+    const up = dirname(existing);
+    if (up === existing) break;
+    existing = up;
+  }
+  const above = await resolveDest(join(existing, PROBE), roots);
+  if (!above.ok) return { ok: false, reason: above.reason.replace(join(existing, PROBE), existing) };
+  if (existing !== full && !inside(existing, full)) {
+    return { ok: false, reason: `destination ${JSON.stringify(dest)} is refused` };
+  }
+  if (existing !== full) {
+    try {
+      await mkdir(full, { recursive: true, mode: 0o755 });
+    } catch (err) {
+      return { ok: false, reason: `cannot create destination ${full}: ${(err as Error).message}` };
+    }
+  }
+  const check = await resolveDest(join(full, PROBE), roots);
+  if (!check.ok) return { ok: false, reason: check.reason.replace(join(full, PROBE), full) };
+  return { ok: true, path: full };
+}
+
+function inside(root: string, path: string): boolean {
+  const rel = relative(root, path);
+  return rel !== '' && rel !== '..' && !rel.startsWith(`..${sep}`) && !isAbsolute(rel);
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((done) => {
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        done();
+      },
+      { once: true },
+    );
+  });
+}
