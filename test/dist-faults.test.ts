@@ -166,7 +166,8 @@ test('a peer serving corrupted chunks: detected, fetched elsewhere, the peer rep
   }
   assert.equal(flipped, 8);
   // c1 holds the file (its MD5 matches), so it serves; c2 fetches from it and from the source.
-  const id = await startDist(fleet, { path: src.path, dest, targets: ['all'] });
+  // Four stripes over two hosts: each is the other's parent in some stripe.
+  const id = await startDist(fleet, { path: src.path, dest, targets: ['all'], stripes: 4 });
   const parents = (await view(fleet, id)).tree?.parents.c2 ?? [];
   assert.ok(parents.includes('c1'), `c1 is not a parent of c2: ${parents.join(' ')}`);
   const done = await waitFor('the distribution to finish', async () => {

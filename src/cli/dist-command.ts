@@ -18,7 +18,7 @@ import { type CliIO, palette, writeJson } from './io.js';
 export const DIST_HELP = `usage: canopy dist SRC --dest PATH --targets TARGET... [options]
 
 Distributes SRC (a file on the coordinator's machine; run this there) to
-every target agent: the coordinator hashes it into 1 MiB chunks (BLAKE3
+every target agent: the coordinator hashes it into 256 KiB chunks (BLAKE3
 each, plus the whole file's MD5), plans a striped peer tree (each IDC
 entered once), and serves as the source; agents relay verified chunks to
 each other over mutual TLS and install the file atomically once its MD5
@@ -36,8 +36,9 @@ options:
   --targets TARGET     hosts, groups, ranges, label selectors, all (repeatable)
   --mode MODE          e.g. 0644 (default: the existing file's, else 0644)
   --owner U --group G  (default: the existing file's)
-  --chunk-size BYTES   power of two from 65536 to 67108864 (default 1048576)
-  --stripes N          interleaved trees (default 4)
+  --chunk-size BYTES   power of two from 65536 to 67108864 (default 262144)
+  --stripes N          interleaved trees (default: 1, a pipelined chain, up to
+                       64 hosts; 4 above)
   --timeout DURATION   for the whole distribution (default 1h)
   --rate-limit RATE    cap every agent's upload and download, e.g. 40MB/s, 200Mbit/s
   --delete             SRC a directory: remove files on the hosts the source lacks

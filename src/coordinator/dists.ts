@@ -35,8 +35,21 @@ import type { DistRunSpec, RunRecord } from './store.js';
 
 /** The agent name the coordinator's own peer server (the source) goes by; no agent may join with it. */
 export const SOURCE_NAME = RESERVED_AGENT_NAME;
-/** 1 MiB: the planner's model puts 32 hosts within 1.03-1.08x of the single-link bound with it. */
-export const DEFAULT_DIST_CHUNK = 1024 * 1024;
+/**
+ * 256 KiB: measured on the shaped-link benchmark (bench/README.md), a
+ * pipelined chain of 256 KiB chunks reached 1.095x the single-link bound at
+ * 8 hosts where 1 MiB chunks over 4 stripes took 1.41x (a hop costs a chunk's
+ * time on the link; with 1 MiB and 4 stripes that is 1.3 s at 25 Mbit/s).
+ */
+export const DEFAULT_DIST_CHUNK = 256 * 1024;
+/**
+ * Up to this many hosts the default plan is one stripe (each host relays to
+ * one other: a pipelined chain, every link carrying the file once); above it,
+ * DEFAULT_STRIPES interleaved trees keep the depth small. Measured: 4 stripes
+ * lost 10-25% of throughput to jitter between stripes (a stalled stripe
+ * cannot lend its share to another) at 8 hosts.
+ */
+export const CHAIN_UP_TO = 64;
 const DEFAULT_TIMEOUT_MS = 3_600_000;
 const SERVE_FOR_MS = 10 * 60_000;
 const STALL_MS = 5_000;
@@ -405,7 +418,7 @@ export class DistManager {
       source: { name: SOURCE_NAME },
       hosts: members,
       chunkCount: Math.max(1, manifest.chunks.length),
-      stripes: req.stripes ?? DEFAULT_STRIPES,
+      stripes: req.stripes ?? (members.length <= CHAIN_UP_TO ? 1 : DEFAULT_STRIPES),
     };
     const p = plan(input);
     const alternates = alternatesOf(p, input);
