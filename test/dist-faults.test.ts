@@ -150,7 +150,17 @@ test('a peer serving corrupted chunks: detected, fetched elsewhere, the peer rep
   const fleet = await peerFleet(t, ['c1', 'c2']);
   const src = sourceFile(fleet, 8 * MiB);
   const dest = destOf(fleet, '{host}');
-  const once = await fleet.cli(['dist', src.path, '--dest', dest, '--targets', 'c1', '--json']);
+  const once = await fleet.cli([
+    'dist',
+    src.path,
+    '--dest',
+    dest,
+    '--targets',
+    'c1',
+    '--chunk-size',
+    String(MiB),
+    '--json',
+  ]);
   assert.equal(once.code, 0, once.stderr);
   // Flip one byte in every chunk c1 holds (same length: only a digest check can tell).
   const shards = join(fleet.dir, 'agents', 'c1', 'chunks', 'chunks');
@@ -165,9 +175,15 @@ test('a peer serving corrupted chunks: detected, fetched elsewhere, the peer rep
     }
   }
   assert.equal(flipped, 8);
+  // Restarted, so the chunks come from disk (a relay keeps the chunks it stored last in memory).
+  const c1 = fleet.agents.get('c1');
+  assert.ok(c1);
+  await c1.kill('SIGTERM');
+  c1.restart();
+  await fleet.waitOnline(['c1']);
   // c1 holds the file (its MD5 matches), so it serves; c2 fetches from it and from the source.
   // Four stripes over two hosts: each is the other's parent in some stripe.
-  const id = await startDist(fleet, { path: src.path, dest, targets: ['all'], stripes: 4 });
+  const id = await startDist(fleet, { path: src.path, dest, targets: ['all'], stripes: 4, chunkSize: MiB });
   const parents = (await view(fleet, id)).tree?.parents.c2 ?? [];
   assert.ok(parents.includes('c1'), `c1 is not a parent of c2: ${parents.join(' ')}`);
   const done = await waitFor('the distribution to finish', async () => {
