@@ -364,12 +364,13 @@ async function install(
   return { ...base, state: 'changed', content: true };
 }
 
-function output(
+/** A distribution task's result fields: no process output, its times, and (for files) its outcome. */
+export function output(
   startedAt: number,
   endedAt: number,
   state: DistOutput['state'],
   error: string | undefined,
-  files: FileOutcome[],
+  files?: FileOutcome[],
 ): DistOutput {
   return {
     state,
@@ -378,6 +379,6 @@ function output(
     endedAt,
     durationMs: endedAt - startedAt,
     ...(error ? { error } : {}),
-    files,
+    ...(files ? { files } : {}),
   };
 }

@@ -14,7 +14,7 @@
 import { lstat, mkdir } from 'node:fs/promises';
 import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
 import { isCanopyError } from '../errors/index.js';
-import { type DistTask, NO_OUTPUT, type PeerAddress, type TaskResult } from '../protocol/index.js';
+import type { DistTask, PeerAddress, TaskResult } from '../protocol/index.js';
 import {
   PEER_CODES,
   resolveDest,
@@ -23,6 +23,7 @@ import {
   syncFromPeer,
 } from '../transfer/index.js';
 import { parseHostPort } from './config.js';
+import { output } from './dist-task.js';
 import type { ExecPolicy } from './executor.js';
 
 type TreeOutput = Omit<TaskResult, 'taskId' | 'runId'>;
@@ -57,18 +58,10 @@ export async function runTree(task: DistTask, ctx: TreeContext): Promise<TreeOut
   const startedAt = now();
   const spec = task.spec;
   const tree = spec.tree;
-  const out = (state: TreeOutput['state'], error?: string, extra: Partial<TreeOutput> = {}): TreeOutput => {
-    const endedAt = now();
-    return {
-      state,
-      ...NO_OUTPUT,
-      startedAt,
-      endedAt,
-      durationMs: endedAt - startedAt,
-      ...(error ? { error } : {}),
-      ...extra,
-    };
-  };
+  const out = (state: TreeOutput['state'], error?: string, extra: Partial<TreeOutput> = {}): TreeOutput => ({
+    ...output(startedAt, now(), state, error),
+    ...extra,
+  });
   if (!tree) return out('failed', 'not a directory distribution (the task has no tree)');
   const dest = await treeDest(spec.dest, ctx.policy.roots);
   if (!dest.ok) return out('refused', dest.reason);
