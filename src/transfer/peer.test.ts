@@ -561,13 +561,9 @@ test('the server closing fails the client pending fetches, and a dead port fails
 
 // --- malformed input and backpressure
 
-/** A raw TLS client with web02's certificate: writes `bytes`, returns the frames received until the server hangs up. */
-async function rawExchange(
-  port: number,
-  bytes: Buffer,
-  alpn: string[] = [PEER_ALPN],
-): Promise<{ frames: PeerReply[]; error?: Error }> {
-  const socket = tls.connect({
+/** A raw TLS connection to the peer server with web02's certificate (no canopy framing on top). */
+function dialRaw(port: number, alpn: string[] = [PEER_ALPN]): tls.TLSSocket {
+  return tls.connect({
     host: '127.0.0.1',
     port,
     key: web02.keyPem,
@@ -577,6 +573,15 @@ async function rawExchange(
     checkServerIdentity: () => undefined,
     ALPNProtocols: alpn,
   });
+}
+
+/** A raw TLS client with web02's certificate: writes `bytes`, returns the frames received until the server hangs up. */
+async function rawExchange(
+  port: number,
+  bytes: Buffer,
+  alpn: string[] = [PEER_ALPN],
+): Promise<{ frames: PeerReply[]; error?: Error }> {
+  const socket = dialRaw(port, alpn);
   const frames: PeerReply[] = [];
   const decoder = new FrameDecoder(
     decodeReply,
@@ -625,15 +630,7 @@ test('malformed frames from a client get an error frame and a hang-up, and do no
   }
   assert.equal(log.events('transfer.peer.protocol_invalid').length, cases.length);
   // A client cut off mid-frame is just a closed connection.
-  const cut = tls.connect({
-    host: '127.0.0.1',
-    port,
-    key: web02.keyPem,
-    cert: web02.certPem,
-    ca: [ca.certPem],
-    checkServerIdentity: () => undefined,
-    ALPNProtocols: [PEER_ALPN],
-  });
+  const cut = dialRaw(port);
   await once(cut, 'secureConnect');
   cut.end(good.subarray(0, 10));
   await once(cut, 'close');
@@ -666,15 +663,7 @@ test('the server reads no more requests than it answers while the client does no
       return chunkOf(blob, index);
     },
   });
-  const socket = tls.connect({
-    host: '127.0.0.1',
-    port,
-    key: web02.keyPem,
-    cert: web02.certPem,
-    ca: [ca.certPem],
-    checkServerIdentity: () => undefined,
-    ALPNProtocols: [PEER_ALPN],
-  });
+  const socket = dialRaw(port);
   t.after(() => socket.destroy());
   await once(socket, 'secureConnect');
   const requests = 100;
