@@ -55,28 +55,11 @@ export CANOPY_CONFIG=$W/coord/client.json
 
 log() { echo "ours.sh: [${SECONDS}s] $*" >&2; }
 die() { log "$*"; exit 1; }
+# shellcheck source=../lib/daemons.sh
+source "$HERE/../lib/daemons.sh"
+OURS_MARKS=("$W/" "$STORE/")
 in_src() { ip netns exec "$DIST_SRC_NS" "$@"; }
 canopy() { in_src "$NODE" "$MAIN" "$@"; }
-
-ours_pid() {  # is PID still a process we started (its command line names our state dir)?
-  local -a args
-  [[ -n $1 && -r /proc/$1/cmdline ]] || return 1
-  mapfile -d '' args <"/proc/$1/cmdline" 2>/dev/null || return 1
-  [[ "${args[*]}" == *"$W/"* || "${args[*]}" == *"$STORE/"* ]]
-}
-
-stop_pids() {  # FILE: TERM every recorded PID still ours, wait up to 10 s, then KILL
-  local f=$1 pid left i
-  [[ -s $f ]] || return 0
-  while read -r pid _; do ours_pid "$pid" && kill -TERM "$pid" 2>/dev/null || true; done <"$f"
-  for i in $(seq 100); do
-    left=0
-    while read -r pid _; do ours_pid "$pid" && left=1 && break; done <"$f"
-    (( left )) || return 0
-    sleep 0.1
-  done
-  while read -r pid _; do ours_pid "$pid" && kill -KILL "$pid" 2>/dev/null || true; done <"$f"
-}
 
 cleanup_all() {
   set +e
@@ -90,17 +73,6 @@ cleanup_all() {
   rm -rf "$W"
   if mountpoint -q "$STORE"; then umount "$STORE" || umount -l "$STORE"; fi
   rmdir "$STORE" 2>/dev/null
-}
-
-daemons_cpu_ticks() {
-  local pid sum=0 f
-  while read -r pid _; do
-    f=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-    f=${f##*) }
-    read -r -a a <<<"$f"
-    sum=$(( sum + a[11] + a[12] ))
-  done < <(cat "$W/coord.pid" "$W/agents.pids")
-  echo "$sum"
 }
 
 start_agent() {  # NAME ADDR NS DEST [--join TOKEN]
@@ -160,12 +132,8 @@ prepare() {
   echo "$destdir $base" >"$W/dest"
   log "warm-up: $(jq -c '{wall: .wallSeconds, copies: .sourceCopies}' "$W/warmup.json")"
 
-  local c0 c1
-  for i in $(seq 30); do
-    c0=$(daemons_cpu_ticks); sleep 2; c1=$(daemons_cpu_ticks)
-    (( (c1 - c0) * 100 < 2 * $(getconf CLK_TCK) * 10 )) && break
-  done
-  log "daemons idle ($(( c1 - c0 )) ticks in 2 s)"
+  # Let the daemons finish starting (JIT, first heartbeats).
+  wait_daemons_idle "$W/coord.pid" "$W/agents.pids"
   trap - EXIT
 }
 

@@ -61,6 +61,8 @@ JOBS=${PUSHBENCH_CANOPY_JOBS:-4}
 
 log() { echo "ours.sh: [${SECONDS}s] $*" >&2; }
 die() { log "$*"; exit 1; }
+# shellcheck source=../lib/daemons.sh
+source "$HERE/../lib/daemons.sh"
 canopy() { "$NODE" "$MAIN" "$@"; }
 
 [[ $# -ge 2 ]] || die "usage: $0 [prepare|cleanup] SCENARIO N"
@@ -76,31 +78,8 @@ if [[ $SCEN == unknown || ${PUSHBENCH_MODE:-agent} != agent ]]; then
 fi
 : "${PUSHBENCH_WORK:?}" "${PUSHBENCH_HOSTS_ADDR:?}" "${PUSHBENCH_HOSTS:?}" "${PUSHBENCH_ROOT:?}"
 W=$PUSHBENCH_WORK/canopy
+OURS_MARKS=("$W/")
 export CANOPY_CONFIG=$W/coord/client.json
-
-# ---------------------------------------------------------------- helpers
-# Is PID still the process we started (its command line names our state dir)?
-ours_pid() {
-  local -a args
-  [[ -n $1 && -r /proc/$1/cmdline ]] || return 1
-  mapfile -d '' args <"/proc/$1/cmdline" 2>/dev/null || return 1
-  [[ "${args[*]}" == *"$W/"* ]]
-}
-
-stop_pids() {  # FILE: TERM every recorded PID still ours, wait, then KILL
-  local f=$1 pid left i
-  [[ -s $f ]] || return 0
-  while read -r pid; do ours_pid "$pid" && kill -TERM "$pid" 2>/dev/null || true; done <"$f"
-  for i in $(seq 100); do
-    left=0
-    while read -r pid; do ours_pid "$pid" && left=1 && break; done <"$f"
-    (( left )) || return 0
-    sleep 0.1
-  done
-  while read -r pid; do
-    if ours_pid "$pid"; then log "pid $pid ignored TERM; KILL"; kill -KILL "$pid" 2>/dev/null || true; fi
-  done <"$f"
-}
 
 cleanup_all() {
   set +e
@@ -115,17 +94,6 @@ cleanup_all() {
     while read -r d; do rmdir "$d" 2>/dev/null; done <"$W/created-roots"
   fi
   rm -rf "$W"
-}
-
-daemons_cpu_ticks() {  # utime + stime of the recorded daemons, in clock ticks
-  local pid sum=0 f
-  while read -r pid; do
-    f=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-    f=${f##*) }   # fields after the command name; utime, stime are fields 12, 13 here
-    read -r -a a <<<"$f"
-    sum=$(( sum + a[11] + a[12] ))
-  done < <(cat "$W/coord.pid" "$W/agents.pids")
-  echo "$sum"
 }
 
 online_count() {
@@ -204,15 +172,8 @@ prepare() {
       die "warm-up run failed: $(jq -c .summary "$W/warmup.json" 2>/dev/null)"
     log "warm-up: $(jq -c .summary "$W/warmup.json")"
   fi
-  # Let the daemons finish starting (JIT, first heartbeats): wait until all of
-  # them together use under 10% of a core over 2 s (at most 60 s; 100 idle
-  # agents heartbeating every 5 s use about 4-5%).
-  local c0 c1
-  for i in $(seq 30); do
-    c0=$(daemons_cpu_ticks); sleep 2; c1=$(daemons_cpu_ticks)
-    (( (c1 - c0) * 100 < 2 * $(getconf CLK_TCK) * 10 )) && break
-  done
-  log "daemons idle ($(( c1 - c0 )) ticks in 2 s)"
+  # Let the daemons finish starting (JIT, first heartbeats).
+  wait_daemons_idle "$W/coord.pid" "$W/agents.pids"
   trap - EXIT
 }
 
