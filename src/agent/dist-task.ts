@@ -190,7 +190,7 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
 }
 
 /** The parent, then the coordinator's re-parenting for this stripe, then the fallbacks; each once. */
-function candidatesFor(
+export function candidatesFor(
   parent: PeerAddress,
   alternate: PeerAddress | undefined,
   fallbacks: PeerAddress[],
@@ -301,7 +301,7 @@ async function fetchStripe(
           if (notYet && now() - lastProgress < window()) {
             if (now() - t0 < QUICK_REFUSAL_MS) {
               backoff = Math.min(MAX_BACKOFF_MS, Math.max(25, backoff * 2));
-              await sleep(backoff);
+              await sleep(backoff, ctx.signal);
             }
             continue;
           }
@@ -309,7 +309,7 @@ async function fetchStripe(
           drop(p?.at ?? current, (err as Error).message.split('\n')[0] || code);
           if (last()) {
             backoff = Math.min(MAX_SOURCE_BACKOFF_MS, Math.max(250, backoff * 2));
-            await sleep(backoff);
+            await sleep(backoff, ctx.signal);
           }
           continue;
         }
@@ -331,8 +331,19 @@ async function fetchStripe(
   }
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
+/** Waits `ms`; an abort ends the wait early (the caller checks the signal). */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((done) => {
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener(
+      'abort',
+      () => {
+        clearTimeout(timer);
+        done();
+      },
+      { once: true },
+    );
+  });
 }
 
 /** Publishes the assembled file (mode, owner, backup, rename), unless the host already had it. */

@@ -13,6 +13,7 @@ import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process'
 import { realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { NO_OUTPUT } from '../protocol/index.js';
+import { isInside } from '../transfer/index.js';
 import { type Account, currentAccount, lookupAccount } from './accounts.js';
 
 export interface CommandSpec {
@@ -268,12 +269,6 @@ async function realRoot(root: string): Promise<string | undefined> {
   } catch {
     return undefined;
   }
-}
-
-/** By path segments, so /srv/app2 is not inside /srv/app. */
-function isInside(root: string, target: string): boolean {
-  const rel = path.relative(root, target);
-  return rel === '' || (rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel));
 }
 
 function describeFsError(err: unknown): string {

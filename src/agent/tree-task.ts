@@ -12,10 +12,11 @@
  * own children.
  */
 import { lstat, mkdir } from 'node:fs/promises';
-import { dirname, isAbsolute, join, relative, resolve, sep } from 'node:path';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { isCanopyError } from '../errors/index.js';
-import type { DistTask, PeerAddress, TaskResult } from '../protocol/index.js';
+import type { DistTask, TaskResult } from '../protocol/index.js';
 import {
+  isInside,
   PEER_CODES,
   resolveDest,
   type SyncFromPeerOptions,
@@ -23,7 +24,7 @@ import {
   syncFromPeer,
 } from '../transfer/index.js';
 import { parseHostPort } from './config.js';
-import { output } from './dist-task.js';
+import { candidatesFor, output, sleep } from './dist-task.js';
 import type { ExecPolicy } from './executor.js';
 
 type TreeOutput = Omit<TaskResult, 'taskId' | 'runId'>;
@@ -66,10 +67,8 @@ export async function runTree(task: DistTask, ctx: TreeContext): Promise<TreeOut
   const dest = await treeDest(spec.dest, ctx.policy.roots);
   if (!dest.ok) return out('refused', dest.reason);
 
-  const candidates: PeerAddress[] = [];
-  for (const p of [spec.parents[0], spec.alternates?.[0], ...spec.fallbacks]) {
-    if (p && !candidates.some((c) => c.name === p.name)) candidates.push(p);
-  }
+  const first = spec.parents[0];
+  const candidates = first ? candidatesFor(first, spec.alternates?.[0], spec.fallbacks) : spec.fallbacks;
   const sync = ctx.sync ?? syncFromPeer;
   const failures: string[] = [];
   const failedPeers: string[] = [];
@@ -179,7 +178,7 @@ export async function treeDest(dest: string, roots: readonly string[]): Promise<
   }
   const above = await resolveDest(join(existing, PROBE), roots);
   if (!above.ok) return { ok: false, reason: above.reason.replace(join(existing, PROBE), existing) };
-  if (existing !== full && !inside(existing, full)) {
+  if (existing !== full && !isInside(existing, full)) {
     return { ok: false, reason: `destination ${JSON.stringify(dest)} is refused` };
   }
   if (existing !== full) {
@@ -192,23 +191,4 @@ export async function treeDest(dest: string, roots: readonly string[]): Promise<
   const check = await resolveDest(join(full, PROBE), roots);
   if (!check.ok) return { ok: false, reason: check.reason.replace(join(full, PROBE), full) };
   return { ok: true, path: full };
-}
-
-function inside(root: string, path: string): boolean {
-  const rel = relative(root, path);
-  return rel !== '' && rel !== '..' && !rel.startsWith(`..${sep}`) && !isAbsolute(rel);
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((done) => {
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener(
-      'abort',
-      () => {
-        clearTimeout(timer);
-        done();
-      },
-      { once: true },
-    );
-  });
 }

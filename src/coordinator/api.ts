@@ -24,7 +24,7 @@ import type { Fleet } from './fleet.js';
 import type { Metrics } from './metrics.js';
 import type { PushManager } from './pushes.js';
 import type { RunEvent, RunManager } from './runs.js';
-import type { HostResult, RunSpec } from './store.js';
+import type { HostResult, RunRecord, RunSpec } from './store.js';
 import { type FleetView, resolveTargets } from './targets.js';
 import type { TokenService } from './tokens.js';
 
@@ -53,6 +53,11 @@ const checkDist = validator(DistRequestSchema);
 /** Templates and plain files travel in the push request (base64): up to 8 MiB a file, several files. */
 const PUSH_BODY_LIMIT = 96 * 1024 * 1024;
 const checkJoin = validator(JoinRequestSchema);
+
+/** What POST /v1/runs, /v1/pushes and /v1/dists answer about the run they created. */
+function created(run: RunRecord) {
+  return { id: run.id, hosts: run.hosts, deadline: run.deadline, createdAt: run.createdAt };
+}
 
 export class ApiError extends Error {
   constructor(
@@ -200,7 +205,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     };
     const run = await runs.create(spec, resolved.hosts);
     reply.code(201);
-    return { id: run.id, hosts: run.hosts, deadline: run.deadline, createdAt: run.createdAt };
+    return created(run);
   });
 
   app.post('/v1/pushes', { bodyLimit: PUSH_BODY_LIMIT }, async (req, reply) => {
@@ -227,13 +232,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     }
     const { record, failures } = await deps.pushes.create(body, hosts, view.inventory);
     reply.code(201);
-    return {
-      id: record.id,
-      hosts: record.hosts,
-      deadline: record.deadline,
-      createdAt: record.createdAt,
-      renderFailures: failures,
-    };
+    return { ...created(record), renderFailures: failures };
   });
 
   app.post('/v1/dists', async (req, reply) => {
@@ -243,29 +242,15 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     if (!resolved.ok) {
       throw new ApiError(400, 'RUN_UNKNOWN_TARGET', resolved.message, `targets.${resolved.index}`);
     }
+    // The request's fields are the distribution's, except the mode (octal text on the wire).
+    const { mode, ...rest } = body;
     const { record, manifest } = await deps.dists.create(
-      {
-        path: body.path,
-        dest: body.dest,
-        targets: body.targets,
-        ...(body.mode ? { mode: Number.parseInt(body.mode, 8) } : {}),
-        ...(body.owner ? { owner: body.owner } : {}),
-        ...(body.group ? { group: body.group } : {}),
-        ...(body.chunkSize ? { chunkSize: body.chunkSize } : {}),
-        ...(body.stripes ? { stripes: body.stripes } : {}),
-        ...(body.timeout ? { timeout: body.timeout } : {}),
-        ...(body.rateLimit ? { rateLimit: body.rateLimit } : {}),
-        ...(body.linkRate ? { linkRate: body.linkRate } : {}),
-        ...(body.delete ? { delete: true } : {}),
-      },
+      { ...rest, ...(mode ? { mode: Number.parseInt(mode, 8) } : {}) },
       resolved.hosts,
     );
     reply.code(201);
     return {
-      id: record.id,
-      hosts: record.hosts,
-      deadline: record.deadline,
-      createdAt: record.createdAt,
+      ...created(record),
       blob: record.spec.kind === 'dist' ? record.spec.blob : null,
       size: manifest.size,
       md5: manifest.md5,
@@ -285,12 +270,15 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
   };
   app.get('/v1/runs/:id', async (req) => runOf((req.params as { id: string }).id));
   app.get('/v1/pushes/:id', async (req) => runOf((req.params as { id: string }).id, 'push'));
-  app.get('/v1/dists/:id', async (req) => ({
-    ...(await runOf((req.params as { id: string }).id, 'dist')),
-    sourceBytes: deps.dists.sourceBytes,
-    progress: deps.dists.progressOf((req.params as { id: string }).id) ?? null,
-    tree: deps.dists.detailOf((req.params as { id: string }).id) ?? null,
-  }));
+  app.get('/v1/dists/:id', async (req) => {
+    const { id } = req.params as { id: string };
+    return {
+      ...(await runOf(id, 'dist')),
+      sourceBytes: deps.dists.sourceBytes,
+      progress: deps.dists.progressOf(id) ?? null,
+      tree: deps.dists.detailOf(id) ?? null,
+    };
+  });
   // Pushes and distributions are runs: one event stream serves all three paths.
   for (const path of ['/v1/runs/:id/events', '/v1/pushes/:id/events', '/v1/dists/:id/events']) {
     app.get(path, async (req, reply) => {

@@ -76,7 +76,6 @@ export interface DistRequest {
 /** One host's last progress report. */
 interface HostProgress {
   bytes: number;
-  at: number;
   failedPeers: string[];
 }
 
@@ -107,12 +106,12 @@ export interface DistProgress {
 }
 
 interface Tracker {
-  run: string;
   startedAt: number;
   size: number;
   hosts: string[];
   idcOf: Map<string, string>;
-  hosts_: Map<string, HostProgress>;
+  /** Each host's last report. */
+  progress: Map<string, HostProgress>;
   samples: { at: number; bytes: number }[];
   sourceAtStart: number;
   linkRate: number | undefined;
@@ -286,7 +285,7 @@ export class DistManager {
     const run = p.taskId.slice(0, p.taskId.indexOf(':'));
     const t = this.trackers.get(run);
     if (!t?.idcOf.has(agent)) return;
-    t.hosts_.set(agent, { bytes: Math.min(p.bytes, t.size), at: Date.now(), failedPeers: p.failedPeers });
+    t.progress.set(agent, { bytes: Math.min(p.bytes, t.size), failedPeers: p.failedPeers });
   }
 
   /**
@@ -302,7 +301,7 @@ export class DistManager {
       if ('parents' in spec) parents[host] = spec.parents.map((p) => p.name);
     }
     const bytes: Record<string, number> = {};
-    for (const h of t.hosts) bytes[h] = t.hosts_.get(h)?.bytes ?? 0;
+    for (const h of t.hosts) bytes[h] = t.progress.get(h)?.bytes ?? 0;
     return { parents, bytes };
   }
 
@@ -448,12 +447,11 @@ export class DistManager {
   private track(run: string, spec: DistRunSpec, hosts: string[], sourceAtStart: number): void {
     const labels = new Map(this.opts.fleet.list().map((a) => [a.name, a.facts?.labels ?? {}] as const));
     const t: Tracker = {
-      run,
       startedAt: Date.now(),
       size: spec.size,
       hosts,
       idcOf: new Map(hosts.map((h) => [h, labels.get(h)?.idc ?? ''] as const)),
-      hosts_: new Map(),
+      progress: new Map(),
       samples: [],
       sourceAtStart,
       linkRate: spec.linkRate,
@@ -484,8 +482,8 @@ export class DistManager {
     const failed = new Set<string>();
     const open: { host: string; bytes: number }[] = [];
     for (const h of t.hosts) {
-      const b = t.hosts_.get(h)?.bytes ?? 0;
-      for (const f of t.hosts_.get(h)?.failedPeers ?? []) failed.add(f);
+      const b = t.progress.get(h)?.bytes ?? 0;
+      for (const f of t.progress.get(h)?.failedPeers ?? []) failed.add(f);
       bytes += b;
       const idc = t.idcOf.get(h) ?? '';
       const row = idcs[idc] ?? { hosts: 0, complete: 0, bytes: 0 };

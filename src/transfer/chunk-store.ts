@@ -221,7 +221,7 @@ export class ChunkStore {
     if (!entry) throw this.chunkMissing(digest);
     const cached = options.verify ? undefined : this.recent.get(digest);
     if (cached) {
-      this.touch(digest);
+      await this.markUsed(digest);
       return cached;
     }
     const data = await this.readWhole(digest);

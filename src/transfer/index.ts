@@ -41,6 +41,7 @@ export {
   type InstallOptions,
   type InstallResult,
   installFile,
+  isInside,
   Md5Cache,
   md5File,
   md5Of,

@@ -103,7 +103,8 @@ async function checkUnder(
   return { ok: true, path: full, dir };
 }
 
-function isInside(root: string, target: string): boolean {
+/** True when `target` is `root` or below it, by path segments (/srv/app2 is not inside /srv/app). */
+export function isInside(root: string, target: string): boolean {
   const rel = path.relative(root, target);
   return rel === '' || (rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel));
 }

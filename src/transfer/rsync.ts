@@ -22,6 +22,7 @@ import { spawn } from 'node:child_process';
 import { mkdir, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, posix, relative, sep } from 'node:path';
 import { CanopyError, CODES, type ErrorCode } from '../errors/index.js';
+import { isInside } from './install.js';
 import { PEER_CODES } from './peer-wire.js';
 
 /** Where an interrupted file waits, inside its destination directory, for the next sync to resume it. */
@@ -210,7 +211,7 @@ async function inDirectory(p: string, root: string): Promise<string> {
         { path: p, cause: err },
       );
     }
-    if (!inside(real, root)) refuse(`path ${JSON.stringify(p)} leads out of the tree through a symlink`);
+    if (!isInside(root, real)) refuse(`path ${JSON.stringify(p)} leads out of the tree through a symlink`);
   }
   return trailing && rel !== '.' ? `${rel}/` : rel;
 }
@@ -227,15 +228,10 @@ function inFileTree(p: string, root: string): string {
 function treeRelative(p: string, root: string): string {
   if (p.split('/').includes('..')) refuse(`path ${JSON.stringify(p)} contains ".."`);
   const rel = isAbsolute(p) ? relative(root, posix.normalize(p)) : posix.normalize(p).replace(/\/+$/, '');
-  if (isAbsolute(p) && !inside(posix.normalize(p), root)) {
+  if (isAbsolute(p) && !isInside(root, posix.normalize(p))) {
     refuse(`absolute path ${JSON.stringify(p)} is outside the tree`);
   }
   return rel === '' ? '.' : rel;
-}
-
-function inside(path: string, root: string): boolean {
-  const rel = relative(root, path);
-  return rel === '' || (rel !== '..' && !rel.startsWith(`..${sep}`) && !isAbsolute(rel));
 }
 
 function refuse(why: string): never {
