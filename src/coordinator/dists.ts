@@ -426,7 +426,8 @@ export class DistManager {
       const alt = (alternates.get(m.name) ?? []).map((n) => addresses.get(n) ?? source);
       specs.set(m.name, {
         blob,
-        manifest: { ...manifest, chunks: [...manifest.chunks] },
+        // One manifest object for every host: it is only serialized (to the store and the agents).
+        manifest,
         // `{host}` in dest becomes the host's name (hosts sharing one filesystem: tests, benchmarks).
         dest: req.dest.replaceAll('{host}', m.name),
         ...(req.mode !== undefined ? { mode: req.mode } : {}),
