@@ -421,13 +421,14 @@ export class DistManager {
     };
     const p = plan(input);
     const alternates = alternatesOf(p, input);
+    // One manifest object (with the mutable chunk list the wire type wants) shared by every host.
+    const wire = { ...manifest, chunks: [...manifest.chunks] };
     for (const m of members) {
       const parents = (p.parents[m.name] ?? []).map((n) => addresses.get(n) ?? source);
       const alt = (alternates.get(m.name) ?? []).map((n) => addresses.get(n) ?? source);
       specs.set(m.name, {
         blob,
-        // One manifest object for every host: it is only serialized (to the store and the agents).
-        manifest,
+        manifest: wire,
         // `{host}` in dest becomes the host's name (hosts sharing one filesystem: tests, benchmarks).
         dest: req.dest.replaceAll('{host}', m.name),
         ...(req.mode !== undefined ? { mode: req.mode } : {}),
