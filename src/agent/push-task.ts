@@ -6,8 +6,14 @@
  * changed and nothing failed (Ansible's handler semantics: a failed host is
  * not notified). `check` mode compares and reports without writing;
  * `rollback` mode restores each destination's newest backup.
+ *
+ * A large src file does not come over the control channel: the coordinator
+ * distributed it peer to peer, before this task, as a staged copy beside
+ * its destination (`stagedPathFor`). Such a copy is checked against the
+ * file's MD5 and installed like fetched content (it is renamed into place);
+ * a copy this task does not install is removed, so none is left behind.
  */
-import { readFile } from 'node:fs/promises';
+import { lstat, readdir, readFile, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { isCanopyError } from '../errors/index.js';
 import {
@@ -19,10 +25,13 @@ import {
   type TaskResult,
 } from '../protocol/index.js';
 import {
+  type CommitOptions,
+  commitInstall,
   type FileState,
   fixMeta,
   installFile,
   type Md5Cache,
+  md5File,
   metaDiffers,
   resolveDest,
   rollback,
@@ -34,6 +43,8 @@ import { type ExecPolicy, type ExecResult, runCommand } from './executor.js';
 const MAX_DIFF_BYTES = 256 * 1024;
 /** ... and this much per task, so a result stays far below the channel's 16 MiB message limit. */
 const DIFF_BUDGET_BYTES = 4 * 1024 * 1024;
+/** A staged copy is `.NAME` + this + the push's run id, beside NAME (pushes.ts names it the same). */
+const STAGED_MARK = '.canopy-tmp-push-';
 
 export interface PushContext {
   policy: ExecPolicy;
@@ -72,9 +83,16 @@ export async function runPush(task: PushTask, ctx: PushContext): Promise<PushOut
   } else {
     await compare(planned, outcomes, spec.mode === 'check', spec.diff, ctx);
     const need = planned.filter((p) => outcomes[p.index] === undefined);
-    if (need.length > 0) await install(need, outcomes, ctx);
+    if (need.length > 0) await install(need, outcomes, task.runId, ctx);
+    if (spec.mode === 'apply') await dropStaged(spec.files, task.runId, ctx);
   }
   return finish(spec.notify, spec.timeoutMs, outcomes, startedAt, spec.mode !== 'check', ctx);
+}
+
+/** Where a file distributed peer to peer for push `runId` waits to be installed (see the module comment). */
+export function stagedPathFor(dest: string, runId: string): string {
+  const full = path.resolve(dest);
+  return path.join(path.dirname(full), `.${path.basename(full)}${STAGED_MARK}${runId}`);
 }
 
 /** Destination and owner checks; a FileOutcome when the file cannot be pushed. */
@@ -170,10 +188,21 @@ async function oldText(
 /** Content is fetched in batches of at most this many bytes (base64 adds a third; messages cap at 16 MiB). */
 const FETCH_BATCH_BYTES = 8 * 1024 * 1024;
 
-async function install(need: Planned[], outcomes: FileOutcome[], ctx: PushContext): Promise<void> {
+async function install(
+  need: Planned[],
+  outcomes: FileOutcome[],
+  runId: string,
+  ctx: PushContext,
+): Promise<void> {
+  const fetch: Planned[] = [];
+  for (const p of need) {
+    const staged = await stagedCopy(p.file.dest, runId, ctx);
+    if (staged) outcomes[p.index] = await installStaged(p, staged, ctx);
+    else fetch.push(p);
+  }
   let batch: Planned[] = [];
   let bytes = 0;
-  for (const p of need) {
+  for (const p of fetch) {
     if (batch.length > 0 && bytes + p.file.size > FETCH_BATCH_BYTES) {
       await installBatch(batch, outcomes, ctx);
       batch = [];
@@ -190,6 +219,12 @@ async function installBatch(need: Planned[], outcomes: FileOutcome[], ctx: PushC
   try {
     contents = await ctx.fetch(need.map((p) => p.index));
   } catch (err) {
+    // One file the coordinator cannot serve (a large one that was not staged here) fails the whole
+    // answer: ask again file by file, so the others still go in.
+    if (need.length > 1) {
+      for (const p of need) await installBatch([p], outcomes, ctx);
+      return;
+    }
     for (const p of need)
       outcomes[p.index] = failed(p, `could not fetch the content: ${(err as Error).message}`);
     return;
@@ -201,28 +236,86 @@ async function installBatch(need: Planned[], outcomes: FileOutcome[], ctx: PushC
       continue;
     }
     try {
-      const r = await installFile({
-        dest: p.dest,
-        content,
-        md5: p.file.md5,
-        ...meta(p),
-        ...(p.file.validate ? { validate: (tmp) => validate(p.file.validate ?? '', tmp, ctx) } : {}),
-        backup: p.file.backup ?? false,
-        backupDir: ctx.backupDir,
-        ...(p.state ? { previous: p.state } : {}),
-      });
-      ctx.cache.forget(p.dest);
-      outcomes[p.index] = {
-        dest: p.file.dest,
-        state: 'changed',
-        oldMd5: r.oldMd5,
-        newMd5: r.newMd5,
-        content: true,
-        ...p.diffOld,
-      };
+      const r = await installFile({ ...commitOptions(p, ctx), content, md5: p.file.md5 });
+      outcomes[p.index] = installed(p, r, ctx);
     } catch (err) {
       outcomes[p.index] = failed(p, (err as Error).message, isCanopyError(err) ? err.code : undefined);
     }
+  }
+}
+
+/** How a file is published: mode and owner, validate, backup (the same for fetched and staged content). */
+function commitOptions(p: Planned, ctx: PushContext): CommitOptions {
+  return {
+    dest: p.dest,
+    ...meta(p),
+    ...(p.file.validate ? { validate: (tmp) => validate(p.file.validate ?? '', tmp, ctx) } : {}),
+    backup: p.file.backup ?? false,
+    backupDir: ctx.backupDir,
+    ...(p.state ? { previous: p.state } : {}),
+  };
+}
+
+function installed(p: Planned, r: { oldMd5: string | null; newMd5: string }, ctx: PushContext): FileOutcome {
+  ctx.cache.forget(p.dest);
+  return {
+    dest: p.file.dest,
+    state: 'changed',
+    oldMd5: r.oldMd5,
+    newMd5: r.newMd5,
+    content: true,
+    ...p.diffOld,
+  };
+}
+
+/** This push's staged copy of `dest`, if the coordinator distributed one here (checked like a dest). */
+async function stagedCopy(dest: string, runId: string, ctx: PushContext): Promise<string | undefined> {
+  const raw = stagedPathFor(dest, runId);
+  // The common case, one failing lstat: nothing was staged for this file.
+  if (!(await lstat(raw).catch(() => undefined))) return undefined;
+  const check = await resolveDest(raw, ctx.policy.roots);
+  if (!check.ok) return undefined;
+  return (await lstat(check.path).catch(() => undefined))?.isFile() ? check.path : undefined;
+}
+
+/**
+ * Installs a staged copy: its MD5 must be the file's (the distribution checked it; this checks
+ * nothing replaced it since), then it is published as fetched content would be, by rename. Other
+ * pushes' staged copies of the same destination (a host that dropped out before its push task ran)
+ * are removed once the file is in place.
+ */
+async function installStaged(p: Planned, staged: string, ctx: PushContext): Promise<FileOutcome> {
+  try {
+    const md5 = await md5File(staged);
+    if (md5 !== p.file.md5) {
+      await unlink(staged).catch(() => {});
+      return failed(
+        p,
+        `the staged copy ${staged} has MD5 ${md5}, expected ${p.file.md5}; it was removed and nothing was installed (re-run the push)`,
+        'TRANSFER_DIGEST_MISMATCH',
+      );
+    }
+    const r = await commitInstall(staged, md5, commitOptions(p, ctx));
+    await dropStaleStaged(p.dest);
+    return installed(p, r, ctx);
+  } catch (err) {
+    return failed(p, (err as Error).message, isCanopyError(err) ? err.code : undefined);
+  }
+}
+
+/** Removes the staged copies this push did not install (unchanged on arrival, refused, failed). */
+async function dropStaged(files: PushFile[], runId: string, ctx: PushContext): Promise<void> {
+  for (const f of files) {
+    const staged = await stagedCopy(f.dest, runId, ctx);
+    if (staged) await unlink(staged).catch(() => {});
+  }
+}
+
+async function dropStaleStaged(dest: string): Promise<void> {
+  const prefix = `.${path.basename(dest)}${STAGED_MARK}`;
+  const dir = path.dirname(dest);
+  for (const name of await readdir(dir).catch(() => [])) {
+    if (name.startsWith(prefix)) await unlink(path.join(dir, name)).catch(() => {});
   }
 }
 

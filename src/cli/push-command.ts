@@ -11,12 +11,18 @@ import type { FileOutcome } from '../protocol/index.js';
 import { deepMerge, parseTaskVars, type TaskVarInput, type VarMap } from '../render/index.js';
 import { COMMON_OPTIONS, parse, usage } from './args.js';
 import { ApiClient, CLIENT_OPTIONS, clientSettings } from './client.js';
+import { bytes } from './dist-progress.js';
 import { foldHosts } from './fold-hosts.js';
 import { followRun } from './follow.js';
 import { type CliIO, type Palette, palette, writeJson } from './io.js';
-import { collectSources, collectTemplates, readPushFile } from './push-file.js';
-
-const MAX_PUSH_FILE_BYTES = 8 * 1024 * 1024;
+import {
+  collectSources,
+  collectTemplates,
+  type DistributedSource,
+  distAbove,
+  MAX_INLINE_BYTES,
+  readPushFile,
+} from './push-file.js';
 
 export const PUSH_HELP = `usage: canopy push FILE [options]
 
@@ -34,6 +40,12 @@ options:
   --diff             show each changed file's unified diff (hosts with the
                      same diff grouped; secret values masked)
   --keep-going       push to the hosts that rendered when others did not
+  --dist-above SIZE  src files larger than SIZE (default 8M, the most; 0: all)
+                     go peer to peer instead of with the push: the coordinator
+                     reads them on its own machine (run canopy push there),
+                     checks which hosts need them and distributes them to
+                     those (agents started with --peer-listen) before the
+                     push starts; the push file's dist_above: likewise
   --json             the push and every host's result as JSON
   --quiet            no per-host lines while running
   --coordinator URL --token TOKEN --ca FILE   (default: the client config)
@@ -75,6 +87,7 @@ async function push(argv: string[], io: CliIO, command: 'push' | 'rollback'): Pr
     check: { type: 'boolean', default: false },
     diff: { type: 'boolean', default: false },
     'keep-going': { type: 'boolean', default: false },
+    'dist-above': { type: 'string' },
     quiet: { type: 'boolean', default: false },
   });
   if (values.help) {
@@ -85,8 +98,12 @@ async function push(argv: string[], io: CliIO, command: 'push' | 'rollback'): Pr
   if (!file || extra.length > 0)
     throw usage(command, `give exactly one push FILE (got ${positionals.length})`);
   const spec = readPushFile(file);
+  const threshold =
+    values['dist-above'] !== undefined
+      ? distAbove(values['dist-above'], '--dist-above')
+      : (spec.distAbove ?? MAX_INLINE_BYTES);
   const templates = collectTemplates(spec);
-  const sources = collectSources(spec, MAX_PUSH_FILE_BYTES);
+  const { sources, distributed } = collectSources(spec, threshold);
   const vars = taskVarMap(taskVars);
   const body = {
     targets: spec.targets,
@@ -103,6 +120,11 @@ async function push(argv: string[], io: CliIO, command: 'push' | 'rollback'): Pr
     ...(spec.concurrency ? { concurrency: spec.concurrency } : {}),
   };
   const api = new ApiClient(clientSettings(values, io));
+  const p = palette(io.out, io.env);
+  const stream = !values.json && !values.quiet;
+  if (stream && distributed.length > 0 && body.mode === 'apply') {
+    io.err.write(p.dim(`${peerToPeerNote(distributed, threshold)}\n`));
+  }
   const res = await api.request('POST', '/v1/pushes', body);
   if (res.status === 422) throw renderFailed(res.body);
   const created = api.expectOk(res) as {
@@ -111,8 +133,6 @@ async function push(argv: string[], io: CliIO, command: 'push' | 'rollback'): Pr
     deadline: number;
     renderFailures: unknown[];
   };
-  const p = palette(io.out, io.env);
-  const stream = !values.json && !values.quiet;
   const width = Math.min(40, Math.max(4, ...created.hosts.map((h) => h.length)));
   if (stream) io.err.write(p.dim(`${command} ${created.id} to ${created.hosts.length} host(s)\n`));
   const final = await followRun(
@@ -142,6 +162,15 @@ async function push(argv: string[], io: CliIO, command: 'push' | 'rollback'): Pr
   }
   const failed = results.some((r) => r.state !== 'ok') || results.length !== created.hosts.length;
   return failed ? 1 : 0;
+}
+
+/** Why the push takes a while to start: its large files are distributed first. */
+export function peerToPeerNote(distributed: DistributedSource[], threshold: number): string {
+  const files = distributed.map((d) => `${d.src} (${bytes(d.size)})`).join(', ');
+  return (
+    `above ${bytes(threshold)}, peer to peer from the coordinator's machine: ${files}; ` +
+    'the push starts once the hosts that need them have them'
+  );
 }
 
 /** The task variables, in command-line order, merged into one mapping (later ones win). */
@@ -177,6 +206,7 @@ function line(r: HostResult): string {
   const changed = files.filter((f) => f.state === 'changed' || f.state === 'would-change').map((f) => f.dest);
   const parts: string[] = [];
   if (changed.length > 0) parts.push(changed.join(' '));
+  if (r.transfer?.fetchedBytes) parts.push(`${bytes(r.transfer.fetchedBytes)} peer to peer`);
   if (r.notified) parts.push(`notified${r.exitCode ? ` (exit ${r.exitCode})` : ''}`);
   if (r.durationMs !== null) parts.push(`${(r.durationMs / 1000).toFixed(2)}s`);
   if (r.state !== 'ok' && r.error) parts.push(r.error.split('\n')[0] ?? '');

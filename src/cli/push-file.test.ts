@@ -9,7 +9,14 @@ import { dirname, join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { tempTree } from '../../test/helpers/tree.js';
 import { isCanopyError } from '../errors/index.js';
-import { collectSources, collectTemplates, type PushFileSpec, readPushFile } from './push-file.js';
+import {
+  collectSources,
+  collectTemplates,
+  distAbove,
+  MAX_INLINE_BYTES,
+  type PushFileSpec,
+  readPushFile,
+} from './push-file.js';
 
 /** A push file with `text` in a fresh temp directory; returns its path. */
 function pushFile(t: TestContext, text: string, files: Record<string, string> = {}): string {
@@ -354,6 +361,41 @@ test('concurrency must be a positive whole number', (t) => {
   }
 });
 
+test('dist_above takes a size, a number of bytes, or 0', (t) => {
+  for (const [v, bytes] of [
+    ['512K', 512 * 1024],
+    ['8M', 8 * 1024 * 1024],
+    ['1.5M', 1.5 * 1024 * 1024],
+    ['4096', 4096],
+    ['0', 0],
+  ] as const) {
+    assert.equal(
+      readPushFile(pushFile(t, withEntry('src: a\ndest: /a', `dist_above: ${v}\n`))).distAbove,
+      bytes,
+      v,
+    );
+  }
+  assert.equal(readPushFile(pushFile(t, withEntry('src: a\ndest: /a'))).distAbove, undefined);
+});
+
+test('dist_above above 8M or not a size is refused at its line', (t) => {
+  const big = refused(t, withEntry('src: a\ndest: /a', 'dist_above: 9M\n'));
+  assert.equal(big.line, 5);
+  assert.match(big.reason, /dist_above: 9M is more than 8M/);
+  const bad = refused(t, withEntry('src: a\ndest: /a', 'dist_above: lots\n'));
+  assert.match(bad.reason, /dist_above: "lots" is not a size/);
+  const neg = refused(t, withEntry('src: a\ndest: /a', 'dist_above: -1\n'));
+  assert.match(neg.reason, /not a size/);
+});
+
+test('distAbove (the --dist-above flag) allows up to exactly 8 MiB', () => {
+  assert.equal(distAbove('8M', '--dist-above'), MAX_INLINE_BYTES);
+  assert.equal(distAbove(String(MAX_INLINE_BYTES), '--dist-above'), MAX_INLINE_BYTES);
+  const r = thrown(() => distAbove(String(MAX_INLINE_BYTES + 1), '--dist-above'));
+  assert.equal(r.code, 'USAGE');
+  assert.match(r.message, /^--dist-above: 8388609 is more than 8M/);
+});
+
 test('templates: must be a non-empty string', (t) => {
   for (const v of ['""', '5', '[a, b]', '{a: b}']) {
     const r = refused(t, `targets: all\ntemplates: ${v}\nfiles:\n  - {template: a.njk, dest: /a}\n`);
@@ -527,7 +569,7 @@ test('readPushFile with templates: then collectTemplates and collectSources work
   const s = readPushFile(file);
   assert.deepEqual(collectTemplates(s), { 'app.njk': '{{ x }}', 'base.njk': 'base' });
   // src: stays relative to the push file, not to the template root.
-  assert.deepEqual(collectSources(s, 100), { 'files/raw': Buffer.from('raw').toString('base64') });
+  assert.deepEqual(collectSources(s, 100).sources, { 'files/raw': Buffer.from('raw').toString('base64') });
 });
 
 // ------------------------------------------------------------ collectSources
@@ -537,7 +579,7 @@ test('collectSources sends src files base64, byte for byte', (t) => {
   const bytes = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
   writeFileSync(join(file, '..', 'blob.bin'), bytes);
   writeFileSync(join(file, '..', 'empty'), '');
-  const out = collectSources(
+  const { sources, distributed } = collectSources(
     spec(file, [
       { src: 'blob.bin', dest: '/b' },
       { src: 'empty', dest: '/e' },
@@ -545,26 +587,62 @@ test('collectSources sends src files base64, byte for byte', (t) => {
     ]),
     1024,
   );
-  assert.deepEqual(Object.keys(out).sort(), ['blob.bin', 'empty']);
-  assert.deepEqual(Buffer.from(out['blob.bin'] ?? '', 'base64'), bytes);
-  assert.equal(out.empty, '');
+  assert.deepEqual(Object.keys(sources).sort(), ['blob.bin', 'empty']);
+  assert.deepEqual(Buffer.from(sources['blob.bin'] ?? '', 'base64'), bytes);
+  assert.equal(sources.empty, '');
+  assert.deepEqual(distributed, []);
 });
 
-test('a src file of exactly the limit is sent; one byte more is PUSH_TOO_LARGE', (t) => {
+test('a src file of exactly dist_above is sent; one byte more goes by its absolute path, unread', (t) => {
   const file = pushFile(t, '', { 'files/ok': 'x'.repeat(100), 'files/big': 'x'.repeat(101) });
-  assert.equal(Object.keys(collectSources(spec(file, [{ src: 'files/ok', dest: '/a' }]), 100)).length, 1);
-  const r = thrown(() => collectSources(spec(file, [{ src: 'files/big', dest: '/a' }]), 100));
-  assert.equal(r.code, 'PUSH_TOO_LARGE');
-  assert.ok(r.message.startsWith(`${file}: src files/big is 101 bytes;`), r.message);
-  assert.match(r.message, /up to 100 bytes \(use canopy dist for large files\)/);
-  assert.equal(r.subject.path, 'files/big');
+  const s = spec(file, [
+    { src: 'files/ok', dest: '/a' },
+    { src: './files/big', dest: '/b' },
+    { src: 'files/big', dest: '/c' },
+  ]);
+  const { sources, distributed } = collectSources(s, 100);
+  assert.deepEqual(Object.keys(sources), ['files/ok']);
+  const abs = join(dirname(file), 'files', 'big');
+  // The entries name the file by its absolute path (the coordinator reads it there); listed once.
+  assert.deepEqual(
+    s.files.map((f) => f.src),
+    ['files/ok', abs, abs],
+  );
+  assert.deepEqual(distributed, [{ src: 'files/big', path: abs, size: 101 }]);
 });
 
-test('a src file over 2 GiB is PUSH_TOO_LARGE, not INPUT_NOT_FOUND', (t) => {
+test('dist_above 0 sends every non-empty src file peer to peer; an empty one travels with the push', (t) => {
+  const file = pushFile(t, '', { empty: '', one: '1' });
+  const { sources, distributed } = collectSources(
+    spec(file, [
+      { src: 'empty', dest: '/a' },
+      { src: 'one', dest: '/b' },
+    ]),
+    0,
+  );
+  assert.deepEqual(sources, { empty: '' });
+  assert.deepEqual(
+    distributed.map((d) => [d.src, d.size]),
+    [['one', 1]],
+  );
+});
+
+test('a src file over 2 GiB goes peer to peer without being read', (t) => {
   const file = pushFile(t, '', { huge: '' });
   truncateSync(join(file, '..', 'huge'), 3 * 1024 ** 3); // sparse: no disk used
-  const r = thrown(() => collectSources(spec(file, [{ src: 'huge', dest: '/a' }]), 1024 * 1024));
-  assert.equal(r.code, 'PUSH_TOO_LARGE', r.message);
+  const { sources, distributed } = collectSources(
+    spec(file, [{ src: 'huge', dest: '/a' }]),
+    MAX_INLINE_BYTES,
+  );
+  assert.deepEqual(sources, {});
+  assert.equal(distributed[0]?.size, 3 * 1024 ** 3);
+});
+
+test('a src that is a directory is INPUT_NOT_FOUND naming it', (t) => {
+  const file = pushFile(t, '', { 'files/a': 'a' });
+  const r = thrown(() => collectSources(spec(file, [{ src: 'files', dest: '/a' }]), 100));
+  assert.equal(r.code, 'INPUT_NOT_FOUND');
+  assert.match(r.message, /src files: not a regular file/);
 });
 
 test('a missing src is INPUT_NOT_FOUND naming it', (t) => {
@@ -587,6 +665,6 @@ test('a src name leaving the push file directory is refused', (t) => {
 test('src names are normalised and the entry updated', (t) => {
   const file = pushFile(t, '', { 'files/a': 'a' });
   const s = spec(file, [{ src: './files//a', dest: '/a' }]);
-  assert.deepEqual(collectSources(s, 100), { 'files/a': Buffer.from('a').toString('base64') });
+  assert.deepEqual(collectSources(s, 100).sources, { 'files/a': Buffer.from('a').toString('base64') });
   assert.equal(s.files[0]?.src, 'files/a');
 });

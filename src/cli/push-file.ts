@@ -5,7 +5,10 @@
  * relative to the push file's directory; template names to the template
  * root (`templates:`, default that same directory), where includes and
  * imports resolve too, as in an Ansible role's templates/. Neither may leave
- * its directory.
+ * its directory. A `src:` file above `dist_above` (default 8 MiB) is not
+ * sent: the request names it by its absolute path, and the coordinator
+ * (on whose machine it must then be, as for `canopy dist`) distributes it
+ * peer to peer.
  *
  *   targets: role=web                 # or a list
  *   templates: templates              # the template root (optional)
@@ -20,14 +23,21 @@
  *       dest: /etc/logrotate.d/app
  *   notify: systemctl reload nginx
  *   timeout: 60s                      # per validate / notify (optional)
+ *   dist_above: 8M                    # src files larger than this go peer to peer (optional)
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from 'node:path';
-import { parseDuration } from '../agent/config.js';
+import { parseDuration, parseSize } from '../agent/config.js';
 import { CanopyError } from '../errors/index.js';
 import { didYouMean, formatPos, isMapping, YamlSource } from '../render/index.js';
 
-const TOP_KEYS = ['targets', 'templates', 'files', 'notify', 'timeout', 'concurrency'] as const;
+/**
+ * A file sent with the push goes to the agents over their control channel (16 MiB messages,
+ * base64), up to this size: the default, and the largest, `dist_above`.
+ */
+export const MAX_INLINE_BYTES = 8 * 1024 * 1024;
+
+const TOP_KEYS = ['targets', 'templates', 'files', 'notify', 'timeout', 'concurrency', 'dist_above'] as const;
 const FILE_KEYS = ['template', 'src', 'dest', 'mode', 'owner', 'group', 'validate', 'backup'] as const;
 const MAX_TEMPLATE_FILES = 2000;
 const MAX_TEMPLATE_BYTES = 1024 * 1024;
@@ -53,6 +63,8 @@ export interface PushFileSpec {
   /** Seconds. */
   timeout?: number;
   concurrency?: number;
+  /** Bytes: src files larger than this go peer to peer. */
+  distAbove?: number;
 }
 
 export function readPushFile(path: string): PushFileSpec {
@@ -98,7 +110,29 @@ export function readPushFile(path: string): PushFileSpec {
     }
     spec.concurrency = top.concurrency as number;
   }
+  if (top.dist_above !== undefined) {
+    try {
+      spec.distAbove = distAbove(top.dist_above as string | number, 'dist_above');
+    } catch (err) {
+      fail(['dist_above'], (err as Error).message);
+    }
+  }
   return spec;
+}
+
+/**
+ * The size above which a src file goes peer to peer: "512K", "8M", a number of bytes, or 0 (every
+ * src file). At most MAX_INLINE_BYTES, since a smaller file would still go over the control channel.
+ */
+export function distAbove(text: string | number, what: string): number {
+  const n = text === 0 || text === '0' ? 0 : parseSize(text, what);
+  if (n > MAX_INLINE_BYTES) {
+    throw new CanopyError(
+      'USAGE',
+      `${what}: ${text} is more than 8M, the most a file sent over the agents' control channel may have; larger src files always go peer to peer`,
+    );
+  }
+  return n;
 }
 
 type Fail = (keyPath: (string | number)[], message: string) => never;
@@ -216,31 +250,46 @@ function walk(base: string, dir: string, out: Record<string, string>): void {
   }
 }
 
-/** The plain files to send, base64. */
-export function collectSources(spec: PushFileSpec, maxBytes: number): Record<string, string> {
+/** A src file that goes peer to peer: named in the request by its absolute path, not sent. */
+export interface DistributedSource {
+  /** As the push file gives it, relative to the push file. */
+  src: string;
+  path: string;
+  size: number;
+}
+
+/**
+ * The plain files to send, base64, and the ones larger than `distAbove`, whose entries now name
+ * them by absolute path (the coordinator distributes those peer to peer from its own machine).
+ */
+export function collectSources(
+  spec: PushFileSpec,
+  distAbove: number,
+): { sources: Record<string, string>; distributed: DistributedSource[] } {
   const base = dirname(resolve(spec.path));
-  const out: Record<string, string> = {};
+  const sources: Record<string, string> = {};
+  const distributed: DistributedSource[] = [];
   for (const f of spec.files) {
     if (f.src === undefined) continue;
     const rel = inside(base, f.src, spec.path, 'src', 'the push file');
     f.src = rel;
     let size: number;
     try {
-      size = statSync(join(base, rel)).size;
+      const st = statSync(join(base, rel));
+      if (!st.isFile()) throw new Error('not a regular file');
+      size = st.size;
     } catch (err) {
       throw new CanopyError('INPUT_NOT_FOUND', `${spec.path}: src ${rel}: ${(err as Error).message}`, {
         file: spec.path,
         path: rel,
       });
     }
-    if (size > maxBytes) {
-      throw new CanopyError(
-        'PUSH_TOO_LARGE',
-        `${spec.path}: src ${rel} is ${size} bytes; a push carries files up to ${maxBytes} bytes (use canopy dist for large files)`,
-        { file: spec.path, path: rel },
-      );
+    if (size > distAbove) {
+      f.src = join(base, rel);
+      if (!distributed.some((d) => d.path === f.src)) distributed.push({ src: rel, path: f.src, size });
+      continue;
     }
-    out[rel] = readFileSync(join(base, rel)).toString('base64');
+    sources[rel] = readFileSync(join(base, rel)).toString('base64');
   }
-  return out;
+  return { sources, distributed };
 }

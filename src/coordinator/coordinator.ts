@@ -135,13 +135,7 @@ export class Coordinator {
         dists?.finished(run);
       },
     });
-    pushes = new PushManager({
-      runs,
-      logger: log,
-      onContent: (bytes) => count('canopy_push_content_bytes_total', {}, bytes),
-    });
     fleet.runs = runs;
-    fleet.content = pushes;
     let advertised: string | undefined;
     dists = new DistManager({
       runs,
@@ -151,6 +145,14 @@ export class Coordinator {
       host: opts.host,
       advertiseHost: () => advertised,
     });
+    // Pushes hand their large src files to the distribution manager.
+    pushes = new PushManager({
+      runs,
+      dists,
+      logger: log,
+      onContent: (bytes) => count('canopy_push_content_bytes_total', {}, bytes),
+    });
+    fleet.content = pushes;
 
     const app = Fastify({
       https: {
@@ -169,6 +171,8 @@ export class Coordinator {
       inventory: coordinator?.inventory ?? inventory,
       agents: fleet.labels(),
     });
+    // Before the listener waits for open requests: a push waiting for its distributions gives up.
+    app.addHook('preClose', async () => pushes?.close());
     app.addHook('onClose', async () => dists?.close());
     registerApi(app, {
       fleet,

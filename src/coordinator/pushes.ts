@@ -7,13 +7,23 @@
  * when a diff was asked for; they are turned into unified diffs here, with
  * the host's secret values masked, before anything is stored or shown.
  *
+ * Large `src:` files (the request names them by an absolute path on this
+ * machine instead of sending them) never go over the control channel. Before
+ * an applying push starts, a check run asks every host whether the file
+ * differs there, and the distribution manager puts it, peer to peer, beside
+ * its destination as a staged copy (`.NAME.canopy-tmp-push-RUN`) on the
+ * hosts where it does. The push task then installs the staged copy like any
+ * other file (validate, backup, rename, notify), so a large file has exactly
+ * the semantics of a small one; a host whose distribution failed reports
+ * that file as failed, with the reason, and is not notified.
+ *
  * Rendered content and task variables are never written to the store: after
  * a coordinator restart, a host that still needs content gets a clear
  * "re-run the push" failure (its files stay as they were).
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, isAbsolute, join, normalize } from 'node:path';
+import { basename, dirname, isAbsolute, join, normalize, resolve } from 'node:path';
 import { createTwoFilesPatch } from 'diff';
 import type { Logger } from 'pino';
 import { CanopyError, isCanopyError } from '../errors/index.js';
@@ -25,15 +35,23 @@ import {
   type TaskResult,
 } from '../protocol/index.js';
 import { type Inventory, TemplateEngine, VarResolver } from '../render/index.js';
-import { md5Of } from '../transfer/index.js';
+import { Md5Cache, md5Of } from '../transfer/index.js';
 import type { PushRequest } from './api-schemas.js';
+import type { DistRequest } from './dists.js';
 import type { ContentSource } from './fleet.js';
 import { newRunId, type RunManager } from './runs.js';
 import { maskDiff, maskSecrets, secretValues } from './secrets.js';
-import type { PushRunSpec, RunRecord } from './store.js';
+import type { HostResult, PushRunSpec, RunRecord } from './store.js';
 
-/** A push carries files up to this size; larger ones belong to the distribution path. */
+/**
+ * Content that goes over the control channel (templates, and src files sent in the request) is
+ * capped at this size per file; larger src files go peer to peer (by path, see the module comment).
+ */
 export const MAX_PUSH_FILE_BYTES = 8 * 1024 * 1024;
+/** A staged copy's name is `.NAME` + this + the push's run id; push-task.ts on the agent agrees. */
+const STAGED_MARK = '.canopy-tmp-push-';
+/** Staged copies are readable only by the agent's account until the push task installs them. */
+const STAGED_MODE = 0o600;
 const DEFAULT_TIMEOUT_S = 60;
 const MAX_CONTENT_MESSAGE_BYTES = 15 * 1024 * 1024;
 const MAX_DIFF_TEXT = 256 * 1024;
@@ -48,14 +66,46 @@ export interface RenderFailure {
   variable?: string;
 }
 
+/** A src file sent in the request (goes over the control channel). */
+interface InlineSource {
+  data: Buffer;
+}
+
+/** A src file on the coordinator's machine, named by its absolute path (goes peer to peer). */
+interface PathSource {
+  path: string;
+  md5: string;
+  size: number;
+}
+
+type Source = InlineSource | PathSource;
+
+/** What a host's distributions left for its push task. */
+interface HostStaging {
+  /** By file index: why the host has no staged copy of that file (its distribution failed, ...). */
+  missing: Map<number, string>;
+  /** Its distributions' transfer figures, added to its push result. */
+  transfer?: NonNullable<TaskResult['transfer']>;
+}
+
 interface HeldPush {
   byMd5: Map<string, Buffer>;
+  /** src files on this machine, by MD5: never sent inline. */
+  byPath: Map<string, PathSource>;
   plans: Map<string, PushSpec>;
   secrets: Map<string, string[]>;
+  staging: Map<string, HostStaging>;
+}
+
+/** What the push manager needs of the distribution manager (dists.ts). */
+export interface Distributor {
+  create(req: DistRequest, hosts: string[]): Promise<{ record: RunRecord; manifest: { md5: string } }>;
 }
 
 export interface PushManagerOptions {
   runs: RunManager;
+  /** Distributes the src files named by path to the hosts that need them. */
+  dists: Distributor;
   logger: Logger;
   /** Counts content bytes sent to agents (a warm push sends none). */
   onContent?: (bytes: number) => void;
@@ -63,19 +113,26 @@ export interface PushManagerOptions {
 
 export class PushManager implements ContentSource {
   private readonly runs: RunManager;
+  private readonly dists: Distributor;
   private readonly log: Logger;
   private readonly held = new Map<string, HeldPush>();
   private readonly onContent: ((bytes: number) => void) | undefined;
+  /** MD5s of the src files named by path: a warm re-push does not read a large file again. */
+  private readonly md5s = new Md5Cache(1_000);
+  /** Aborted by close(): pushes still waiting for their distributions give up. */
+  private readonly closing = new AbortController();
 
   constructor(opts: PushManagerOptions) {
     this.runs = opts.runs;
+    this.dists = opts.dists;
     this.log = opts.logger;
     this.onContent = opts.onContent;
   }
 
   /**
    * Renders and starts a push to `hosts`. Throws PUSH_RENDER (with `errors`) when a host fails to
-   * render and keepGoing is off; with keepGoing those hosts start out `failed`.
+   * render and keepGoing is off; with keepGoing those hosts start out `failed`. An applying push
+   * with src files named by path returns only once they are distributed (see `stage`).
    */
   async create(
     req: PushRequest,
@@ -83,7 +140,8 @@ export class PushManager implements ContentSource {
     inventory: Inventory | undefined,
   ): Promise<{ record: RunRecord; failures: RenderFailure[] }> {
     const mode = req.mode ?? 'apply';
-    const rendered = renderAll(req, hosts, inventory);
+    const sources = await this.decodeSources(req);
+    const rendered = renderAll(req, hosts, inventory, sources);
     if (rendered.failures.length > 0 && !req.keepGoing) {
       this.log.warn(
         { hosts: new Set(rendered.failures.map((f) => f.host)).size, first: rendered.failures[0]?.message },
@@ -120,17 +178,23 @@ export class PushManager implements ContentSource {
       ...(req.notify ? { notify: req.notify } : {}),
     };
     const id = newRunId(Date.now());
+    const byPath = new Map([...sources.values()].flatMap((s) => ('path' in s ? [[s.md5, s] as const] : [])));
     this.log.info(
       {
         push: id,
         mode,
         hosts: hosts.length,
         distinctContents: rendered.byMd5.size,
+        peerToPeer: byPath.size,
         renderFailures: rendered.failures.length,
       },
       'push rendered',
     );
-    this.held.set(id, { byMd5: rendered.byMd5, plans, secrets: rendered.secrets });
+    const staging =
+      mode === 'apply' && byPath.size > 0
+        ? await this.stage(id, req, rendered.files, sources, timeoutMs)
+        : new Map<string, HostStaging>();
+    this.held.set(id, { byMd5: rendered.byMd5, byPath, plans, secrets: rendered.secrets, staging });
     try {
       const record = await this.runs.create(spec, hosts, { id, plans, failed });
       return { record, failures: rendered.failures };
@@ -163,6 +227,8 @@ export class PushManager implements ContentSource {
     for (const index of indexes) {
       const file = plan.files[index];
       const data = file ? held.byMd5.get(file.md5) : undefined;
+      const byPath = file ? held.byPath.get(file.md5) : undefined;
+      if (!data && byPath) return { files: [], error: notStaged(byPath, held.staging.get(agent), index) };
       if (!data) return { files: [], error: `push task ${taskId} has no file ${index}` };
       bytes += Math.ceil(data.length / 3) * 4;
       raw += data.length;
@@ -187,12 +253,15 @@ export class PushManager implements ContentSource {
     const plan = held?.plans.get(host);
     const files = result.files?.map((f, i) => this.withDiff(f, plan?.files[i], held, secrets));
     const mask = (s: string) => maskSecrets(s, secrets);
+    const transfer = held?.staging.get(host)?.transfer;
     return {
       ...result,
       stdout: mask(result.stdout),
       stderr: mask(result.stderr),
       ...(result.error !== undefined ? { error: mask(result.error) } : {}),
       ...(files ? { files } : {}),
+      // What the host fetched peer to peer for this push (its staged copies).
+      ...(transfer && !result.transfer ? { transfer } : {}),
     };
   }
 
@@ -206,6 +275,8 @@ export class PushManager implements ContentSource {
     const out: FileOutcome = { ...rest, ...(rest.error ? { error: maskSecrets(rest.error, secrets) } : {}) };
     if (old === undefined || !f.content) return out;
     const next = file ? held?.byMd5.get(file.md5) : undefined;
+    if (!next && file && held?.byPath.has(file.md5))
+      return { ...out, oldOmitted: 'the new content is a large file, sent peer to peer' };
     if (!next) return { ...out, oldOmitted: 'the coordinator no longer holds the new content' };
     if (next.length > MAX_DIFF_TEXT || next.includes(0))
       return { ...out, oldOmitted: 'the new content is binary or large' };
@@ -219,6 +290,276 @@ export class PushManager implements ContentSource {
   finished(run: RunRecord): void {
     this.held.delete(run.id);
   }
+
+  /**
+   * The request's src files: sent content (base64, at most MAX_PUSH_FILE_BYTES), or an absolute
+   * path on this machine that is not among the sent ones (hashed here, distributed peer to peer).
+   */
+  private async decodeSources(req: PushRequest): Promise<Map<string, Source>> {
+    const out = new Map<string, Source>();
+    for (const [i, f] of req.files.entries()) {
+      checkEntry(req, f, i);
+      if (f.src === undefined || out.has(f.src)) continue;
+      const data = req.sources?.[f.src];
+      if (data !== undefined) {
+        out.set(f.src, { data: inline(f.src, data) });
+        continue;
+      }
+      if (!isAbsolute(f.src)) {
+        throw new CanopyError(
+          'PUSH_FILE',
+          `files[${i}].src "${f.src}" is not among the request's sources (a src not sent must be an absolute path on the coordinator's machine)`,
+          { field: `files.${i}.src` },
+        );
+      }
+      out.set(f.src, await this.pathSource(f.src, i));
+    }
+    return out;
+  }
+
+  private async pathSource(path: string, i: number): Promise<PathSource> {
+    const missing = () =>
+      new CanopyError(
+        'INPUT_NOT_FOUND',
+        `files[${i}].src ${path} is not a file on the coordinator's machine; src files above dist_above go ` +
+          "peer to peer from there: run canopy push on the coordinator's machine (as canopy dist), or " +
+          'raise --dist-above to send the file with the push (up to 8 MiB)',
+        { field: `files.${i}.src`, path },
+      );
+    if (!statSync(path, { throwIfNoEntry: false })?.isFile()) throw missing();
+    const state = await this.md5s.state(path);
+    if (!state) throw missing();
+    return { path, md5: state.md5, size: state.size };
+  }
+
+  /**
+   * Puts the src files named by path beside their destinations, as staged copies, on the hosts
+   * whose destination differs: a check run (the push task in check mode, those files only) finds
+   * them, then one distribution per file (and destination pattern) fetches it peer to peer. Waits
+   * for all of it. Returns per host what is not staged there and why (content() tells the agent),
+   * and what each host fetched.
+   */
+  private async stage(
+    pushId: string,
+    req: PushRequest,
+    files: Map<string, PushFile[]>,
+    sources: Map<string, Source>,
+    timeoutMs: number,
+  ): Promise<Map<string, HostStaging>> {
+    const staging = new Map<string, HostStaging>();
+    const big = req.files.flatMap((f, index) => {
+      const source = f.src === undefined ? undefined : sources.get(f.src);
+      return source && 'path' in source ? [{ index, source }] : [];
+    });
+    const hosts = [...files.keys()];
+    if (big.length === 0 || hosts.length === 0) return staging;
+    const checked = await this.checkHosts(req, hosts, files, big, timeoutMs);
+    const miss = (host: string, index: number, why: string) =>
+      hostStaging(staging, host).missing.set(index, why);
+    const jobs: Promise<void>[] = [];
+    for (const [k, { index, source }] of big.entries()) {
+      const needing: string[] = [];
+      for (const r of checked) {
+        const o = r.files?.[k];
+        if (o?.state === 'would-change' && o.content) needing.push(r.host);
+        else if (!o)
+          miss(r.host, index, `the host did not answer the push's check (${r.state}: ${firstLine(r.error)})`);
+      }
+      const { groups, reserved } = distributionGroups(
+        new Map(needing.map((h) => [h, stagedPathFor(files.get(h)?.[index]?.dest ?? '', pushId)])),
+      );
+      for (const host of reserved) {
+        miss(host, index, 'its destination contains "{host}", which the distribution path reserves');
+      }
+      for (const [pattern, group] of groups) {
+        jobs.push(
+          this.distribute(req, source, pattern, group, (host, why) => miss(host, index, why), staging),
+        );
+      }
+    }
+    await Promise.all(jobs);
+    this.log.info(
+      {
+        push: pushId,
+        files: big.map((b) => b.source.path),
+        hosts: hosts.length,
+        distributions: jobs.length,
+        notStaged: [...staging].flatMap(([h, s]) => (s.missing.size > 0 ? [h] : [])),
+      },
+      'push large files staged',
+    );
+    return staging;
+  }
+
+  /** A check run of the large files alone: which hosts' destinations differ. */
+  private async checkHosts(
+    req: PushRequest,
+    hosts: string[],
+    files: Map<string, PushFile[]>,
+    big: { index: number; source: PathSource }[],
+    timeoutMs: number,
+  ): Promise<HostResult[]> {
+    const plans = new Map<string, PushSpec>();
+    for (const host of hosts) {
+      const mine = files.get(host) ?? [];
+      plans.set(host, {
+        files: big.map((b) => mine[b.index] as PushFile),
+        mode: 'check',
+        diff: false,
+        timeoutMs,
+      });
+    }
+    const spec: PushRunSpec = {
+      kind: 'push',
+      targets: req.targets,
+      ...(req.limit ? { limit: req.limit } : {}),
+      mode: 'check',
+      diff: false,
+      timeoutMs,
+      concurrency: Math.max(1, hosts.length),
+      files: big.map((b) => ({ source: b.source.path, dest: req.files[b.index]?.dest ?? '' })),
+    };
+    const record = await this.runs.create(spec, hosts, { plans });
+    this.log.info({ check: record.id, hosts: hosts.length, files: big.length }, 'push checking large files');
+    return this.settled(record.id);
+  }
+
+  /** One distribution of `source` to `hosts` (staged at `pattern`, `{host}` per host), awaited. */
+  private async distribute(
+    req: PushRequest,
+    source: PathSource,
+    pattern: string,
+    hosts: string[],
+    miss: (host: string, why: string) => void,
+    staging: Map<string, HostStaging>,
+  ): Promise<void> {
+    let id: string;
+    try {
+      const { record, manifest } = await this.dists.create(
+        { path: source.path, dest: pattern, targets: req.targets, mode: STAGED_MODE },
+        hosts,
+      );
+      id = record.id;
+      if (manifest.md5 !== source.md5) {
+        for (const h of hosts) {
+          miss(
+            h,
+            `${source.path} changed on the coordinator's machine during the push (MD5 ${source.md5}, then ${manifest.md5})`,
+          );
+        }
+      }
+    } catch (err) {
+      for (const h of hosts) miss(h, `its distribution could not start: ${(err as Error).message}`);
+      return;
+    }
+    this.log.info({ dist: id, path: source.path, hosts: hosts.length }, 'push distributing a large file');
+    for (const r of await this.settled(id)) {
+      if (r.transfer) addTransfer(hostStaging(staging, r.host), r.transfer);
+      if (r.state !== 'ok') {
+        miss(
+          r.host,
+          `its distribution ${id} failed (${r.state}): ${firstLine(r.files?.[0]?.error ?? r.error)}`,
+        );
+      }
+    }
+  }
+
+  /** Pushes waiting for their check or distributions fail now (the coordinator is stopping). */
+  close(): void {
+    this.closing.abort();
+  }
+
+  /**
+   * Waits until run `id` has finished (every host final), then returns its results. Throws when
+   * the coordinator closes first: the push was not started.
+   */
+  private async settled(id: string): Promise<HostResult[]> {
+    const signal = this.closing.signal;
+    await new Promise<void>((done, fail) => {
+      const quit = () => {
+        stop?.();
+        fail(
+          new Error(
+            `the coordinator stopped while the push waited for run ${id}; nothing was pushed: re-run it`,
+          ),
+        );
+      };
+      const stop = this.runs.subscribe(id, (e) => {
+        if (e.type !== 'done') return;
+        stop?.();
+        signal.removeEventListener('abort', quit);
+        done();
+      });
+      // Not active: it finished before we could listen (every host offline, say).
+      if (!stop) return done();
+      if (signal.aborted) return quit();
+      signal.addEventListener('abort', quit, { once: true });
+    });
+    return (await this.runs.get(id))?.results ?? [];
+  }
+}
+
+/**
+ * Where the distribution puts a large file for the push `pushId`: beside its destination, hidden,
+ * named like an install's temporary file (so an agent's clean-up after a crash removes it too).
+ * push-task.ts on the agent computes the same path.
+ */
+export function stagedPathFor(dest: string, pushId: string): string {
+  const full = resolve(dest);
+  return join(dirname(full), `.${basename(full)}${STAGED_MARK}${pushId}`);
+}
+
+/**
+ * Hosts grouped by their staged path with their own name replaced by `{host}` (the distribution
+ * manager's per-host placeholder): one distribution per group, so hosts whose paths differ only by
+ * their names share one peer tree. `reserved`: hosts whose path already contains "{host}".
+ */
+export function distributionGroups(staged: ReadonlyMap<string, string>): {
+  groups: Map<string, string[]>;
+  reserved: string[];
+} {
+  const groups = new Map<string, string[]>();
+  const reserved: string[] = [];
+  for (const [host, path] of staged) {
+    const pattern = path.replaceAll(host, '{host}');
+    if (pattern.replaceAll('{host}', host) !== path) {
+      reserved.push(host);
+      continue;
+    }
+    groups.set(pattern, [...(groups.get(pattern) ?? []), host]);
+  }
+  return { groups, reserved };
+}
+
+function hostStaging(staging: Map<string, HostStaging>, host: string): HostStaging {
+  let s = staging.get(host);
+  if (!s) {
+    s = { missing: new Map() };
+    staging.set(host, s);
+  }
+  return s;
+}
+
+function addTransfer(s: HostStaging, t: NonNullable<TaskResult['transfer']>): void {
+  const sum = s.transfer ?? { fetchedBytes: 0, reusedChunks: 0, fromPeers: {}, badPeers: [] };
+  sum.fetchedBytes += t.fetchedBytes;
+  sum.reusedChunks += t.reusedChunks;
+  for (const [peer, bytes] of Object.entries(t.fromPeers))
+    sum.fromPeers[peer] = (sum.fromPeers[peer] ?? 0) + bytes;
+  sum.badPeers = [...new Set([...sum.badPeers, ...t.badPeers])];
+  s.transfer = sum;
+}
+
+/** Why an agent asking for a large file's content gets none (it goes only peer to peer). */
+function notStaged(source: PathSource, staging: HostStaging | undefined, index: number): string {
+  const why =
+    staging?.missing.get(index) ??
+    'its staged copy is not on this host (the host was not in the distribution, or the copy was removed)';
+  return `${source.path} (${source.size} bytes) goes peer to peer, not over the control channel, and ${why}; re-run the push once that is fixed`;
+}
+
+function firstLine(text: string | undefined): string {
+  return (text ?? 'no reason given').split('\n')[0] ?? '';
 }
 
 interface Rendered {
@@ -229,7 +570,12 @@ interface Rendered {
 }
 
 /** Renders every file for every host; collects every failure instead of stopping at the first. */
-function renderAll(req: PushRequest, hosts: string[], inventory: Inventory | undefined): Rendered {
+function renderAll(
+  req: PushRequest,
+  hosts: string[],
+  inventory: Inventory | undefined,
+  sources: Map<string, Source>,
+): Rendered {
   const out: Rendered = { files: new Map(), byMd5: new Map(), secrets: new Map(), failures: [] };
   const root = writeTemplates(req);
   try {
@@ -238,7 +584,6 @@ function renderAll(req: PushRequest, hosts: string[], inventory: Inventory | und
       ? new VarResolver(inventory, req.vars ? [{ origin: '--var', vars: req.vars }] : [])
       : undefined;
     const baseResolver = inventory && req.vars ? new VarResolver(inventory) : undefined;
-    const sources = decodeSources(req);
     for (const host of hosts) {
       renderHost(req, host, { engine, resolver, baseResolver, inventory, sources }, out);
     }
@@ -254,7 +599,7 @@ interface RenderContext {
   /** The inventory's variables without the task's (for secrets the task replaced). */
   baseResolver: VarResolver | undefined;
   inventory: Inventory | undefined;
-  sources: Map<string, Buffer>;
+  sources: Map<string, Source>;
 }
 
 function renderHost(req: PushRequest, host: string, ctx: RenderContext, out: Rendered): void {
@@ -289,13 +634,21 @@ function renderHost(req: PushRequest, host: string, ctx: RenderContext, out: Ren
           `dest renders to ${JSON.stringify(dest)}, which is not an absolute file path`,
         );
       }
+      const source = f.template ? undefined : sources.get(name);
+      if (source && 'path' in source) {
+        files.push(pushFile(f, dest, source.md5, source.size));
+        continue;
+      }
       const content = f.template
         ? Buffer.from(engine.template(f.template).render(vars, host))
-        : (sources.get(name) ?? Buffer.alloc(0));
+        : (source?.data ?? Buffer.alloc(0));
       if (content.length > MAX_PUSH_FILE_BYTES) {
         throw new CanopyError(
           'PUSH_TOO_LARGE',
-          `${name} is ${content.length} bytes; a push carries files up to ${MAX_PUSH_FILE_BYTES} bytes (use canopy dist for large files)`,
+          `template ${name} renders to ${content.length} bytes for ${host}; rendered files go over the ` +
+            `agents' control channel, up to ${MAX_PUSH_FILE_BYTES} bytes, and only src: files go peer to peer ` +
+            "(a template's content differs per host): make it smaller, or make it an src: file",
+          { template: name },
         );
       }
       const md5 = md5Of(content);
@@ -352,34 +705,37 @@ function writeTemplates(req: PushRequest): string {
   return root;
 }
 
-function decodeSources(req: PushRequest): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
-  for (const [i, f] of req.files.entries()) {
-    if ((f.template === undefined) === (f.src === undefined)) {
-      throw new CanopyError('PUSH_FILE', `files[${i}] must have exactly one of template and src`, {
-        field: `files.${i}`,
-      });
-    }
-    if (f.template !== undefined && !(f.template in (req.templates ?? {}))) {
-      throw new CanopyError(
-        'PUSH_FILE',
-        `files[${i}].template "${f.template}" is not among the request's templates`,
-        {
-          field: `files.${i}.template`,
-        },
-      );
-    }
-    if (f.src !== undefined) {
-      const data = req.sources?.[f.src];
-      if (data === undefined) {
-        throw new CanopyError('PUSH_FILE', `files[${i}].src "${f.src}" is not among the request's sources`, {
-          field: `files.${i}.src`,
-        });
-      }
-      out.set(f.src, Buffer.from(data, 'base64'));
-    }
+/** The shape of one file entry: exactly one of template and src, a template among the sent ones. */
+function checkEntry(req: PushRequest, f: PushRequest['files'][number], i: number): void {
+  if ((f.template === undefined) === (f.src === undefined)) {
+    throw new CanopyError('PUSH_FILE', `files[${i}] must have exactly one of template and src`, {
+      field: `files.${i}`,
+    });
   }
-  return out;
+  if (f.template !== undefined && !(f.template in (req.templates ?? {}))) {
+    throw new CanopyError(
+      'PUSH_FILE',
+      `files[${i}].template "${f.template}" is not among the request's templates`,
+      {
+        field: `files.${i}.template`,
+      },
+    );
+  }
+}
+
+/** A src file sent in the request; refused above what the control channel carries. */
+function inline(name: string, base64: string): Buffer {
+  const data = Buffer.from(base64, 'base64');
+  if (data.length > MAX_PUSH_FILE_BYTES) {
+    throw new CanopyError(
+      'PUSH_TOO_LARGE',
+      `src ${name} is ${data.length} bytes; src files sent with the push go over the agents' control ` +
+        `channel, up to ${MAX_PUSH_FILE_BYTES} bytes: name a larger file by its absolute path on the ` +
+        "coordinator's machine instead (canopy push does so above --dist-above), and it goes peer to peer",
+      { path: name },
+    );
+  }
+  return data;
 }
 
 function failure(host: string, file: string, err: unknown): RenderFailure {
