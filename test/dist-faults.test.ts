@@ -162,19 +162,15 @@ test('a peer serving corrupted chunks: detected, fetched elsewhere, the peer rep
     '--json',
   ]);
   assert.equal(once.code, 0, once.stderr);
-  // Flip one byte in every chunk c1 holds (same length: only a digest check can tell).
-  const shards = join(fleet.dir, 'agents', 'c1', 'chunks', 'chunks');
-  let flipped = 0;
-  for (const shard of readdirSync(shards)) {
-    for (const f of readdirSync(join(shards, shard))) {
-      const p = join(shards, shard, f);
-      const b = readFileSync(p);
-      b[b.length >> 1] = (b[b.length >> 1] ?? 0) ^ 0xff;
-      writeFileSync(p, b);
-      flipped++;
-    }
-  }
-  assert.equal(flipped, 8);
+  // Flip one byte in every chunk of c1's pack of the blob (same length: only a digest check can tell).
+  const packs = join(fleet.dir, 'agents', 'c1', 'chunks', 'packs');
+  const packFiles = readdirSync(packs).filter((f) => f.endsWith('.pack'));
+  assert.equal(packFiles.length, 1, `c1 holds one pack: ${readdirSync(packs).join(' ')}`);
+  const packPath = join(packs, packFiles[0] as string);
+  const b = readFileSync(packPath);
+  assert.equal(b.length, 8 * MiB);
+  for (let at = MiB >> 1; at < b.length; at += MiB) b[at] = (b[at] ?? 0) ^ 0xff;
+  writeFileSync(packPath, b);
   // Restarted, so the chunks come from disk (a relay keeps the chunks it stored last in memory).
   const c1 = fleet.agents.get('c1');
   assert.ok(c1);

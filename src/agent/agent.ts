@@ -36,6 +36,7 @@ import {
   removeStaleTemps,
   resolveDest,
 } from '../transfer/index.js';
+import { runActivation } from './activation-task.js';
 import { type AgentConfig, parseHostPort } from './config.js';
 import { type DistProgress, runDist } from './dist-task.js';
 import { type ExecPolicy, runCommand } from './executor.js';
@@ -43,6 +44,7 @@ import { gatherFacts } from './facts.js';
 import { type AgentIdentity, saveIdentity } from './identity.js';
 import { Journal } from './journal.js';
 import { runPush } from './push-task.js';
+import { closeSeed, prepareSource, readSeedChunk, type Seed } from './source-task.js';
 import { runTree } from './tree-task.js';
 
 export interface AgentOptions {
@@ -124,6 +126,8 @@ export class Agent {
   private readonly serving = new Map<string, { manifest: Manifest; until: number; rateLimit?: number }>();
   /** Directory distributions this host holds completely: their root, served to children until `until`. */
   private readonly trees = new Map<string, { root: string; until: number }>();
+  /** Blobs whose source is a file on this host (canopy dist --source): served from the file. */
+  private readonly seeds = new Map<string, Seed>();
   /** Blobs a running distribution task is fetching (with how many tasks). */
   private readonly fetching = new Map<string, number>();
   /** The peer server's upload cap: the lowest --rate-limit of the distributions served. */
@@ -156,6 +160,7 @@ export class Agent {
     if (this.opts.config.peerListen) await this.startPeer(this.opts.config.peerListen);
     const interrupted = await this.journal.open(this.now());
     for (const r of interrupted) {
+      if (await this.redoActivation(r.taskId)) continue;
       this.log.warn({ task: r.taskId }, 'task was running when the agent stopped; reporting it interrupted');
       await this.cleanInterruptedPush(r.taskId);
     }
@@ -182,6 +187,7 @@ export class Agent {
     this.ws?.close(1001, 'agent stopping');
     await this.peer?.server.close();
     await this.peer?.store.close();
+    for (const seed of this.seeds.values()) await closeSeed(seed);
   }
 
   /**
@@ -217,6 +223,8 @@ export class Agent {
       // A chunk of a blob this agent is still fetching: answer when it lands (a long poll), so
       // children stay one chunk behind without asking again and again.
       source: async (blob, index, manifest) => {
+        const seed = this.seeds.get(blob);
+        if (seed) return seed.until > this.now() ? readSeedChunk(seed, index) : undefined;
         const digest = manifest.chunks[index];
         if (!digest || !this.fetching.has(blob)) return undefined;
         if (!(await store.waitFor(digest, CHUNK_WAIT_MS))) return undefined;
@@ -413,7 +421,11 @@ export class Agent {
           ? await this.push(task, controller.signal)
           : task.kind === 'dist'
             ? await this.dist(task, controller.signal)
-            : await this.command(task, controller.signal);
+            : task.kind === 'activation'
+              ? await this.activation(task)
+              : task.kind === 'source'
+                ? await this.source(task)
+                : await this.command(task, controller.signal);
       const aborted = controller.signal.aborted;
       result = {
         taskId: task.id,
@@ -433,6 +445,63 @@ export class Agent {
     }
     this.log.info({ task: task.id, state: result.state, exitCode: result.exitCode }, 'task finished');
     this.send({ type: 'result', result });
+  }
+
+  /**
+   * Becomes the source of a distribution (canopy dist --source): hashes the
+   * file into the manifest the coordinator plans with, then serves the blob
+   * from the file until the task's serveForMs has passed.
+   */
+  private async source(task: Extract<Task, { kind: 'source' }>) {
+    this.log.info({ task: task.id, path: task.spec.path }, 'building the manifest of a distribution source');
+    if (!this.peer) {
+      const now = this.now();
+      return {
+        state: 'refused' as const,
+        ...NO_OUTPUT,
+        startedAt: now,
+        endedAt: now,
+        durationMs: 0,
+        error: `agent "${this.name}" serves no chunks: start it with --peer-listen HOST:PORT to be a --source`,
+      };
+    }
+    const { output, seed } = await prepareSource(task, this.policy, this.now);
+    const blob = output.source?.blob;
+    if (!seed || !blob) return output;
+    const old = this.seeds.get(blob);
+    if (old && old.path !== seed.path) await closeSeed(old);
+    this.seeds.set(blob, seed);
+    this.serving.set(blob, {
+      manifest: seed.manifest,
+      until: Math.max(seed.until, this.serving.get(blob)?.until ?? 0),
+      ...(task.spec.rateLimit ? { rateLimit: task.spec.rateLimit } : {}),
+    });
+    this.applyUploadLimit();
+    this.log.info(
+      { blob, path: seed.path, size: seed.manifest.size, until: seed.until },
+      'serving a distribution source',
+    );
+    const release = setTimeout(() => {
+      if (this.seeds.get(blob) !== seed || seed.until > this.now()) return;
+      this.seeds.delete(blob);
+      void closeSeed(seed);
+      const s = this.serving.get(blob);
+      if (s && s.until <= this.now()) this.serving.delete(blob);
+      this.applyUploadLimit();
+    }, task.spec.serveForMs + 1_000);
+    release.unref();
+    return output;
+  }
+
+  /** A step on a staged distributed file (verify, activate, discard): local, short, idempotent. */
+  private async activation(task: Extract<Task, { kind: 'activation' }>) {
+    this.log.info({ task: task.id, step: task.spec.step, dest: task.spec.dest }, 'running activation step');
+    return runActivation(task, {
+      policy: this.policy,
+      backupDir: join(this.opts.dataDir, 'backups'),
+      cache: this.md5Cache,
+      now: this.now,
+    });
   }
 
   private async command(task: Extract<Task, { kind: 'command' }>, signal: AbortSignal) {
@@ -619,6 +688,24 @@ export class Agent {
       f.reject(new Error(why));
       this.fetches.delete(id);
     }
+  }
+
+  /**
+   * An activation step the agent died in is run again before anything else
+   * (each step is idempotent: an activate that already switched finds the
+   * destination holding the file), and its real result replaces the
+   * journal's `interrupted` one. Returns false for any other task.
+   */
+  private async redoActivation(taskId: string): Promise<boolean> {
+    const task = await this.journal.startedTask(taskId);
+    if (task?.kind !== 'activation') return false;
+    this.log.warn(
+      { task: taskId, step: task.spec.step },
+      'activation step was interrupted; running it again',
+    );
+    const r = await this.activation(task);
+    await this.journal.saveResult({ taskId: task.id, runId: task.runId, ...r });
+    return true;
   }
 
   /** A push killed mid-install may have left temporary files beside its destinations: remove them. */

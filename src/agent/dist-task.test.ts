@@ -18,7 +18,7 @@ import {
   PeerClient,
   PeerServer,
 } from '../transfer/index.js';
-import { runDist } from './dist-task.js';
+import { candidatesFor, runDist } from './dist-task.js';
 
 const quiet = { debug() {}, info() {}, warn() {} };
 const CHUNK = 64 * 1024;
@@ -203,4 +203,20 @@ test('a destination outside the roots is refused before anything is fetched', as
   assert.equal(r.state, 'refused');
   assert.match(r.error ?? '', /outside the allowed roots/);
   assert.equal(r.files?.[0]?.code, 'PUSH_DEST_REFUSED');
+});
+
+test('candidates: where a restarted host rejoins, then parent, alternate and fallbacks, each once by name and address', () => {
+  const a = (name: string, port = 1) => ({ name, address: `127.0.0.1:${port}` });
+  const names = (xs: PeerAddress[]) => xs.map((x) => `${x.name}@${x.address.split(':')[1]}`);
+  assert.deepEqual(names(candidatesFor(a('p'), a('alt'), [a('src')])), ['p@1', 'alt@1', 'src@1']);
+  assert.deepEqual(names(candidatesFor(a('p'), a('alt'), [a('src')], a('tail'))), [
+    'tail@1',
+    'p@1',
+    'alt@1',
+    'src@1',
+  ]);
+  // A rejoin entry that is the parent itself (the host is the tail) adds nothing.
+  assert.deepEqual(names(candidatesFor(a('p'), a('p'), [a('src')], a('p'))), ['p@1', 'src@1']);
+  // Same name at another address (a restarted peer on a new port) is another candidate.
+  assert.deepEqual(names(candidatesFor(a('p'), undefined, [a('p', 2)])), ['p@1', 'p@2']);
 });

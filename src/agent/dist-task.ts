@@ -1,11 +1,13 @@
 /**
  * A distribution task on the agent: fetch the blob's missing chunks from
  * this host's parents (one per stripe: chunk i belongs to stripe i mod S),
- * verify each (BLAKE3, by the peer client) into the chunk store, serve them
- * onward meanwhile (the peer server's `serve` authorization), then assemble
- * the file beside its destination, check the whole-file MD5 and install it
- * atomically. Chunks already in the store are not fetched again, so a
- * restarted agent resumes from what it verified.
+ * verify each (BLAKE3, by the peer client) into the blob's pack in the
+ * chunk store (one file, chunk i at its offset), serve them onward meanwhile
+ * (the peer server's `serve` authorization), then check the whole-file MD5,
+ * copy the blob beside its destination and install it atomically (or, with
+ * `activate: together`, keep it staged beside the destination for the
+ * coordinator's switch: activation-task.ts). Chunks the pack holds are not
+ * fetched again, so a restarted agent resumes from what it verified.
  *
  * Faults: a parent that does not have a chunk yet is asked again until the
  * stripe makes no progress for `stallMs`; a parent that is gone, stalls, or
@@ -13,7 +15,7 @@
  * that stripe (the fallbacks, the source last), and one whose chunk failed
  * its digest is reported in `transfer.badPeers`.
  */
-import { open } from 'node:fs/promises';
+import { unlink } from 'node:fs/promises';
 import { isCanopyError } from '../errors/index.js';
 import {
   type DistTask,
@@ -26,7 +28,6 @@ import {
   type ChunkStore,
   chunkRange,
   commitInstall,
-  FileAssembler,
   type FileState,
   fileState,
   type Manifest,
@@ -35,7 +36,7 @@ import {
   tempPathFor,
   validateManifest,
 } from '../transfer/index.js';
-import { lookupAccount, lookupGroupId } from './accounts.js';
+import { resolveOwner, stageFile } from './activation-task.js';
 import type { ExecPolicy } from './executor.js';
 
 type DistOutput = Omit<TaskResult, 'taskId' | 'runId'>;
@@ -115,7 +116,6 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
     failedPeers: new Set(),
   };
   ctx.serve(spec.blob, manifest, Number.POSITIVE_INFINITY);
-  ctx.store.pin(task.id, manifest.chunks);
   let reused = 0;
   const transfer = () => ({
     fetchedBytes: stats.fetchedBytes,
@@ -123,29 +123,27 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
     fromPeers: stats.fromPeers,
     badPeers: [...stats.badPeers],
   });
-  let assembler: FileAssembler | undefined;
+  let temp: string | undefined;
   try {
     const previous = await fileState(dest.path);
-    // A host that already holds the file serves it: its chunks go into the store (each checked).
-    if (previous?.md5 === manifest.md5) await ingest(dest.path, manifest, ctx.store);
-    else assembler = await FileAssembler.create(tempPathFor(dest.path), manifest);
-    const lacking = new Set(ctx.store.missing(manifest));
+    // The blob's pack in the chunk store (pinned for this task; the agent unpins it after serving).
+    const pack = await ctx.store.openPack(task.id, spec.blob, manifest);
+    const current = previous?.md5 === manifest.md5;
+    // A host that already holds the file serves it: the file is copied into the pack.
+    if (current && !pack.complete) await pack.copyFrom(dest.path);
+    // Chunks held from an earlier attempt are re-hashed: a relay's pack is not fsynced per chunk, so
+    // one may be damaged after a power loss; a damaged one is forgotten and fetched again.
+    else if (!current && pack.count > 0) await pack.verifyHeld();
+    // A restarted relay's children were given its parent meanwhile: it rejoins below a leaf.
+    const resumed = !current && pack.count > 0;
+    // Chunks this store holds elsewhere (another version of the blob) are copied, not fetched.
+    if (!current) await ctx.store.fillPack(pack);
+    const missing: number[] = [];
     for (let i = 0; i < manifest.chunks.length; i++) {
-      if (lacking.has(i)) continue;
-      if (assembler) {
-        // Re-hashed: a relay's store does not fsync each chunk, so one may be damaged after a power
-        // loss; a damaged chunk is dropped from the store (get says so) and fetched again.
-        const data = await ctx.store.get(manifest.chunks[i] ?? '', { verify: true }).catch(() => undefined);
-        if (!data) {
-          lacking.add(i);
-          continue;
-        }
-        await assembler.add(i, data);
-      }
-      stats.heldChunks++;
-      stats.heldBytes += chunkRange(manifest, i).length;
+      if (!pack.has(i)) missing.push(i);
     }
-    const missing = [...lacking].sort((a, b) => a - b);
+    stats.heldChunks = pack.count;
+    stats.heldBytes = pack.bytes;
     reused = manifest.chunks.length - missing.length;
     const report = () =>
       ctx.progress?.({
@@ -157,11 +155,10 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
     report();
     const stripes = spec.parents.length;
     const got = async (i: number, data: Buffer, from: string) => {
-      await ctx.store.put(manifest.chunks[i] ?? '', data, { verified: true });
-      await assembler?.add(i, data);
+      await ctx.store.putInPack(pack, i, data);
       stats.fetchedBytes += data.length;
-      stats.heldChunks++;
-      stats.heldBytes += data.length;
+      stats.heldChunks = pack.count;
+      stats.heldBytes = pack.bytes;
       stats.fromPeers[from] = (stats.fromPeers[from] ?? 0) + data.length;
       report();
     };
@@ -171,17 +168,23 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
           task,
           manifest,
           missing.filter((i) => i % stripes === s),
-          candidatesFor(parent, spec.alternates?.[s], spec.fallbacks),
+          candidatesFor(parent, spec.alternates?.[s], spec.fallbacks, resumed ? spec.rejoin?.[s] : undefined),
           ctx,
           stats,
           got,
         ),
       ),
     );
-    const file = await install(task, manifest, dest.path, previous, assembler, ctx);
+    if (!current) {
+      // The whole-file MD5 is checked here, then the blob is copied beside the destination.
+      temp = tempPathFor(dest.path);
+      await pack.copyTo(temp);
+    }
+    const file = await install(task, manifest, dest.path, previous, temp, ctx);
+    temp = undefined;
     return { ...output(startedAt, now(), 'ok', undefined, [file]), transfer: transfer() };
   } catch (err) {
-    await assembler?.abort();
+    if (temp) await unlink(temp).catch(() => {});
     const code = isCanopyError(err) ? err.code : undefined;
     return { ...fail((err as Error).message, 'failed', code), transfer: transfer() };
   } finally {
@@ -189,35 +192,21 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
   }
 }
 
-/** The parent, then the coordinator's re-parenting for this stripe, then the fallbacks; each once. */
+/**
+ * The parent, then the coordinator's re-parenting for this stripe, then the
+ * fallbacks; each once. `first` (where a restarted host rejoins) goes before them all.
+ */
 export function candidatesFor(
   parent: PeerAddress,
   alternate: PeerAddress | undefined,
   fallbacks: PeerAddress[],
+  first?: PeerAddress,
 ): PeerAddress[] {
   const out: PeerAddress[] = [];
-  for (const c of [parent, alternate, ...fallbacks]) {
+  for (const c of [first, parent, alternate, ...fallbacks]) {
     if (c && !out.some((o) => o.name === c.name && o.address === c.address)) out.push(c);
   }
   return out;
-}
-
-/** Reads a file that already matches the manifest's MD5 into the store, chunk by chunk (each checked). */
-async function ingest(path: string, manifest: Manifest, store: ChunkStore): Promise<void> {
-  const missing = store.missing(manifest);
-  if (missing.length === 0) return;
-  const fh = await open(path, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(manifest.chunkSize);
-    for (const i of missing) {
-      const { offset, length } = chunkRange(manifest, i);
-      const { bytesRead } = await fh.read(buf, 0, length, offset);
-      // put() hashes the bytes: a file that changed since its MD5 was read fails here, naming the chunk.
-      await store.put(manifest.chunks[i] ?? '', buf.subarray(0, bytesRead));
-    }
-  } finally {
-    await fh.close();
-  }
 }
 
 /**
@@ -346,29 +335,33 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
-/** Publishes the assembled file (mode, owner, backup, rename), unless the host already had it. */
+/**
+ * Publishes the assembled file (mode, owner, backup, rename), unless the host
+ * already had it. With `activate: together` the verified file is only staged
+ * beside the destination (activation-task.ts); the switch is a later step.
+ */
 async function install(
   task: DistTask,
   manifest: Manifest,
   dest: string,
   previous: FileState | undefined,
-  assembler: FileAssembler | undefined,
+  temp: string | undefined,
   ctx: DistContext,
 ): Promise<FileOutcome> {
   const spec = task.spec;
   const base = { dest: spec.dest, oldMd5: previous?.md5 ?? null, newMd5: manifest.md5 };
-  if (!assembler) return { ...base, state: 'unchanged', content: false };
-  const uid = spec.owner ? (await lookupAccount(spec.owner))?.uid : undefined;
-  const gid = spec.group ? await lookupGroupId(spec.group) : undefined;
-  if (spec.owner && uid === undefined)
-    throw new Error(`owner "${spec.owner}" is not an account on this host`);
-  if (spec.group && gid === undefined) throw new Error(`group "${spec.group}" is not a group on this host`);
-  await assembler.finish();
-  await commitInstall(assembler.path, manifest.md5, {
-    dest,
+  if (!temp) return { ...base, state: 'unchanged', content: false };
+  const meta = {
     ...(spec.mode !== undefined ? { mode: spec.mode } : {}),
-    ...(uid !== undefined ? { uid } : {}),
-    ...(gid !== undefined ? { gid } : {}),
+    ...(await resolveOwner(spec.owner, spec.group)),
+  };
+  if (spec.activate === 'together') {
+    await stageFile(temp, { dest, blob: spec.blob, meta, previous });
+    return { ...base, state: 'staged', content: true };
+  }
+  await commitInstall(temp, manifest.md5, {
+    dest,
+    ...meta,
     backupDir: ctx.backupDir,
     ...(previous ? { previous } : {}),
   });

@@ -1,8 +1,17 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { DistProgress } from '../coordinator/index.js';
+import type { DistProgress, HostResult } from '../coordinator/index.js';
 import { isCanopyError } from '../errors/index.js';
-import { bytes, parseRate, progressLine, reportLines, seconds } from './dist-progress.js';
+import {
+  activationLines,
+  activationSummary,
+  bytes,
+  hostOutcome,
+  parseRate,
+  progressLine,
+  reportLines,
+  seconds,
+} from './dist-progress.js';
 
 const MiB = 1024 * 1024;
 
@@ -82,4 +91,116 @@ test('sizes and durations read as an operator writes them', () => {
   assert.equal(seconds(3.21), '3.2s');
   assert.equal(seconds(125), '2m05s');
   assert.equal(seconds(7260), '2h01m');
+});
+
+function host(
+  name: string,
+  state: HostResult['state'],
+  file?: string,
+  error?: string,
+  code?: string,
+): HostResult {
+  return {
+    host: name,
+    state,
+    exitCode: null,
+    signal: null,
+    stdout: '',
+    stderr: '',
+    stdoutTruncated: false,
+    stderrTruncated: false,
+    startedAt: 0,
+    endedAt: 1,
+    durationMs: 1,
+    receivedAt: 1,
+    seq: 1,
+    ...(error ? { error } : {}),
+    ...(file
+      ? {
+          files: [
+            {
+              dest: '/srv/app.bin',
+              state: file as 'changed',
+              oldMd5: null,
+              newMd5: 'a'.repeat(32),
+              content: false,
+              ...(code ? { code } : {}),
+            },
+          ],
+        }
+      : {}),
+  };
+}
+
+test('--activate together: each host activated, already current, discarded or failed', () => {
+  assert.equal(hostOutcome(host('h', 'ok', 'changed')), 'activated');
+  assert.equal(hostOutcome(host('h', 'ok', 'unchanged')), 'current');
+  assert.equal(hostOutcome(host('h', 'failed', 'discarded')), 'discarded');
+  assert.equal(hostOutcome(host('h', 'failed', 'failed')), 'failed');
+  assert.equal(hostOutcome(host('h', 'unreachable')), 'failed');
+});
+
+test('--activate together verdict: all switched, or NOT activated naming the hosts that lack the file', () => {
+  const all = activationSummary(
+    [host('h1', 'ok', 'changed'), host('h2', 'ok', 'changed'), host('h3', 'ok', 'unchanged')],
+    3,
+  );
+  assert.equal(all.activated, true);
+  assert.deepEqual(activationLines(all), ['activated together on 3 of 3 hosts (1 already had it)']);
+  const none = activationSummary(
+    [
+      host('h1', 'failed', 'discarded', 'not activated: ...', 'DIST_NOT_ACTIVATED'),
+      host('h3', 'failed', 'failed', 'TRANSFER_QUOTA: store full\ndetails'),
+      host('h7', 'unreachable', undefined, 'no answer by the deadline of the stage step'),
+      host('h2', 'failed', 'discarded', 'not activated: ...', 'DIST_NOT_ACTIVATED'),
+    ],
+    4,
+  );
+  assert.equal(none.activated, false);
+  assert.deepEqual(none.discarded, ['h1', 'h2']);
+  assert.deepEqual(activationLines(none), [
+    'NOT activated: 2 of 4 hosts lack the file (h3: TRANSFER_QUOTA: store full, ' +
+      'h7: no answer by the deadline of the stage step); staged copies removed; nothing changed',
+  ]);
+  const stuck = activationSummary(
+    [
+      host(
+        'h1',
+        'failed',
+        'failed',
+        'not activated (h3: x); and removing the staged copy failed: EACCES',
+        'DIST_NOT_ACTIVATED',
+      ),
+      host('h3', 'failed', 'failed', 'x'),
+      host('h2', 'failed', 'discarded', 'not activated', 'DIST_NOT_ACTIVATED'),
+    ],
+    3,
+  );
+  assert.match(
+    activationLines(stuck)[0] ?? '',
+    /; staged copies removed on 1 hosts, NOT on h1: not activated .*EACCES; nothing changed$/,
+  );
+  const mixed = activationSummary(
+    [host('h1', 'ok', 'changed'), host('h2', 'failed', 'failed', 'disk full')],
+    2,
+  );
+  assert.deepEqual(activationLines(mixed), [
+    'activated on 1 of 2 hosts, NOT on 1 (h2: disk full): the fleet runs a mix of old and new; ' +
+      'fix those hosts and run the distribution again',
+  ]);
+});
+
+test('the progress line says which step an --activate together distribution is on', () => {
+  const a = { hosts: 4, staged: 2, current: 1, lacking: [] };
+  assert.match(progressLine(progress({ activation: { ...a, step: 'stage' } })), /staged 3\/4$/);
+  assert.match(
+    progressLine(progress({ activation: { ...a, step: 'verify' } })),
+    /verifying the staged copies on 2 hosts$/,
+  );
+  assert.match(
+    progressLine(
+      progress({ activation: { ...a, step: 'discard', lacking: [{ host: 'h4', why: 'quota' }] } }),
+    ),
+    /NOT activating: discarding the staged copies \(h4 lacks the file\)$/,
+  );
 });

@@ -3,10 +3,12 @@
  * progress line for the fleet (bytes, rate, ETA, hosts complete per IDC,
  * the slowest hosts) and the closing report (wall time, the ratio to the
  * single-link bound S/B when the link rate is known, the copies the source
- * uploaded, per-host times). Pure functions of the coordinator's numbers,
- * so they are unit-tested without a fleet.
+ * uploaded, per-host times), and for `--activate together` what became of
+ * each host (activated, already current, discarded, failed) and the one-line
+ * verdict. Pure functions of the coordinator's numbers, so they are
+ * unit-tested without a fleet.
  */
-import type { DistProgress } from '../coordinator/index.js';
+import type { DistProgress, HostResult } from '../coordinator/index.js';
 import { CanopyError } from '../errors/index.js';
 
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -50,7 +52,105 @@ export function progressLine(p: DistProgress, width = 20): string {
     parts.push(`slowest: ${p.slowest.map((s) => `${s.host} ${pct(s.bytes)}`).join(', ')}`);
   }
   if (p.failedPeers.length > 0) parts.push(`re-parented around: ${p.failedPeers.join(' ')}`);
+  if (p.activation) parts.push(stepText(p.activation));
   return parts.join('  ');
+}
+
+/** `staged 5/8`, `verifying the staged copies on 8 hosts`, `NOT activating: ... (h3 lacks the file)`. */
+function stepText(a: NonNullable<DistProgress['activation']>): string {
+  const switching = a.staged;
+  const lacking = a.lacking.map((l) => l.host);
+  const why = lacking.length
+    ? ` (${lacking.slice(0, 3).join(', ')}${lacking.length > 3 ? ', ...' : ''} ${lacking.length === 1 ? 'lacks' : 'lack'} the file)`
+    : '';
+  switch (a.step) {
+    case 'stage':
+      return `staged ${a.staged + a.current}/${a.hosts}${why}`;
+    case 'verify':
+      return `verifying the staged copies on ${switching} hosts`;
+    case 'activate':
+      return `activating on ${switching} hosts`;
+    case 'discard':
+      return `NOT activating: discarding the staged copies${why}`;
+    case 'done':
+      return 'done';
+  }
+}
+
+/** What became of one host of an --activate together distribution. */
+export type HostOutcome = 'activated' | 'current' | 'discarded' | 'failed';
+
+export function hostOutcome(r: Pick<HostResult, 'state' | 'files'>): HostOutcome {
+  const file = r.files?.[0];
+  if (r.state === 'ok') return file?.state === 'unchanged' ? 'current' : 'activated';
+  return file?.state === 'discarded' ? 'discarded' : 'failed';
+}
+
+export interface ActivationSummary {
+  /** Every host holds the new file (switched now, or already had it). */
+  activated: boolean;
+  hosts: number;
+  switched: string[];
+  current: string[];
+  discarded: string[];
+  /** Hosts that lack the file or failed a step, and why (first line). */
+  failed: { host: string; why: string }[];
+  /** Hosts that were not activated because of others, and whose staged copy could not be removed. */
+  notRemoved: { host: string; why: string }[];
+}
+
+/** Sorts an --activate together distribution's results into what became of each host. */
+export function activationSummary(results: readonly HostResult[], hosts: number): ActivationSummary {
+  const s: ActivationSummary = {
+    activated: false,
+    hosts,
+    switched: [],
+    current: [],
+    discarded: [],
+    failed: [],
+    notRemoved: [],
+  };
+  for (const r of results) {
+    const why = (r.error ?? r.state).split('\n')[0] ?? r.state;
+    const o = hostOutcome(r);
+    if (o === 'activated') s.switched.push(r.host);
+    else if (o === 'current') s.current.push(r.host);
+    else if (o === 'discarded') s.discarded.push(r.host);
+    else if (r.files?.[0]?.code === 'DIST_NOT_ACTIVATED') s.notRemoved.push({ host: r.host, why });
+    else s.failed.push({ host: r.host, why });
+  }
+  s.activated = s.switched.length + s.current.length === hosts && hosts > 0;
+  return s;
+}
+
+/** The verdict: `activated together on 8 of 8 hosts`, or `NOT activated: 2 of 8 hosts lack the file (...)`. */
+export function activationLines(s: ActivationSummary): string[] {
+  const have = s.switched.length + s.current.length;
+  const already = s.current.length ? ` (${s.current.length} already had it)` : '';
+  if (s.activated) return [`activated together on ${have} of ${s.hosts} hosts${already}`];
+  const list = (xs: { host: string; why: string }[]) =>
+    xs
+      .slice(0, 5)
+      .map((x) => `${x.host}: ${clip(x.why)}`)
+      .join(', ') + (xs.length > 5 ? `, and ${xs.length - 5} more` : '');
+  if (s.switched.length > 0) {
+    return [
+      `activated on ${have} of ${s.hosts} hosts, NOT on ${s.hosts - have} (${list(s.failed.concat(s.notRemoved))}): ` +
+        'the fleet runs a mix of old and new; fix those hosts and run the distribution again',
+    ];
+  }
+  const removed =
+    s.notRemoved.length === 0
+      ? 'staged copies removed'
+      : `staged copies removed on ${s.discarded.length} hosts, NOT on ${list(s.notRemoved)}`;
+  return [
+    `NOT activated: ${s.failed.length} of ${s.hosts} hosts lack the file (${list(s.failed)}); ` +
+      `${removed}; nothing changed${already}`,
+  ];
+}
+
+function clip(text: string, max = 200): string {
+  return text.length > max ? `${text.slice(0, max - 3)}...` : text;
 }
 
 export interface Report {

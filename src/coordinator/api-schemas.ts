@@ -82,7 +82,7 @@ export type PushRequest = Static<typeof PushRequestSchema>;
 
 export const DistRequestSchema = Type.Object(
   {
-    /** Absolute path of the file on the coordinator's machine. */
+    /** Absolute path of the file on the coordinator's machine (or on agent `source`). */
     path: Type.String({ minLength: 2, maxLength: 4096, pattern: '^/' }),
     dest: Type.String({ minLength: 2, maxLength: 4096, pattern: '^/' }),
     targets: Type.Array(Type.String({ minLength: 1, maxLength: 1024 }), { minItems: 1, maxItems: 10_000 }),
@@ -104,6 +104,10 @@ export const DistRequestSchema = Type.Object(
     delete: Type.Optional(Type.Boolean()),
     /** Each host's link, bytes per second: progress and the report give the ratio to the bound S/B. */
     linkRate: Type.Optional(Type.Integer({ minimum: 1024 })),
+    /** `together`: every host stages the file; all switch only once all have it, else none does. */
+    activate: Type.Optional(Type.Literal('together')),
+    /** The agent that holds the file at `path` and serves it (instead of the coordinator's machine). */
+    source: Type.Optional(Type.String({ pattern: NAME })),
   },
   { additionalProperties: false },
 );

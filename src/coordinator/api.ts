@@ -252,6 +252,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     return {
       ...created(record),
       blob: record.spec.kind === 'dist' ? record.spec.blob : null,
+      source: record.spec.kind === 'dist' ? (record.spec.source ?? null) : null,
       size: manifest.size,
       md5: manifest.md5,
       chunkSize: manifest.chunkSize,
@@ -277,6 +278,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
       sourceBytes: deps.dists.sourceBytes,
       progress: deps.dists.progressOf(id) ?? null,
       tree: deps.dists.detailOf(id) ?? null,
+      activation: runs.activationOf(id) ?? null,
     };
   });
   // Pushes and distributions are runs: one event stream serves all three paths.

@@ -7,7 +7,9 @@
  * `canopy-source`, reading the original file), and hands each host a
  * distribution task through the run manager (durable queue, exactly once,
  * deadlines, events). Each host falls back to the source when its parent
- * fails, and reports the bytes it fetched and from whom.
+ * fails, and reports the bytes it fetched and from whom. With `activate:
+ * together` each host only stages the file, and the run manager switches
+ * all of them or none (activation.ts).
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { type FileHandle, lstat, open, readdir, stat } from 'node:fs/promises';
@@ -15,7 +17,7 @@ import { isAbsolute, join } from 'node:path';
 import type { Logger } from 'pino';
 import { CanopyError } from '../errors/index.js';
 import { type CertAndKey, createKeyAndCsr, signCsr } from '../pki/index.js';
-import type { DistSpec, PeerAddress, Progress } from '../protocol/index.js';
+import type { DistSpec, FileOutcome, PeerAddress, Progress } from '../protocol/index.js';
 import {
   buildManifest,
   chunkRange,
@@ -27,10 +29,13 @@ import {
   type PlanHost,
   type PlanInput,
   plan,
+  rejoinParents,
   replan,
 } from '../transfer/index.js';
+import type { ActivationView } from './activation.js';
+import { askAgentSource } from './dist-source.js';
 import { type Fleet, RESERVED_AGENT_NAME } from './fleet.js';
-import { newRunId, type RunManager } from './runs.js';
+import { DEADLINE_SLACK_MS, newRunId, type RunManager } from './runs.js';
 import type { DistRunSpec, RunRecord } from './store.js';
 
 /** The agent name the coordinator's own peer server (the source) goes by; no agent may join with it. */
@@ -71,6 +76,10 @@ export interface DistRequest {
   linkRate?: number;
   /** A directory source: delete files in dest the tree does not have (rsync --delete). */
   delete?: boolean;
+  /** `together`: every host stages the file; all switch only once all have it (activation.ts). */
+  activate?: 'together';
+  /** The agent that holds the file at `path` and serves it (dist-source.ts); else this machine. */
+  source?: string;
 }
 
 /** One host's last progress report. */
@@ -103,6 +112,8 @@ export interface DistProgress {
   sourceBytes: number;
   /** With linkRate: the single-link bound S/B in seconds. */
   boundSeconds: number | null;
+  /** --activate together: the step the fleet is on, hosts staged, and hosts lacking the file. */
+  activation?: ActivationView;
 }
 
 interface Tracker {
@@ -153,10 +164,19 @@ export class DistManager {
     if (!isAbsolute(req.path)) {
       throw new CanopyError(
         'USAGE',
-        `the source "${req.path}" must be an absolute path on the coordinator's machine`,
+        `the source "${req.path}" must be an absolute path on ${req.source ? `agent "${req.source}"` : "the coordinator's machine"}`,
       );
     }
+    if (req.source) return this.createFromAgent(req, req.source, hosts);
     const st = await stat(req.path).catch(() => undefined);
+    if (st?.isDirectory() && req.activate) {
+      throw new CanopyError(
+        'USAGE',
+        `--activate together is for a file; ${req.path} is a directory (each host publishes a tree ` +
+          `with rsync --delay-updates as soon as its pull ends): distribute it without --activate`,
+        { path: req.path },
+      );
+    }
     if (st?.isDirectory()) return this.createTree(req, hosts);
     if (!st?.isFile()) {
       throw new CanopyError(
@@ -179,20 +199,7 @@ export class DistManager {
     const source = await this.startSource();
     const plans = this.planHosts(req, hosts, manifest, blob, source);
     const sourceAtStart = this.sourceBytes;
-    const spec: DistRunSpec = {
-      kind: 'dist',
-      targets: req.targets,
-      path: req.path,
-      dest: req.dest,
-      blob,
-      size: manifest.size,
-      chunkSize: manifest.chunkSize,
-      stripes: plans.stripes,
-      timeoutMs: Math.ceil((req.timeout ?? DEFAULT_TIMEOUT_MS / 1000) * 1000),
-      concurrency: Math.max(1, hosts.length),
-      ...(req.linkRate ? { linkRate: req.linkRate } : {}),
-      ...(req.rateLimit ? { rateLimit: req.rateLimit } : {}),
-    };
+    const spec = distRunSpec(req, manifest, blob, plans.stripes, hosts.length);
     const id = newRunId(Date.now());
     active.runs.add(id);
     this.track(id, spec, [...plans.specs.keys()], sourceAtStart);
@@ -213,6 +220,67 @@ export class DistManager {
         depth: plans.depth,
       },
       'distribution planned',
+    );
+    return { record, manifest };
+  }
+
+  /**
+   * --source HOST: the file is on an agent, which hashes it and serves it
+   * (dist-source.ts); the coordinator's own source serves nothing. HOST is
+   * the plan's root and every host's last fallback; it is no target, and
+   * when the targets name it, it holds the file already (at its path).
+   */
+  private async createFromAgent(
+    req: DistRequest,
+    host: string,
+    hosts: string[],
+  ): Promise<{ record: RunRecord; manifest: Manifest }> {
+    const timeoutMs = Math.ceil((req.timeout ?? DEFAULT_TIMEOUT_MS / 1000) * 1000);
+    const source = await askAgentSource(this.opts, {
+      host,
+      path: req.path,
+      chunkSize: req.chunkSize ?? DEFAULT_DIST_CHUNK,
+      timeoutMs,
+      // The stage's deadline, then as long as relays serve on.
+      serveForMs: timeoutMs + DEADLINE_SLACK_MS + SERVE_FOR_MS,
+      ...(req.rateLimit ? { rateLimit: req.rateLimit } : {}),
+    });
+    const { manifest, blob } = source;
+    const plans = this.planHosts(
+      req,
+      hosts.filter((h) => h !== host),
+      manifest,
+      blob,
+      source.address,
+      undefined,
+      source.plan,
+    );
+    const spec: DistRunSpec = {
+      ...distRunSpec(req, manifest, blob, plans.stripes, hosts.length),
+      source: host,
+    };
+    const held = new Map<string, FileOutcome>();
+    if (hosts.includes(host)) {
+      const md5 = manifest.md5;
+      held.set(host, { dest: req.path, state: 'unchanged', oldMd5: md5, newMd5: md5, content: false });
+    }
+    const id = newRunId(Date.now());
+    this.track(id, spec, [...plans.specs.keys()], this.sourceBytes);
+    let record: RunRecord;
+    try {
+      record = await this.opts.runs.create(spec, hosts, {
+        id,
+        plans: plans.specs,
+        failed: plans.failed,
+        held,
+      });
+    } catch (err) {
+      this.untrack(id);
+      throw err;
+    }
+    this.opts.logger.info(
+      { dist: record.id, blob, source: host, path: req.path, size: manifest.size, hosts: hosts.length },
+      'distribution planned from an agent',
     );
     return { record, manifest };
   }
@@ -308,7 +376,7 @@ export class DistManager {
   /** The latest progress of an unfinished distribution. */
   progressOf(run: string): DistProgress | undefined {
     const t = this.trackers.get(run);
-    return t ? this.snapshot(t) : undefined;
+    return t ? this.snapshot(t, run) : undefined;
   }
 
   /**
@@ -321,6 +389,11 @@ export class DistManager {
     for (const record of this.opts.runs.activeRecords()) {
       const spec = record.spec;
       if (spec.kind !== 'dist') continue;
+      if (spec.source) {
+        // Its agent serves the blob (for the time the source task gave it); nothing to serve here.
+        this.track(record.id, spec, [...(this.opts.runs.plansOf(record.id)?.keys() ?? [])], this.sourceBytes);
+        continue;
+      }
       const plan = [...(this.opts.runs.plansOf(record.id)?.values() ?? [])].find(
         (p): p is DistSpec => 'blob' in p,
       );
@@ -393,11 +466,12 @@ export class DistManager {
     blob: string,
     source: PeerAddress,
     tree?: DistSpec['tree'],
+    root: PlanHost = { name: SOURCE_NAME },
   ) {
     const facts = new Map(this.opts.fleet.list().map((a) => [a.name, a.facts] as const));
     const failed = new Map<string, string>();
     const members: PlanHost[] = [];
-    const addresses = new Map<string, PeerAddress>([[SOURCE_NAME, source]]);
+    const addresses = new Map<string, PeerAddress>([[source.name, source]]);
     for (const host of hosts) {
       const f = facts.get(host);
       if (!f?.peer) {
@@ -414,18 +488,20 @@ export class DistManager {
     const specs = new Map<string, DistSpec>();
     if (members.length === 0) return { specs, failed, stripes: 0, depth: 0 };
     const input = {
-      source: { name: SOURCE_NAME },
+      source: root,
       hosts: members,
       chunkCount: Math.max(1, manifest.chunks.length),
       stripes: req.stripes ?? (members.length <= CHAIN_UP_TO ? 1 : DEFAULT_STRIPES),
     };
     const p = plan(input);
     const alternates = alternatesOf(p, input);
+    const rejoin = input.hosts.length <= 2_000 ? rejoinParents(p, input) : {};
     // One manifest object (with the mutable chunk list the wire type wants) shared by every host.
     const wire = { ...manifest, chunks: [...manifest.chunks] };
     for (const m of members) {
       const parents = (p.parents[m.name] ?? []).map((n) => addresses.get(n) ?? source);
       const alt = (alternates.get(m.name) ?? []).map((n) => addresses.get(n) ?? source);
+      const back = (rejoin[m.name] ?? []).map((n, s) => (n && addresses.get(n)) || parents[s] || source);
       specs.set(m.name, {
         blob,
         manifest: wire,
@@ -436,11 +512,13 @@ export class DistManager {
         ...(req.group ? { group: req.group } : {}),
         parents: parents.length > 0 ? parents : [source],
         ...(alt.length === parents.length && parents.length > 0 ? { alternates: alt } : {}),
+        ...(back.length === parents.length && parents.length > 0 ? { rejoin: back } : {}),
         ...(req.rateLimit ? { rateLimit: req.rateLimit } : {}),
         fallbacks: [source],
         serveForMs: SERVE_FOR_MS,
         stallMs: STALL_MS,
         ...(tree ? { tree } : {}),
+        ...(req.activate ? { activate: req.activate } : {}),
       });
     }
     return { specs, failed, stripes: p.stripes, depth: p.depth };
@@ -458,8 +536,16 @@ export class DistManager {
       sourceAtStart,
       linkRate: spec.linkRate,
       timer: setInterval(() => {
-        const snap = this.snapshot(t);
-        if (t.last && snap.bytes === t.last.bytes && snap.complete === t.last.complete) return;
+        const snap = this.snapshot(t, run);
+        const same = (a?: ActivationView, b?: ActivationView) =>
+          a?.step === b?.step && a?.staged === b?.staged && a?.lacking.length === b?.lacking.length;
+        if (
+          t.last &&
+          snap.bytes === t.last.bytes &&
+          snap.complete === t.last.complete &&
+          same(snap.activation, t.last.activation)
+        )
+          return;
         t.last = snap;
         this.opts.runs.publish(run, { type: 'progress', progress: snap });
       }, PROGRESS_EVERY_MS),
@@ -476,7 +562,7 @@ export class DistManager {
     this.trackers.delete(run);
   }
 
-  private snapshot(t: Tracker): DistProgress {
+  private snapshot(t: Tracker, run: string): DistProgress {
     const now = Date.now();
     let bytes = 0;
     let complete = 0;
@@ -521,6 +607,7 @@ export class DistManager {
       failedPeers: [...failed],
       sourceBytes: this.sourceBytes - t.sourceAtStart,
       boundSeconds: t.linkRate ? t.size / t.linkRate : null,
+      ...optional('activation', this.opts.runs.activationOf(run)),
     };
   }
 
@@ -593,6 +680,35 @@ function alternatesOf(p: Plan, input: PlanInput): Map<string, string[]> {
     }
   }
   return out;
+}
+
+/** The run record's spec of a file distribution. */
+function distRunSpec(
+  req: DistRequest,
+  manifest: Manifest,
+  blob: string,
+  stripes: number,
+  hosts: number,
+): DistRunSpec {
+  return {
+    kind: 'dist',
+    targets: req.targets,
+    path: req.path,
+    dest: req.dest,
+    blob,
+    size: manifest.size,
+    chunkSize: manifest.chunkSize,
+    stripes,
+    timeoutMs: Math.ceil((req.timeout ?? DEFAULT_TIMEOUT_MS / 1000) * 1000),
+    concurrency: Math.max(1, hosts),
+    ...(req.linkRate ? { linkRate: req.linkRate } : {}),
+    ...(req.rateLimit ? { rateLimit: req.rateLimit } : {}),
+    ...(req.activate ? { activate: req.activate } : {}),
+  };
+}
+
+function optional<K extends string, V>(key: K, value: V | undefined): Partial<Record<K, V>> {
+  return value === undefined ? {} : ({ [key]: value } as Record<K, V>);
 }
 
 /** The total size of the regular files under `dir` (symlinks are not followed). */

@@ -11,12 +11,21 @@
  * every host without a result becomes `unreachable` and its task is
  * withdrawn, so an agent that comes back later never starts it; a result
  * that still arrives is recorded with `late: true`.
+ *
+ * An `--activate together` distribution has steps (activation.ts decides
+ * them): a host's stage answer is kept as `interim` (store and memory), not
+ * as its result, until the run knows whether every host has the file; then
+ * each staging host gets the next step's task (`RUN:HOST:STEP`, through the
+ * same queue), and its last step's answer becomes its one final result. Each
+ * step has its own deadline, after which its silent hosts are unreachable.
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import {
+  type ActivationStep,
   type CoordinatorMessage,
   type DistSpec,
+  type FileOutcome,
   type PushSpec,
   parseTaskId,
   shellQuote,
@@ -25,9 +34,20 @@ import {
   taskIdFor,
   type WithoutV,
 } from '../protocol/index.js';
+import {
+  type ActivationView,
+  activationSpec,
+  lackingWhy,
+  nextStep,
+  settle,
+  stageOutcome,
+  stepDone,
+  stepWindowMs,
+} from './activation.js';
 import type {
   HostFinalState,
   HostResult,
+  InterimRecord,
   PlanRecord,
   QueueRecord,
   RunRecord,
@@ -53,7 +73,7 @@ export type RunListener = (event: RunEvent) => void;
 
 export interface RunSummary {
   total: number;
-  counts: Partial<Record<HostFinalState | 'pending' | 'running', number>>;
+  counts: Partial<Record<HostFinalState | 'pending' | 'running' | 'staged', number>>;
   finished: boolean;
 }
 
@@ -68,6 +88,8 @@ interface ActiveRun {
   listeners: Set<RunListener>;
   /** Push runs: each host's files. */
   plans: Map<string, PushSpec | DistSpec>;
+  /** --activate together: hosts between steps (no final result yet). */
+  interim: Map<string, InterimRecord>;
 }
 
 /** What `create` may add for a push run. */
@@ -78,6 +100,12 @@ export interface CreateExtras {
   plans?: Map<string, PushSpec | DistSpec>;
   /** Hosts that are `failed` from the start, with the reason (a render error under --keep-going). */
   failed?: Map<string, string>;
+  /**
+   * Hosts that already hold what the run delivers (a distribution's --source
+   * agent among the targets), with their file: `ok`/`unchanged` from the start
+   * (for --activate together: already current, so they need no switch).
+   */
+  held?: Map<string, FileOutcome>;
 }
 
 /** Slack on top of a host's command timeout and kill grace before it counts as not answering. */
@@ -139,13 +167,21 @@ export class RunManager {
         seq = Math.max(seq, r.seq);
       }
       const queued = queuedByRun.get(record.id) ?? new Set<string>();
-      const pending = record.hosts.filter((h) => !results.has(h) && !queued.has(h));
       const plans = new Map<string, PushSpec | DistSpec>();
       if (record.spec.kind === 'push' || record.spec.kind === 'dist') {
         for (const [key, plan] of await this.store.entries(this.store.plans, `${record.id}/`)) {
           plans.set(key.slice(record.id.length + 1), plan.spec);
         }
       }
+      const interim = new Map<string, InterimRecord>();
+      for (const [key, i] of await this.store.entries(this.store.interim, `${record.id}/`)) {
+        interim.set(key.slice(record.id.length + 1), i);
+        seq = Math.max(seq, i.result.seq);
+      }
+      const step = record.phase?.step ?? 'stage';
+      const pending = (record.phase?.hosts ?? record.hosts).filter(
+        (h) => !queued.has(h) && !stepDone(step, interim.get(h), results.has(h)),
+      );
       const run: ActiveRun = {
         record,
         results,
@@ -156,11 +192,13 @@ export class RunManager {
         timer: undefined,
         listeners: new Set(),
         plans,
+        interim,
       };
       this.active.set(record.id, run);
-      this.log.info({ run: record.id, hosts: record.hosts.length, done: results.size }, 'resuming run');
+      this.log.info({ run: record.id, hosts: record.hosts.length, done: results.size, step }, 'resuming run');
       this.arm(run);
       await this.dispatch(run);
+      await this.advance(run);
       await this.maybeFinish(run);
     }
   }
@@ -173,10 +211,14 @@ export class RunManager {
   async create(spec: RunSpec, hosts: string[], extras: CreateExtras = {}): Promise<RunRecord> {
     const now = this.now();
     const waves = Math.ceil(hosts.length / Math.max(1, spec.concurrency));
+    const end = now + waves * (hostTimeMs(spec) + DEADLINE_SLACK_MS);
+    // Together: the stage ends at `end`; verify and then activate (or discard) each get a window after it.
+    const together = spec.kind === 'dist' && spec.activate === 'together';
     const record: RunRecord = {
       id: extras.id ?? newRunId(now),
       createdAt: now,
-      deadline: now + waves * (hostTimeMs(spec) + DEADLINE_SLACK_MS),
+      deadline: together ? end + 2 * stepWindowMs(spec.size) : end,
+      ...(together ? { stageDeadline: end } : {}),
       spec,
       hosts,
     };
@@ -190,6 +232,7 @@ export class RunManager {
       timer: undefined,
       listeners: new Set(),
       plans: extras.plans ?? new Map(),
+      interim: new Map(),
     };
     const ops = [this.store.put(this.store.runs, record.id, record)];
     for (const [host, plan] of run.plans) {
@@ -200,6 +243,11 @@ export class RunManager {
       if (failed !== undefined) {
         const result = this.finalResult(run, host, 'failed', failed);
         ops.push(this.store.put(this.store.results, `${record.id}/${host}`, result));
+        continue;
+      }
+      const held = extras.held?.get(host);
+      if (held) {
+        ops.push(this.holds(run, host, held));
         continue;
       }
       const status = this.courier.status(host);
@@ -227,13 +275,16 @@ export class RunManager {
           ? { push: spec.mode, files: spec.files.map((f) => f.dest) }
           : spec.kind === 'dist'
             ? { dist: spec.blob, dest: spec.dest, size: spec.size }
-            : { command: spec.command }),
+            : spec.kind === 'source'
+              ? { source: spec.path }
+              : { command: spec.command }),
       },
       'run created',
     );
     for (const r of run.results.values()) this.emit(run, { type: 'result', result: r });
     this.arm(run);
     await this.dispatch(run);
+    await this.advance(run);
     await this.maybeFinish(run);
     return record;
   }
@@ -253,8 +304,13 @@ export class RunManager {
     const open = run.hosts.length - results.length;
     if (open > 0) {
       const running = active ? active.acked.size : 0;
+      // Together: hosts holding a staged copy while others are still on their step.
+      const staged = active
+        ? [...active.interim.keys()].filter((h) => !active.results.has(h) && !active.acked.has(h)).length
+        : 0;
       if (running > 0) counts.running = running;
-      if (open - running > 0) counts.pending = open - running;
+      if (staged > 0) counts.staged = staged;
+      if (open - running - staged > 0) counts.pending = open - running - staged;
     }
     return { total: run.hosts.length, counts, finished: run.finishedAt !== undefined };
   }
@@ -267,6 +323,24 @@ export class RunManager {
   /** Per-host plans (push files, distribution specs) of an unfinished run. */
   plansOf(id: string): ReadonlyMap<string, PushSpec | DistSpec> | undefined {
     return this.active.get(id)?.plans;
+  }
+
+  /** An --activate together distribution's step and counts; undefined for other runs and finished ones. */
+  activationOf(id: string): ActivationView | undefined {
+    const run = this.active.get(id);
+    if (!run || !this.together(run)) return undefined;
+    let staged = 0;
+    let current = 0;
+    for (const i of run.interim.values()) {
+      const o = stageOutcome(i.result);
+      if (o === 'staged') staged++;
+      else if (o === 'current') current++;
+    }
+    const phase = run.record.phase;
+    const lacking = phase
+      ? phase.lacking
+      : [...run.results.values()].map((r) => ({ host: r.host, why: lackingWhy(r) }));
+    return { step: phase?.step ?? 'stage', hosts: run.record.hosts.length, staged, current, lacking };
   }
 
   /** Sends an event to the run's listeners (a distribution's progress); false if the run is not active. */
@@ -304,7 +378,8 @@ export class RunManager {
     const id = parseTaskId(taskId);
     if (!id || id.host !== agent) return;
     const run = this.active.get(id.runId);
-    if (run?.queued.has(agent)) run.acked.add(agent);
+    // An ack of an earlier step's task (re-sent) must not count for the current one.
+    if (run?.queued.has(agent) && id.step === run.record.phase?.step) run.acked.add(agent);
   }
 
   /**
@@ -329,6 +404,7 @@ export class RunManager {
       // Duplicate: already stored, just ack again. (A deadline's `unreachable` finishes the run, so a
       // result after it takes the finished-run path below.)
       if (run.results.has(agent)) return true;
+      if (this.together(run)) return this.onStepResult(run, agent, id.step, result);
       const stored = this.fromAgent(run, this.decorate ? this.decorate(run.record, agent, result) : result);
       await this.store.commit([
         this.store.put(this.store.results, `${run.record.id}/${agent}`, stored),
@@ -371,6 +447,169 @@ export class RunManager {
     return true;
   }
 
+  /** A host that already holds the file: final `ok`, or (together) already current between steps. */
+  private holds(run: ActiveRun, host: string, file: FileOutcome) {
+    const key = `${run.record.id}/${host}`;
+    const r = { ...this.finalResult(run, host, 'ok', ''), files: [file] };
+    delete r.error;
+    if (!this.together(run)) {
+      run.results.set(host, r);
+      return this.store.put(this.store.results, key, r);
+    }
+    run.results.delete(host);
+    const interim: InterimRecord = { result: r, passed: 'stage' };
+    run.interim.set(host, interim);
+    return this.store.put(this.store.interim, key, interim);
+  }
+
+  private together(run: ActiveRun): boolean {
+    const spec = run.record.spec;
+    return spec.kind === 'dist' && spec.activate === 'together';
+  }
+
+  /**
+   * A result of an --activate together distribution: a stage or verify
+   * answer that passed is kept as interim (the host is through this step,
+   * not finished); a failure at stage, and every answer to the last step,
+   * is the host's final result. Answers to another step than the current
+   * one are re-sends of stored answers: acked, nothing else.
+   */
+  private async onStepResult(
+    run: ActiveRun,
+    agent: string,
+    step: ActivationStep | undefined,
+    raw: TaskResult,
+  ): Promise<boolean> {
+    const phase = run.record.phase;
+    const current = phase?.step ?? 'stage';
+    const interim = run.interim.get(agent);
+    if ((step ?? 'stage') !== current || stepDone(current, interim, false)) return true;
+    const result = this.decorate ? this.decorate(run.record, agent, raw) : raw;
+    const key = `${run.record.id}/${agent}`;
+    const ops = [this.store.del(this.store.queue, `${agent}/${result.taskId}`)];
+    let final: HostResult | undefined;
+    if (current === 'stage' && stageOutcome(result) !== 'lacking') {
+      run.seq += 1;
+      const stored: HostResult = {
+        ...this.fromAgentFields(result),
+        host: agent,
+        receivedAt: this.now(),
+        seq: run.seq,
+      };
+      const next: InterimRecord = { result: stored, passed: 'stage' };
+      run.interim.set(agent, next);
+      ops.push(this.store.put(this.store.interim, key, next));
+    } else if (current === 'verify' && interim) {
+      const next: InterimRecord =
+        result.state === 'ok'
+          ? { ...interim, passed: 'verify' }
+          : {
+              ...interim,
+              refused: {
+                why: result.error ?? result.state,
+                ...(result.files?.[0]?.code ? { code: result.files[0].code } : {}),
+              },
+            };
+      run.interim.set(agent, next);
+      ops.push(this.store.put(this.store.interim, key, next));
+    } else if ((current === 'activate' || current === 'discard') && interim) {
+      final = this.settled(run, agent, settle(interim, current, result, phase?.lacking ?? []));
+    } else {
+      final = this.fromAgent(run, result);
+    }
+    if (final) ops.push(this.store.put(this.store.results, key, final));
+    await this.store.commit(ops);
+    run.queued.delete(agent);
+    run.acked.delete(agent);
+    if (final) {
+      this.onResultHook?.(final.state, false);
+      this.emit(run, { type: 'result', result: final });
+    }
+    await this.dispatch(run);
+    await this.advance(run);
+    await this.maybeFinish(run);
+    return true;
+  }
+
+  /** Records a final result built by activation.ts for `host`. */
+  private settled(
+    run: ActiveRun,
+    host: string,
+    r: Omit<HostResult, 'host' | 'receivedAt' | 'seq'>,
+  ): HostResult {
+    run.seq += 1;
+    const stored: HostResult = { ...r, host, receivedAt: this.now(), seq: run.seq };
+    run.results.set(host, stored);
+    return stored;
+  }
+
+  /**
+   * Together: once every host of the current step is through it, decides the
+   * next step (activation.ts), stores it in the run record, and queues its
+   * tasks. Hosts that already held the file get their final result once the
+   * decision is final (activate or discard). Runs of other kinds: nothing.
+   */
+  private async advance(run: ActiveRun): Promise<void> {
+    while (this.together(run) && run.record.finishedAt === undefined && !this.stopped) {
+      const phase = run.record.phase;
+      const step = phase?.step ?? 'stage';
+      const stepHosts = phase?.hosts ?? run.record.hosts;
+      if (!stepHosts.every((h) => stepDone(step, run.interim.get(h), run.results.has(h)))) return;
+      const decision = nextStep({
+        hosts: run.record.hosts,
+        after: step,
+        stepHosts,
+        interim: run.interim,
+        finals: run.results,
+      });
+      const now = this.now();
+      const ops = [];
+      const fresh: HostResult[] = [];
+      if ('done' in decision || decision.step !== 'verify') {
+        // The decision is final: hosts that already held the file are done.
+        for (const [host, i] of run.interim) {
+          if (run.results.has(host) || stageOutcome(i.result) !== 'current') continue;
+          const r = this.settled(run, host, { ...i.result });
+          fresh.push(r);
+          ops.push(this.store.put(this.store.results, `${run.record.id}/${host}`, r));
+        }
+      }
+      if (!('done' in decision)) {
+        const spec = run.record.spec;
+        const window = stepWindowMs(spec.kind === 'dist' ? spec.size : 0);
+        run.record = {
+          ...run.record,
+          phase: {
+            step: decision.step,
+            startedAt: now,
+            deadline: Math.min(run.record.deadline, now + window),
+            hosts: decision.hosts,
+            lacking: decision.lacking,
+          },
+        };
+        ops.push(this.store.put(this.store.runs, run.record.id, run.record));
+        run.pending = [...decision.hosts];
+        this.log.info(
+          {
+            run: run.record.id,
+            step: decision.step,
+            hosts: decision.hosts.length,
+            lacking: decision.lacking,
+          },
+          'distribution step',
+        );
+      }
+      await this.store.commit(ops);
+      for (const r of fresh) {
+        this.onResultHook?.(r.state, false);
+        this.emit(run, { type: 'result', result: r });
+      }
+      if ('done' in decision) return;
+      this.arm(run);
+      await this.dispatch(run);
+    }
+  }
+
   private fromAgentFields(r: TaskResult): Omit<HostResult, 'host' | 'receivedAt' | 'seq'> {
     return {
       state: r.state,
@@ -387,6 +626,7 @@ export class RunManager {
       ...(r.files === undefined ? {} : { files: r.files }),
       ...(r.notified === undefined ? {} : { notified: r.notified }),
       ...(r.transfer === undefined ? {} : { transfer: r.transfer }),
+      ...(r.source === undefined ? {} : { source: r.source }),
     };
   }
 
@@ -426,15 +666,31 @@ export class RunManager {
 
   private task(run: ActiveRun, host: string): Task {
     const spec = run.record.spec;
+    const phase = run.record.phase;
     const common = {
-      id: taskIdFor(run.record.id, host),
+      id: taskIdFor(run.record.id, host, phase?.step),
       runId: run.record.id,
       host,
-      expiresInMs: Math.max(0, run.record.deadline - this.now()),
+      expiresInMs: Math.max(0, deadlineOf(run.record) - this.now()),
     };
+    if (spec.kind === 'source') {
+      return {
+        ...common,
+        kind: 'source',
+        spec: {
+          path: spec.path,
+          chunkSize: spec.chunkSize,
+          serveForMs: spec.serveForMs,
+          ...(spec.rateLimit ? { rateLimit: spec.rateLimit } : {}),
+        },
+      };
+    }
     if (spec.kind === 'push' || spec.kind === 'dist') {
       const plan = run.plans.get(host);
       if (!plan) throw new Error(`${spec.kind} run ${run.record.id} has no plan for ${host}`);
+      if (phase && spec.kind === 'dist') {
+        return { ...common, kind: 'activation', spec: activationSpec(phase.step, plan as DistSpec) };
+      }
       return spec.kind === 'push'
         ? { ...common, kind: 'push', spec: plan as PushSpec }
         : { ...common, kind: 'dist', spec: plan as DistSpec };
@@ -480,7 +736,7 @@ export class RunManager {
 
   private arm(run: ActiveRun): void {
     clearTimeout(run.timer);
-    const wait = Math.max(0, run.record.deadline - this.now());
+    const wait = Math.max(0, deadlineOf(run.record) - this.now());
     run.timer = setTimeout(() => {
       this.expire(run).catch((err: unknown) =>
         this.log.error({ err, run: run.record.id }, 'deadline handling failed'),
@@ -489,23 +745,32 @@ export class RunManager {
     run.timer.unref?.();
   }
 
-  /** The deadline: every host still open becomes unreachable, and its task is withdrawn. */
+  /**
+   * The deadline: every host still open becomes unreachable, and its task is
+   * withdrawn. Together: the deadline of the current step, for that step's
+   * hosts; then the next step is decided.
+   */
   private async expire(run: ActiveRun): Promise<void> {
     if (run.record.finishedAt !== undefined || this.stopped) return;
     const ops = [];
     const fresh: HostResult[] = [];
-    for (const host of run.record.hosts) {
-      if (run.results.has(host)) continue;
+    const phase = run.record.phase;
+    const step = phase?.step;
+    const what = !this.together(run)
+      ? 'the run deadline'
+      : `the deadline of the ${step ?? 'stage'} step${step === 'activate' ? ' (it may or may not have switched)' : ''}`;
+    for (const host of phase?.hosts ?? run.record.hosts) {
+      if (stepDone(step ?? 'stage', run.interim.get(host), run.results.has(host))) continue;
       const why = run.acked.has(host)
-        ? 'the agent acknowledged the task but sent no result by the run deadline'
+        ? `the agent acknowledged the task but sent no result by ${what}`
         : run.queued.has(host)
-          ? `no answer by the run deadline (agent ${this.courier.status(host)}, last heartbeat ${ago(this.courier.lastSeen(host), this.now())})`
-          : 'not started: no concurrency slot came free before the run deadline';
+          ? `no answer by ${what} (agent ${this.courier.status(host)}, last heartbeat ${ago(this.courier.lastSeen(host), this.now())})`
+          : `not started: no concurrency slot came free before ${what}`;
       const r = this.finalResult(run, host, 'unreachable', why);
       fresh.push(r);
       ops.push(this.store.put(this.store.results, `${run.record.id}/${host}`, r));
       if (run.queued.has(host))
-        ops.push(this.store.del(this.store.queue, `${host}/${taskIdFor(run.record.id, host)}`));
+        ops.push(this.store.del(this.store.queue, `${host}/${taskIdFor(run.record.id, host, step)}`));
     }
     run.pending = [];
     run.queued.clear();
@@ -515,6 +780,7 @@ export class RunManager {
       this.onResultHook?.('unreachable', false);
       this.emit(run, { type: 'result', result: r });
     }
+    await this.advance(run);
     await this.maybeFinish(run);
   }
 
@@ -526,10 +792,11 @@ export class RunManager {
     const summary = this.summarize(run.record, [...run.results.values()]);
     this.emit(run, { type: 'done', summary });
     this.active.delete(run.record.id);
-    if (run.plans.size > 0) {
-      await this.store.commit(
-        [...run.plans.keys()].map((h) => this.store.del(this.store.plans, `${run.record.id}/${h}`)),
-      );
+    if (run.plans.size > 0 || run.interim.size > 0) {
+      await this.store.commit([
+        ...[...run.plans.keys()].map((h) => this.store.del(this.store.plans, `${run.record.id}/${h}`)),
+        ...[...run.interim.keys()].map((h) => this.store.del(this.store.interim, `${run.record.id}/${h}`)),
+      ]);
     }
     this.onFinished?.(run.record);
     this.log.info({ run: run.record.id, counts: summary.counts }, 'run finished');
@@ -549,8 +816,13 @@ export class RunManager {
 /** The longest one host may take: command timeout plus kill grace; a push's validates and notify. */
 function hostTimeMs(spec: RunSpec): number {
   if (spec.kind === 'push') return (spec.files.length + 1) * spec.timeoutMs;
-  if (spec.kind === 'dist') return spec.timeoutMs;
+  if (spec.kind === 'dist' || spec.kind === 'source') return spec.timeoutMs;
   return spec.timeoutMs + (spec.killGraceMs ?? DEFAULT_KILL_GRACE_MS);
+}
+
+/** When the run's current step ends: a together distribution's step deadline, else the run's. */
+function deadlineOf(record: RunRecord): number {
+  return record.phase?.deadline ?? record.stageDeadline ?? record.deadline;
 }
 
 function ago(t: number | undefined, now: number): string {

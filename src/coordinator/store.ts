@@ -3,13 +3,16 @@
  *
  * Sublevels: agents, tokens, revoked (certificate serials), runs, results
  * (`RUN/HOST`), queue (`AGENT/TASK`: tasks not yet answered) and plans
- * (`RUN/HOST`: a push run's per-host file list, without content). Writes that
+ * (`RUN/HOST`: a push run's per-host file list, without content; a
+ * distribution's per-host spec) and interim (`RUN/HOST`: an --activate
+ * together host between its steps). Writes that
  * must survive a crash go through `commit`, which groups every write issued
  * in the same tick into one synced batch (group commit): one fsync for a
  * burst of 5,000 results instead of 5,000.
  */
 import { Level } from 'level';
 import type {
+  ActivationStep,
   CommandSpec,
   DistSpec,
   Facts,
@@ -42,7 +45,7 @@ export interface TokenRecord {
   usedBy?: string;
 }
 
-export type RunSpec = CommandRunSpec | PushRunSpec | DistRunSpec;
+export type RunSpec = CommandRunSpec | PushRunSpec | DistRunSpec | SourceRunSpec;
 
 export interface CommandRunSpec {
   kind?: 'command';
@@ -76,8 +79,10 @@ export interface PushRunSpec {
 export interface DistRunSpec {
   kind: 'dist';
   targets: string[];
-  /** The file on the coordinator's machine (the source). */
+  /** The file on the coordinator's machine (the source), or on agent `source`. */
   path: string;
+  /** The agent that holds the file and serves it (canopy dist --source); else the coordinator. */
+  source?: string;
   dest: string;
   blob: string;
   size: number;
@@ -89,6 +94,24 @@ export interface DistRunSpec {
   linkRate?: number;
   /** The cap on each agent's upload and download, bytes per second. */
   rateLimit?: number;
+  /** Stage on every host, then switch all of them (or none): see activation.ts. */
+  activate?: 'together';
+}
+
+/**
+ * canopy dist --source: one task to the agent holding the file, which checks
+ * it, answers its manifest (the result's `source`) and serves it.
+ */
+export interface SourceRunSpec {
+  kind: 'source';
+  targets: string[];
+  path: string;
+  chunkSize: number;
+  /** How long the agent serves the blob after answering. */
+  serveForMs: number;
+  rateLimit?: number;
+  timeoutMs: number;
+  concurrency: number;
 }
 
 export interface RunRecord {
@@ -98,6 +121,38 @@ export interface RunRecord {
   spec: RunSpec;
   hosts: string[];
   finishedAt?: number;
+  /** --activate together: when the stage step ends (`deadline` is the last step's end). */
+  stageDeadline?: number;
+  /** --activate together: the step after staging, set once every host staged or failed. */
+  phase?: PhaseRecord;
+}
+
+/** A host that does not hold the staged file (or failed its check), and why. */
+export interface Lacking {
+  host: string;
+  why: string;
+}
+
+/** The current step of an --activate together distribution after staging. */
+export interface PhaseRecord {
+  step: ActivationStep;
+  startedAt: number;
+  deadline: number;
+  /** The hosts this step's task goes to (those holding a staged copy). */
+  hosts: string[];
+  /** Hosts without the file or that failed a check: the reason for a discard. */
+  lacking: Lacking[];
+}
+
+/**
+ * A host of an --activate together distribution between steps: its stage
+ * result (what it fetched, from whom; the file `staged` or `unchanged`), the
+ * last step it passed, and why it refused one.
+ */
+export interface InterimRecord {
+  result: HostResult;
+  passed: 'stage' | 'verify';
+  refused?: { why: string; code?: string };
 }
 
 export const HOST_FINAL_STATES = [
@@ -134,6 +189,8 @@ export interface HostResult {
   notified?: boolean;
   /** Distribution runs: what the host fetched, from whom, and which peers sent bad chunks. */
   transfer?: TaskResult['transfer'];
+  /** Source runs: the manifest of the agent's file and its blob id. */
+  source?: TaskResult['source'];
 }
 
 /** One host's share of a push run (without the content) or of a distribution. */
@@ -173,6 +230,7 @@ export class Store {
   readonly results: Sub<HostResult>;
   readonly queue: Sub<QueueRecord>;
   readonly plans: Sub<PlanRecord>;
+  readonly interim: Sub<InterimRecord>;
   private pending: {
     ops: BatchOp[];
     waiters: { resolve: () => void; reject: (e: unknown) => void }[];
@@ -189,6 +247,7 @@ export class Store {
     this.results = sub('results');
     this.queue = sub('queue');
     this.plans = sub('plans');
+    this.interim = sub('interim');
   }
 
   open(): Promise<void> {

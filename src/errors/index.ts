@@ -86,6 +86,13 @@ export const CODES = {
   TRANSFER_PEER_STALLED: 'a peer sent no byte for the stall timeout while chunks were requested',
   TRANSFER_PEER_LOST: 'a peer could not be reached, or hung up with chunks requested',
   TRANSFER_PEER_PROTOCOL: 'a peer sent a malformed frame (the connection is closed)',
+  // distribution (canopy dist)
+  DIST_NOT_ACTIVATED:
+    'an --activate together distribution switched no host because some host lacks the file; its staged copy was removed',
+  DIST_STAGED_MISSING:
+    'the staged copy of an --activate together distribution is gone at its verify or activate step',
+  DIST_SOURCE_REFUSED:
+    'the --source agent cannot serve the file: unknown or offline agent, no peer server, path outside its roots, no such file',
 } as const;
 
 export type ErrorCode = keyof typeof CODES;

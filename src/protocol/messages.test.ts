@@ -43,6 +43,31 @@ test('task ids are RUN:HOST and parse back', () => {
   assert.equal(parseTaskId(':x'), undefined);
 });
 
+test('the later steps of an --activate together distribution are RUN:HOST:STEP; other suffixes are refused', () => {
+  assert.equal(taskIdFor('r1', 'web-01', 'activate'), 'r1:web-01:activate');
+  assert.deepEqual(parseTaskId('r1:web-01:verify'), { runId: 'r1', host: 'web-01', step: 'verify' });
+  assert.deepEqual(parseTaskId('r1:web-01:discard'), { runId: 'r1', host: 'web-01', step: 'discard' });
+  assert.equal(parseTaskId('r1:web-01:rm-rf'), undefined);
+  assert.equal(parseTaskId('r1::activate'), undefined);
+  assert.equal(parseTaskId('r1:web-01:'), undefined);
+});
+
+test('an activation task decodes; a step the protocol does not know is refused', () => {
+  const task = {
+    id: 'r1:web-01:verify',
+    runId: 'r1',
+    host: 'web-01',
+    kind: 'activation',
+    expiresInMs: 1000,
+    spec: { step: 'verify', blob: 'b'.repeat(64), dest: '/srv/app.bin', size: 3, md5: 'a'.repeat(32) },
+  };
+  assert.equal(decodeCoordinatorMessage(encode({ type: 'task', task } as never)).ok, true);
+  const bad = decodeCoordinatorMessage(
+    encode({ type: 'task', task: { ...task, spec: { ...task.spec, step: 'rm' } } } as never),
+  );
+  assert.equal(bad.ok, false);
+});
+
 test('join tokens round-trip, and damaged ones say what is wrong', () => {
   const t = { url: 'https://127.0.0.1:7443', caFingerprint: 'a'.repeat(64), id: 'abc', secret: 's3cret' };
   assert.deepEqual(decodeJoinToken(encodeJoinToken(t)), t);

@@ -127,6 +127,11 @@ export const DistSpecSchema = Type.Object(
      * tried before the fallbacks.
      */
     alternates: Type.Optional(Type.Array(PeerAddressSchema, { maxItems: 64 })),
+    /**
+     * Per stripe, where this host fetches first if it restarts mid-distribution
+     * (a leaf of that stripe: its children were given its parent meanwhile).
+     */
+    rejoin: Type.Optional(Type.Array(PeerAddressSchema, { maxItems: 64 })),
     /** Caps this host's download of the blob, bytes per second (its upload is capped by its peer server). */
     rateLimit: Type.Optional(Type.Integer({ minimum: 1024 })),
     /**
@@ -136,11 +141,61 @@ export const DistSpecSchema = Type.Object(
      * tree's total file size (`size`); its chunks are empty.
      */
     tree: Type.Optional(DistTreeSchema()),
+    /**
+     * `together`: fetch and verify as usual, but do not install: keep the
+     * verified file staged beside the destination (stagedPathFor) and report
+     * it `staged`; the coordinator switches every host with an `activation`
+     * task only once all of them have it.
+     */
+    activate: Type.Optional(Type.Literal('together')),
   },
   { additionalProperties: false },
 );
 export type DistSpec = Static<typeof DistSpecSchema>;
+
+/**
+ * The steps of an `--activate together` distribution after staging, in order:
+ * `verify` (the staged copy still matches, the destination is still allowed),
+ * then `activate` (install it) on every host, or `discard` (remove it) on
+ * every host when any host lacks the file.
+ */
+export const ACTIVATION_STEPS = ['verify', 'activate', 'discard'] as const;
+export type ActivationStep = (typeof ACTIVATION_STEPS)[number];
+
+/** One step on a host's staged copy of a distributed file. */
+export const ActivationSpecSchema = Type.Object(
+  {
+    step: Type.Union(ACTIVATION_STEPS.map((s) => Type.Literal(s))),
+    blob: Type.String({ pattern: '^[0-9a-f]{64}$' }),
+    dest: Type.String({ minLength: 2, maxLength: 4096, pattern: '^/' }),
+    size: Type.Integer({ minimum: 0 }),
+    md5: Md5,
+    mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777 })),
+    owner: Type.Optional(AccountName),
+    group: Type.Optional(AccountName),
+  },
+  { additionalProperties: false },
+);
+export type ActivationSpec = Static<typeof ActivationSpecSchema>;
 export type DistTree = NonNullable<DistSpec['tree']>;
+
+/**
+ * `canopy dist --source HOST`: the file is on agent HOST. The agent checks
+ * `path` against its roots (as a destination would be), hashes it into a
+ * manifest (its result's `source`), and serves the blob from its peer server
+ * straight from the file until `serveForMs` from now.
+ */
+export const SourceSpecSchema = Type.Object(
+  {
+    path: Type.String({ minLength: 2, maxLength: 4096, pattern: '^/' }),
+    chunkSize: Type.Integer({ minimum: 65536, maximum: 67108864 }),
+    serveForMs: Type.Integer({ minimum: 0 }),
+    /** Caps this agent's upload while it serves the blob, bytes per second. */
+    rateLimit: Type.Optional(Type.Integer({ minimum: 1024 })),
+  },
+  { additionalProperties: false },
+);
+export type SourceSpec = Static<typeof SourceSpecSchema>;
 
 const TaskCommon = {
   id: Id,
@@ -162,13 +217,34 @@ export const DistTaskSchema = Type.Object(
   { ...TaskCommon, kind: Type.Literal('dist'), spec: DistSpecSchema },
   { additionalProperties: false },
 );
-export const TaskSchema = Type.Union([CommandTaskSchema, PushTaskSchema, DistTaskSchema]);
+export const ActivationTaskSchema = Type.Object(
+  { ...TaskCommon, kind: Type.Literal('activation'), spec: ActivationSpecSchema },
+  { additionalProperties: false },
+);
+export const SourceTaskSchema = Type.Object(
+  { ...TaskCommon, kind: Type.Literal('source'), spec: SourceSpecSchema },
+  { additionalProperties: false },
+);
+export const TaskSchema = Type.Union([
+  CommandTaskSchema,
+  PushTaskSchema,
+  DistTaskSchema,
+  ActivationTaskSchema,
+  SourceTaskSchema,
+]);
+export type SourceTask = Static<typeof SourceTaskSchema>;
 export type DistTask = Static<typeof DistTaskSchema>;
+export type ActivationTask = Static<typeof ActivationTaskSchema>;
 export type CommandTask = Static<typeof CommandTaskSchema>;
 export type PushTask = Static<typeof PushTaskSchema>;
 export type Task = Static<typeof TaskSchema>;
 
-export const FILE_STATES = ['changed', 'unchanged', 'would-change', 'failed'] as const;
+/**
+ * `staged`: verified and kept beside the destination, not installed (an
+ * `--activate together` distribution before its switch); `discarded`: the
+ * staged copy was removed and the destination left as it was.
+ */
+export const FILE_STATES = ['changed', 'unchanged', 'would-change', 'failed', 'staged', 'discarded'] as const;
 export type FileOutcomeState = (typeof FILE_STATES)[number];
 
 /** What happened to one file of a push on one host. */
@@ -242,6 +318,13 @@ export const TaskResultSchema = Type.Object(
             ),
           ),
         },
+        { additionalProperties: false },
+      ),
+    ),
+    /** Source tasks: the manifest of the agent's file and its blob id (the agent serves it). */
+    source: Type.Optional(
+      Type.Object(
+        { blob: Type.String({ pattern: '^[0-9a-f]{64}$' }), manifest: ManifestSchema },
         { additionalProperties: false },
       ),
     ),
@@ -434,15 +517,27 @@ export function encode(message: WithoutV<AgentMessage> | WithoutV<CoordinatorMes
   return JSON.stringify({ v: PROTOCOL_VERSION, ...message });
 }
 
-/** A task id is `RUN:HOST`: one task per host per run, so re-sending is idempotent by construction. */
-export function taskIdFor(runId: string, host: string): string {
-  return `${runId}:${host}`;
+/**
+ * A task id is `RUN:HOST`: one task per host per run, so re-sending is
+ * idempotent by construction. The later steps of an `--activate together`
+ * distribution are `RUN:HOST:STEP` (host names hold no `:`).
+ */
+export function taskIdFor(runId: string, host: string, step?: ActivationStep): string {
+  return step ? `${runId}:${host}:${step}` : `${runId}:${host}`;
 }
 
-export function parseTaskId(taskId: string): { runId: string; host: string } | undefined {
+export function parseTaskId(
+  taskId: string,
+): { runId: string; host: string; step?: ActivationStep } | undefined {
   const i = taskId.indexOf(':');
   if (i <= 0 || i === taskId.length - 1) return undefined;
-  return { runId: taskId.slice(0, i), host: taskId.slice(i + 1) };
+  const runId = taskId.slice(0, i);
+  const rest = taskId.slice(i + 1);
+  const j = rest.indexOf(':');
+  if (j < 0) return { runId, host: rest };
+  const step = rest.slice(j + 1) as ActivationStep;
+  if (j === 0 || !ACTIVATION_STEPS.includes(step)) return undefined;
+  return { runId, host: rest.slice(0, j), step };
 }
 
 /**

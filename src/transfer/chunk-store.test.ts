@@ -1,7 +1,9 @@
 /**
  * The chunk store on real temp directories: verification before visibility,
  * LRU eviction under a quota with pins, crash recovery (simulated by editing
- * the directory, and a real kill -9 of a writer), and assemble().
+ * the directory, and a real kill -9 of a writer), assemble(), and packs
+ * (a distribution's blob as one file: reservation, eviction, serving,
+ * fillPack, reopen and recovery).
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -15,19 +17,22 @@ import {
   readdirSync,
   readFileSync,
   rmSync,
+  statSync,
   unlinkSync,
   writeFileSync,
+  writeSync,
 } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { type TestContext, test } from 'node:test';
+import { describe, type TestContext, test } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import { blake3 } from 'hash-wasm';
 import { isCanopyError } from '../errors/index.js';
 import { ChunkStore, type ChunkStoreOptions } from './chunk-store.js';
-import { buildManifest, type Manifest } from './manifest.js';
+import { buildManifest, chunkRange, type Manifest, manifestId } from './manifest.js';
+import { Pack } from './pack.js';
 
 const CS = 64 * 1024;
 
@@ -510,4 +515,324 @@ test('assemble honours an aborted signal and releases its pins', async (t) => {
   const other = Buffer.alloc(CS, 3);
   await store.put(await blake3(other), other);
   assert.deepEqual(store.missing(manifest), [0]);
+});
+
+describe('packs: a distribution blob as one file in the store', () => {
+  interface PackBlob {
+    data: Buffer;
+    manifest: Manifest;
+    blob: string;
+    /** The bytes of chunk `i`. */
+    at(i: number): Buffer;
+    /** The digest of chunk `i`. */
+    d(i: number): string;
+  }
+
+  /** A blob of `data` (written under `dir` to build its manifest), its id and its chunks. */
+  async function packBlob(dir: string, data: Buffer): Promise<PackBlob> {
+    const src = join(dir, `source-${randomBytes(4).toString('hex')}`);
+    writeFileSync(src, data);
+    const manifest = await buildManifest(src, { chunkSize: CS });
+    unlinkSync(src);
+    const at = (i: number) => {
+      const { offset, length } = chunkRange(manifest, i);
+      return data.subarray(offset, offset + length);
+    };
+    return { data, manifest, blob: await manifestId(manifest), at, d: (i) => digestAt(manifest, i) };
+  }
+
+  const packFiles = (dir: string, blob: string) => [
+    Pack.dataPath(join(dir, 'packs'), blob),
+    Pack.logPath(join(dir, 'packs'), blob),
+  ];
+  const bothExist = (dir: string, blob: string) => packFiles(dir, blob).map((p) => existsSync(p));
+
+  async function putAll(store: ChunkStore, pack: Pack, b: PackBlob, order: number[]): Promise<void> {
+    for (const i of order) await store.putInPack(pack, i, b.at(i));
+  }
+
+  async function copiesOut(pack: Pack, b: PackBlob, dir: string): Promise<void> {
+    const out = join(dir, `out-${randomBytes(4).toString('hex')}`);
+    await pack.copyTo(out);
+    assert.deepEqual(readFileSync(out), b.data);
+  }
+
+  /** Overwrites bytes of a file in place (a disk that damaged them). */
+  function damage(path: string, position: number): void {
+    const fd = openSync(path, 'r+');
+    writeSync(fd, Buffer.from('damaged'), 0, 7, position);
+    closeSync(fd);
+  }
+
+  test('openPack reserves the blob size at once, evicting unpinned chunks least recently used first', async (t) => {
+    const dir = tempDir(t);
+    const b = await packBlob(dir, randomBytes(3 * CS + 777));
+    const store = await openStore(t, dir, { quotaBytes: b.manifest.size + 200 });
+    const [x, y, z] = await chunks('x', 'y', 'z');
+    for (const c of [x, y, z]) await store.put(c.digest, c.data);
+    await store.get(x.digest); // y is now the least recently used
+    const pack = await store.openPack('dist-1', b.blob, b.manifest);
+    assert.equal(store.usedBytes, b.manifest.size + 200);
+    assert.deepEqual(
+      [x, y, z].map((c) => store.has(c.digest)),
+      [true, false, true],
+    );
+    assert.equal(existsSync(pathOf(dir, y.digest)), false);
+    assert.equal(store.count, 3);
+    assert.equal(pack.count, 0);
+    assert.deepEqual(bothExist(dir, b.blob), [true, true]);
+    assert.equal(statSync(Pack.dataPath(join(dir, 'packs'), b.blob)).size, b.manifest.size);
+  });
+
+  test('openPack with too small a quota fails with TRANSFER_QUOTA naming the store and the blob, creating nothing', async (t) => {
+    const dir = tempDir(t);
+    const b = await packBlob(dir, randomBytes(3 * CS + 777));
+    const store = await openStore(t, dir, { quotaBytes: b.manifest.size + 50 });
+    const x = await chunk('x');
+    await store.put(x.digest, x.data);
+    store.pin('dist-0', [x.digest]);
+    await assert.rejects(
+      store.openPack('dist-1', b.blob, b.manifest),
+      codeOf(
+        'TRANSFER_QUOTA',
+        new RegExp(`chunk store ${dir} is full`),
+        /100 bytes pinned by running distributions: dist-0/,
+        new RegExp(`blob ${b.blob} needs 192.8 KiB \\(${b.manifest.size} bytes\\) more`),
+      ),
+    );
+    assert.deepEqual(readdirSync(join(dir, 'packs')), []);
+    assert.equal(store.usedBytes, 100);
+    assert.equal(store.has(x.digest), true);
+    // The failed open left no pin behind: once x is free, the same owner gets its pack.
+    store.unpin('dist-0');
+    const pack = await store.openPack('dist-1', b.blob, b.manifest);
+    assert.equal(store.has(x.digest), false);
+    assert.equal(store.usedBytes, b.manifest.size);
+    await putAll(store, pack, b, [0, 1, 2, 3]);
+    await copiesOut(pack, b, dir);
+  });
+
+  test('a closed pack is evicted least recently used first when another needs room, and its files are removed', async (t) => {
+    const dir = tempDir(t);
+    const a = await packBlob(dir, randomBytes(2 * CS + 1));
+    const b = await packBlob(dir, randomBytes(2 * CS + 2));
+    const c = await packBlob(dir, randomBytes(2 * CS + 3));
+    const store = await openStore(t, dir, { quotaBytes: 4 * CS + 200 });
+    const packA = await store.openPack('dist-a', a.blob, a.manifest);
+    await store.putInPack(packA, 0, a.at(0));
+    store.unpin('dist-a');
+    assert.equal(store.has(a.d(0)), false, 'a closed pack serves nothing');
+    await store.openPack('dist-b', b.blob, b.manifest);
+    store.unpin('dist-b');
+    const againA = await store.openPack('dist-a2', a.blob, a.manifest); // a is now more recent than b
+    assert.deepEqual([...againA.held], [1, 0, 0]);
+    store.unpin('dist-a2');
+    assert.equal(store.usedBytes, a.manifest.size + b.manifest.size);
+    const packC = await store.openPack('dist-c', c.blob, c.manifest);
+    assert.deepEqual(bothExist(dir, b.blob), [false, false]);
+    assert.deepEqual(bothExist(dir, a.blob), [true, true]);
+    assert.equal(store.usedBytes, a.manifest.size + c.manifest.size);
+    assert.equal(store.count, 2);
+    await putAll(store, packC, c, [2, 1, 0]);
+    await copiesOut(packC, c, dir);
+  });
+
+  test('a pinned pack is never evicted: the blob that needs its room fails with TRANSFER_QUOTA', async (t) => {
+    const dir = tempDir(t);
+    const a = await packBlob(dir, randomBytes(2 * CS + 1));
+    const c = await packBlob(dir, randomBytes(2 * CS + 3));
+    const store = await openStore(t, dir, { quotaBytes: 3 * CS });
+    const packA = await store.openPack('dist-a', a.blob, a.manifest);
+    await store.putInPack(packA, 1, a.at(1));
+    await assert.rejects(
+      store.openPack('dist-c', c.blob, c.manifest),
+      codeOf('TRANSFER_QUOTA', /pinned by running distributions: dist-a/, new RegExp(`blob ${c.blob}`)),
+    );
+    assert.deepEqual(bothExist(dir, a.blob), [true, true]);
+    assert.deepEqual(bothExist(dir, c.blob), [false, false]);
+    assert.equal(store.has(a.d(1)), true);
+    await putAll(store, packA, a, [0, 2]);
+    await copiesOut(packA, a, dir);
+    store.unpin('dist-a');
+    await store.openPack('dist-c', c.blob, c.manifest);
+    assert.deepEqual(bothExist(dir, a.blob), [false, false]);
+    assert.equal(store.usedBytes, c.manifest.size);
+  });
+
+  test('has, get and waitFor see the chunks of an open pack; waitFor wakes when putInPack lands', async (t) => {
+    const dir = tempDir(t);
+    const b = await packBlob(dir, randomBytes(3 * CS + 777));
+    const store = await openStore(t, dir);
+    const pack = await store.openPack('dist-1', b.blob, b.manifest);
+    assert.equal(store.has(b.d(1)), false);
+    assert.deepEqual(store.missing(b.manifest), [0, 1, 2, 3]);
+    let woke: boolean | undefined;
+    const waiting = store.waitFor(b.d(1), 60_000).then((ok) => {
+      woke = ok;
+      return ok;
+    });
+    await store.putInPack(pack, 0, b.at(0));
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(woke, undefined, 'waitFor woke for another chunk');
+    await store.putInPack(pack, 1, b.at(1));
+    assert.equal(await waiting, true);
+    assert.equal(store.has(b.d(1)), true);
+    assert.equal(await store.waitFor(b.d(0), 1), true);
+    assert.deepEqual(await store.get(b.d(1)), b.at(1));
+    assert.deepEqual(await store.get(b.d(0), { verify: true }), b.at(0));
+    assert.deepEqual(store.missing(b.manifest), [2, 3]);
+    await assert.rejects(store.get(b.d(3)), codeOf('TRANSFER_CHUNK_MISSING'));
+    store.unpin('dist-1');
+    assert.equal(store.has(b.d(1)), false);
+    await assert.rejects(store.get(b.d(1)), codeOf('TRANSFER_CHUNK_MISSING'));
+  });
+
+  test('putInPack fills every index of a chunk digest the blob repeats', async (t) => {
+    const dir = tempDir(t);
+    const same = Buffer.alloc(CS, 7);
+    const b = await packBlob(dir, Buffer.concat([same, randomBytes(CS), same, randomBytes(500)]));
+    assert.equal(b.d(0), b.d(2));
+    const store = await openStore(t, dir);
+    const pack = await store.openPack('dist-1', b.blob, b.manifest);
+    await store.putInPack(pack, 2, same);
+    assert.deepEqual([...pack.held], [1, 0, 1, 0]);
+    assert.deepEqual(store.missing(b.manifest), [1, 3]);
+    await putAll(store, pack, b, [3, 1]);
+    await copiesOut(pack, b, dir);
+  });
+
+  test('fillPack copies the loose chunks a new pack lacks and skips a damaged one', async (t) => {
+    const dir = tempDir(t);
+    const b = await packBlob(dir, randomBytes(3 * CS + 777));
+    const store = await openStore(t, dir);
+    for (const i of [0, 1, 2]) await store.put(b.d(i), b.at(i));
+    damage(pathOf(dir, b.d(1)), 10); // same length: only a re-hash catches it
+    const pack = await store.openPack('dist-1', b.blob, b.manifest);
+    assert.equal(await store.fillPack(pack), 2);
+    assert.deepEqual([...pack.held], [1, 0, 1, 0]);
+    assert.equal(existsSync(pathOf(dir, b.d(1))), false, 'the damaged loose chunk is dropped');
+    assert.deepEqual(store.missing(b.manifest), [1, 3]);
+    assert.equal(await store.fillPack(pack), 0);
+    await putAll(store, pack, b, [1, 3]);
+    await copiesOut(pack, b, dir);
+  });
+
+  test('fillPack copies the chunks a blob shares with another open pack, re-hashing them', async (t) => {
+    const dir = tempDir(t);
+    const old = await packBlob(dir, randomBytes(3 * CS + 10));
+    const next = await packBlob(dir, Buffer.concat([old.data.subarray(0, 3 * CS), randomBytes(99)]));
+    assert.deepEqual(next.manifest.chunks.slice(0, 3), old.manifest.chunks.slice(0, 3));
+    const store = await openStore(t, dir);
+    const oldPack = await store.openPack('dist-old', old.blob, old.manifest);
+    await putAll(store, oldPack, old, [0, 1, 2, 3]);
+    damage(Pack.dataPath(join(dir, 'packs'), old.blob), 2 * CS + 5); // chunk 2 of the old pack
+    const pack = await store.openPack('dist-new', next.blob, next.manifest);
+    assert.equal(await store.fillPack(pack), 2);
+    assert.deepEqual([...pack.held], [1, 1, 0, 0]);
+    await putAll(store, pack, next, [3, 2]);
+    await copiesOut(pack, next, dir);
+  });
+
+  test('two owners opening the same blob at once share one pack and one reservation', async (t) => {
+    const dir = tempDir(t);
+    const b = await packBlob(dir, randomBytes(3 * CS + 777));
+    const store = await openStore(t, dir, { quotaBytes: b.manifest.size + 100 });
+    const [p, q] = await Promise.all([
+      store.openPack('dist-1', b.blob, b.manifest),
+      store.openPack('dist-2', b.blob, b.manifest),
+    ]);
+    assert.equal(p, q);
+    assert.equal(store.usedBytes, b.manifest.size);
+    await putAll(store, p, b, [0, 1, 2, 3]);
+    // The pack is still the file in DIR/packs (a second open must not have removed it under the first).
+    assert.deepEqual(readFileSync(Pack.dataPath(join(dir, 'packs'), b.blob)), b.data);
+    store.unpin('dist-1');
+    assert.equal(store.has(b.d(0)), true, 'dist-2 still holds the pack open');
+    store.unpin('dist-2');
+    assert.equal(store.has(b.d(0)), false);
+    const x = await chunk('x');
+    await store.put(x.digest, x.data); // fits only if the blob was reserved once
+    assert.equal(store.usedBytes, b.manifest.size + 100);
+  });
+
+  test('a pack survives a store reopen with the chunks it held', async (t) => {
+    const dir = tempDir(t);
+    const b = await packBlob(dir, randomBytes(3 * CS + 777));
+    const first = await ChunkStore.open(dir, { quotaBytes: 1 << 30 });
+    const pack = await first.openPack('dist-1', b.blob, b.manifest);
+    await putAll(first, pack, b, [2, 0]);
+    await first.close();
+    const store = await openStore(t, dir);
+    assert.deepEqual(Object.values(store.recovered), [0, 0, 0, 0, 0]);
+    assert.equal(store.usedBytes, b.manifest.size);
+    assert.equal(store.count, 1);
+    assert.equal(store.has(b.d(0)), false, 'no pack is open yet');
+    const resumed = await store.openPack('dist-2', b.blob, b.manifest);
+    assert.deepEqual([...resumed.held], [1, 0, 1, 0]);
+    assert.equal(store.usedBytes, b.manifest.size, 'reopening a pack reserves nothing more');
+    assert.deepEqual(store.missing(b.manifest), [1, 3]);
+    await putAll(store, resumed, b, [3, 1]);
+    await copiesOut(resumed, b, dir);
+  });
+
+  test('open removes pack files without an index entry and leaves other names alone', async (t) => {
+    const dir = tempDir(t);
+    const b = await packBlob(dir, randomBytes(2 * CS + 1));
+    const first = await ChunkStore.open(dir, { quotaBytes: 1 << 30 });
+    const pack = await first.openPack('dist-1', b.blob, b.manifest);
+    await first.putInPack(pack, 1, b.at(1));
+    await first.close();
+    const strayA = 'a'.repeat(64);
+    const strayB = 'b'.repeat(64);
+    writeFileSync(join(dir, 'packs', `${strayA}.pack`), 'left by a crash');
+    writeFileSync(join(dir, 'packs', `${strayA}.have`), Buffer.alloc(4));
+    writeFileSync(join(dir, 'packs', `${strayB}.have`), Buffer.alloc(4));
+    writeFileSync(join(dir, 'packs', 'notes.txt'), 'not a pack');
+    const store = await openStore(t, dir);
+    assert.deepEqual(store.recovered, {
+      tempFilesRemoved: 0,
+      entriesDropped: 0,
+      orphansAdopted: 0,
+      orphansRemoved: 2,
+      evictedOverQuota: 0,
+    });
+    assert.deepEqual(readdirSync(join(dir, 'packs')).sort(), [
+      `${b.blob}.have`,
+      `${b.blob}.pack`,
+      'notes.txt',
+    ]);
+    assert.equal(store.usedBytes, b.manifest.size);
+    const again = await store.openPack('dist-2', b.blob, b.manifest);
+    assert.deepEqual([...again.held], [0, 1, 0]);
+  });
+
+  test('open drops a pack entry whose data file is gone, with its side log', async (t) => {
+    const dir = tempDir(t);
+    const b = await packBlob(dir, randomBytes(2 * CS + 1));
+    const first = await ChunkStore.open(dir, { quotaBytes: 1 << 30 });
+    const pack = await first.openPack('dist-1', b.blob, b.manifest);
+    await putAll(first, pack, b, [0, 1]);
+    await first.close();
+    const [data, log] = packFiles(dir, b.blob) as [string, string];
+    unlinkSync(data);
+    const store = await openStore(t, dir);
+    assert.deepEqual(store.recovered, {
+      tempFilesRemoved: 0,
+      entriesDropped: 1,
+      orphansAdopted: 0,
+      orphansRemoved: 1, // the side log left without its data file
+      evictedOverQuota: 0,
+    });
+    assert.equal(existsSync(log), false);
+    assert.equal(store.usedBytes, 0);
+    assert.equal(store.count, 0);
+    // A fresh pack must not trust the old side log: its chunks' bytes went with the data file.
+    const fresh = await store.openPack('dist-2', b.blob, b.manifest);
+    assert.equal(fresh.count, 0);
+    assert.equal(store.usedBytes, b.manifest.size);
+    await store.close();
+    const again = await openStore(t, dir);
+    assert.deepEqual(Object.values(again.recovered), [0, 0, 0, 0, 0]);
+    assert.equal(again.usedBytes, b.manifest.size);
+  });
 });

@@ -6,6 +6,14 @@
  *   DIR/chunks/ab/abcd…            a chunk, named by its digest (64 hex)
  *   DIR/chunks/ab/.abcd….P.N.tmp   a chunk being written, beside its final name
  *   DIR/index.log                  sizes and use order (see IndexLog)
+ *   DIR/packs/BLOB.pack, .have     a distribution's blob, chunk i at its offset (see Pack)
+ *
+ * A distribution opens its blob's pack (openPack): the blob's whole size is
+ * reserved against the quota at once (so a store too small fails before a
+ * byte is fetched), and from then on put/get/has/waitFor of the blob's chunk
+ * digests go to the pack, one positional write or read on an open file per
+ * chunk. A pack is an entry like a chunk (key `p:BLOB`): pinned while its
+ * distribution runs and serves, evicted whole, least recently used first.
  *
  * Invariants:
  *  - a file under a digest name holds exactly the data of that digest: data
@@ -36,6 +44,7 @@ import { createBLAKE3, createMD5, type IHasher } from 'hash-wasm';
 import { CanopyError } from '../errors/index.js';
 import { syncDir, writeSynced } from './durable.js';
 import { chunkRange, isChunkDigest, type Manifest } from './manifest.js';
+import { Pack, removePack } from './pack.js';
 
 export interface ChunkStoreOptions {
   /** Most bytes of chunk data the store keeps on disk. */
@@ -99,6 +108,8 @@ interface Entry {
 
 const INDEX_HEADER = 'canopy-chunk-index 1';
 const TEMP_NAME = /^\..*\.tmp$/;
+const PACK_KEY = 'p:';
+const PACK_NAME = /^([0-9a-f]{64})\.(pack|have)$/;
 const SHARDS = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
 const FETCH_AGAIN = 'it was removed from the store; fetch the chunk again (retrying the transfer does)';
 const writeFd = promisify(write);
@@ -118,6 +129,9 @@ export class ChunkStore {
   private reserved = 0;
   private assembles = 0;
   private closing: Promise<void> | undefined;
+  /** Open packs by blob, and where each of their chunk digests lives. */
+  private readonly packs = new Map<string, Pack>();
+  private readonly packed = new Map<string, { pack: Pack; indexes: number[] }[]>();
 
   private constructor(
     readonly dir: string,
@@ -142,6 +156,7 @@ export class ChunkStore {
     checkQuota(dir, options.quotaBytes);
     await mkdir(join(dir, 'chunks'), { recursive: true, mode: 0o700 });
     await Promise.all(SHARDS.map((s) => mkdir(join(dir, 'chunks', s), { recursive: true, mode: 0o700 })));
+    await mkdir(join(dir, 'packs'), { recursive: true, mode: 0o700 });
     const b3 = await createBLAKE3();
     const indexPath = join(dir, 'index.log');
     const loaded = await IndexLog.read(indexPath);
@@ -175,18 +190,81 @@ export class ChunkStore {
     return this.entries.size;
   }
 
-  /** True when the store holds a verified chunk with this digest. */
+  /** True when the store holds a verified chunk with this digest (loose, or in an open pack). */
   has(digest: string): boolean {
-    return this.entries.has(digest);
+    return this.entries.has(digest) || this.inPack(digest) !== undefined;
   }
 
   /** Indexes of the manifest's chunks that the store lacks, in order. */
   missing(manifest: Manifest): number[] {
     const out: number[] = [];
     manifest.chunks.forEach((d, i) => {
-      if (!this.entries.has(d)) out.push(i);
+      if (!this.has(d)) out.push(i);
     });
     return out;
+  }
+
+  /**
+   * Opens the pack of `blob` for `owner` (a distribution task), creating it
+   * if the store has none: the blob's size is reserved against the quota
+   * (evicting unpinned entries, least recently used first; TRANSFER_QUOTA,
+   * evicting nothing, when that cannot make room). The pack is pinned for
+   * `owner`; unpin(owner) closes it once no one else pins it. While open,
+   * the blob's chunks are stored and served through it.
+   */
+  async openPack(owner: string, blob: string, manifest: Manifest): Promise<Pack> {
+    this.checkOpen();
+    const key = PACK_KEY + blob;
+    this.pin(owner, [key]);
+    try {
+      for (let b = this.busy.get(key); b; b = this.busy.get(key)) await b;
+      const open = this.packs.get(blob);
+      if (open) return open;
+      // One open per blob at a time (`busy`): a concurrent caller waits above, then shares the pack,
+      // instead of reserving the blob twice, or removing the files of a pack being created.
+      const opening = this.startPack(key, blob, manifest);
+      this.setBusy(
+        key,
+        opening.then(() => {}),
+      );
+      return await opening;
+    } catch (err) {
+      this.unpin(owner);
+      throw err;
+    }
+  }
+
+  /** Reserves and records the pack's entry unless the store has one, then opens the pack and serves its chunks. */
+  private async startPack(key: string, blob: string, manifest: Manifest): Promise<Pack> {
+    if (!this.entries.has(key)) {
+      const evictions = await this.makeRoom(`blob ${blob}`, manifest.size);
+      try {
+        await Promise.all(evictions);
+        await removePack(this.packDir, blob);
+      } finally {
+        this.reserved -= manifest.size;
+      }
+      this.used += manifest.size;
+      this.entries.set(key, { size: manifest.size, lastUse: this.now() });
+      this.log.record(`+ ${key} ${manifest.size} ${this.now()}`);
+      await this.log.flush();
+    } else {
+      this.touch(key);
+    }
+    const pack = await Pack.open(this.packDir, blob, manifest, this.durable);
+    if (this.packs.has(blob)) {
+      await pack.close();
+      return this.packs.get(blob) as Pack;
+    }
+    this.packs.set(blob, pack);
+    manifest.chunks.forEach((d, i) => {
+      const homes = this.packed.get(d) ?? [];
+      this.packed.set(d, homes);
+      const mine = homes.find((h) => h.pack === pack);
+      if (mine) mine.indexes.push(i);
+      else homes.push({ pack, indexes: [i] });
+    });
+    return pack;
   }
 
   /** Protects these chunks (present or future) from eviction until unpin(owner). Adds to earlier pins. */
@@ -200,12 +278,15 @@ export class ChunkStore {
     }
   }
 
-  /** Drops every pin of `owner`; unknown owners are ignored. */
+  /** Drops every pin of `owner` (closing packs no one pins any more); unknown owners are ignored. */
   unpin(owner: string): void {
     for (const d of this.pins.get(owner) ?? []) {
       const n = (this.pinCount.get(d) ?? 1) - 1;
       if (n > 0) this.pinCount.set(d, n);
-      else this.pinCount.delete(d);
+      else {
+        this.pinCount.delete(d);
+        if (d.startsWith(PACK_KEY)) void this.closePack(d.slice(PACK_KEY.length));
+      }
     }
     this.pins.delete(owner);
   }
@@ -217,7 +298,9 @@ export class ChunkStore {
    */
   async get(digest: string, options: GetOptions = {}): Promise<Buffer> {
     this.checkOpen();
-    const entry = this.entries.get(checkDigest(digest));
+    const packed = this.inPack(checkDigest(digest));
+    if (packed) return this.getPacked(digest, packed.pack, packed.index, options);
+    const entry = this.entries.get(digest);
     if (!entry) throw this.chunkMissing(digest);
     const cached = options.verify ? undefined : this.recent.get(digest);
     if (cached) {
@@ -262,13 +345,47 @@ export class ChunkStore {
   }
 
   /**
+   * Copies into an open pack the chunks it lacks that the store holds
+   * elsewhere (loose, or in another open pack: a new version of a blob
+   * often shares most chunks with the old one), each re-hashed on the way
+   * (a damaged one is dropped, not copied). Returns how many it copied.
+   */
+  async fillPack(pack: Pack): Promise<number> {
+    let copied = 0;
+    for (let i = 0; i < pack.manifest.chunks.length; i++) {
+      const digest = pack.manifest.chunks[i] as string;
+      if (pack.has(i) || !this.has(digest)) continue;
+      const data = await this.get(digest, { verify: true }).catch(() => undefined);
+      if (!data) continue;
+      await pack.write(i, data);
+      copied++;
+    }
+    return copied;
+  }
+
+  /**
+   * Stores chunk `index` of an open pack (already checked against its
+   * digest), and at every other index of that pack with the same digest (a
+   * blob may repeat a chunk); it is then served from memory for a while.
+   */
+  async putInPack(pack: Pack, index: number, data: Uint8Array): Promise<void> {
+    this.checkOpen();
+    const digest = pack.manifest.chunks[index] as string;
+    const mine = this.packed.get(digest)?.find((h) => h.pack === pack);
+    for (const i of mine?.indexes ?? [index]) await pack.write(i, data);
+    this.remember(digest, data);
+    for (const wake of [...(this.waiters.get(digest) ?? [])]) wake(true);
+    await this.markUsed(PACK_KEY + pack.blob);
+  }
+
+  /**
    * Resolves true as soon as the store holds `digest` (at once if it does),
    * false after `ms` or when `signal` aborts. A peer serving a blob it is
    * still fetching answers a request for the next chunk when it lands
    * instead of refusing it and having the child ask again.
    */
   waitFor(digest: string, ms: number, signal?: AbortSignal): Promise<boolean> {
-    if (this.entries.has(digest)) return Promise.resolve(true);
+    if (this.has(digest)) return Promise.resolve(true);
     if (ms <= 0 || signal?.aborted) return Promise.resolve(false);
     return new Promise<boolean>((resolve) => {
       const waiters = this.waiters.get(digest) ?? new Set<(ok: boolean) => void>();
@@ -319,9 +436,50 @@ export class ChunkStore {
   close(): Promise<void> {
     this.closing ??= (async () => {
       await Promise.all(this.busy.values());
+      await Promise.all([...this.packs.keys()].map((b) => this.closePack(b)));
       await this.log.close();
     })();
     return this.closing;
+  }
+
+  private get packDir(): string {
+    return join(this.dir, 'packs');
+  }
+
+  /** An open pack holding a chunk with this digest, and its index there. */
+  private inPack(digest: string): { pack: Pack; index: number } | undefined {
+    for (const h of this.packed.get(digest) ?? []) {
+      const index = h.indexes.find((i) => h.pack.has(i));
+      if (index !== undefined) return { pack: h.pack, index };
+    }
+    return undefined;
+  }
+
+  private async getPacked(digest: string, pack: Pack, index: number, options: GetOptions): Promise<Buffer> {
+    const cached = options.verify ? undefined : this.recent.get(digest);
+    const data = cached ?? (await pack.read(index));
+    if (options.verify && this.hash(data) !== digest) {
+      throw new CanopyError(
+        'TRANSFER_DIGEST_MISMATCH',
+        `chunk ${index} (${digest}) of the pack ${pack.path} was damaged on disk; ${FETCH_AGAIN}`,
+        { path: pack.path, expected: digest },
+      );
+    }
+    await this.markUsed(PACK_KEY + pack.blob);
+    return data;
+  }
+
+  private async closePack(blob: string): Promise<void> {
+    const pack = this.packs.get(blob);
+    if (!pack) return;
+    this.packs.delete(blob);
+    for (const d of new Set(pack.manifest.chunks)) {
+      const others = (this.packed.get(d) ?? []).filter((h) => h.pack !== pack);
+      if (others.length > 0) this.packed.set(d, others);
+      else this.packed.delete(d);
+      this.forget(d);
+    }
+    await pack.close();
   }
 
   private async writeAll(manifest: Manifest, sink: Sink, options: AssembleOptions): Promise<void> {
@@ -464,7 +622,11 @@ export class ChunkStore {
     this.forget(digest);
     this.used -= entry.size;
     this.log.record(`- ${digest}`);
-    const work = unlinkIfPresent(chunkPath(this.dir, digest));
+    const work = digest.startsWith(PACK_KEY)
+      ? this.closePack(digest.slice(PACK_KEY.length)).then(() =>
+          removePack(this.packDir, digest.slice(PACK_KEY.length)),
+        )
+      : unlinkIfPresent(chunkPath(this.dir, digest));
     this.setBusy(digest, work);
     return work;
   }
@@ -580,7 +742,7 @@ export class ChunkStore {
       'TRANSFER_QUOTA',
       `chunk store ${this.dir} is full: quota ${human(this.quotaBytes)}, ${human(this.used)} used ` +
         `(${human(pinned)} pinned by running distributions: ${owners}; ${human(this.reserved)} being written), ` +
-        `and chunk ${digest} needs ${human(size)} more. Raise the store's quota to at least ${human(atLeast)}, ` +
+        `and ${digest.startsWith('blob ') ? digest : `chunk ${digest}`} needs ${human(size)} more. Raise the store's quota to at least ${human(atLeast)}, ` +
         `or run fewer distributions at once`,
       {
         path: this.dir,
@@ -692,7 +854,7 @@ class IndexLog {
 /** Applies one index record to `entries`; false when the line is not a valid record. */
 function applyRecord(entries: Map<string, Entry>, line: string): boolean {
   const [op, digest, a, b, ...rest] = line.split(' ');
-  if (!isChunkDigest(digest) || rest.length > 0) return false;
+  if (!isEntryKey(digest) || rest.length > 0) return false;
   if (op === '+' && isCount(a) && isCount(b)) {
     entries.delete(digest);
     entries.set(digest, { size: Number(a), lastUse: Number(b) });
@@ -707,6 +869,13 @@ function applyRecord(entries: Map<string, Entry>, line: string): boolean {
     return false;
   }
   return true;
+}
+
+/** A chunk digest, or `p:` and a blob id (a pack). */
+function isEntryKey(key: string | undefined): key is string {
+  const k: string = key ?? '';
+  if (k.startsWith(PACK_KEY)) return isChunkDigest(k.slice(PACK_KEY.length));
+  return isChunkDigest(k);
 }
 
 function isCount(s: string | undefined): boolean {
@@ -729,8 +898,14 @@ async function reconcile(dir: string, entries: Map<string, Entry>, b3: IHasher):
   const { chunks, temps } = await scanChunks(dir);
   await Promise.all(temps.map((p) => unlinkIfPresent(p)));
   report.tempFilesRemoved = temps.length;
+  const { packs, names } = await scanPacks(dir);
+  for (const blob of names) {
+    if (packs.has(blob) && entries.has(PACK_KEY + blob)) continue;
+    await removePack(join(dir, 'packs'), blob);
+    report.orphansRemoved++;
+  }
   for (const d of [...entries.keys()]) {
-    if (chunks.has(d)) continue;
+    if (chunks.has(d) || (d.startsWith(PACK_KEY) && packs.has(d.slice(PACK_KEY.length)))) continue;
     entries.delete(d);
     report.entriesDropped++;
   }
@@ -773,6 +948,19 @@ async function scanChunks(dir: string): Promise<{ chunks: Set<string>; temps: st
     }
   });
   return { chunks, temps };
+}
+
+/** Under DIR/packs: the blobs with a data file (`packs`), and those with any pack file (`names`). */
+async function scanPacks(dir: string): Promise<{ packs: Set<string>; names: Set<string> }> {
+  const packs = new Set<string>();
+  const names = new Set<string>();
+  for (const name of await readdir(join(dir, 'packs'))) {
+    const m = PACK_NAME.exec(name);
+    if (!m) continue;
+    names.add(m[1] as string);
+    if (m[2] === 'pack') packs.add(m[1] as string);
+  }
+  return { packs, names };
 }
 
 function chunkPath(dir: string, digest: string): string {

@@ -7,10 +7,10 @@
  *   backups and rollback, and the MD5 cache behind warm checks.
  * - manifest.ts: a blob's manifest (size, chunk size, BLAKE3 per chunk,
  *   whole-file MD5) and its id (the BLAKE3 of its canonical encoding).
- * - assembler.ts: a blob's file written as its chunks arrive, its MD5
- *   computed in order on the way.
  * - chunk-store.ts: an agent's content-addressed chunk store (verified
- *   before visible, crash-safe index, quota with LRU eviction, pins).
+ *   before visible, crash-safe index, quota with LRU eviction, pins), and
+ *   pack.ts: a distribution's blob in it as one file (chunk i at its offset,
+ *   a side log of the chunks held, the MD5 computed in order on the way).
  * - peer-server.ts, peer-client.ts, peer-wire.ts: the agents' chunk relay
  *   over mutual TLS (fleet agents only, authorized blobs only, verified).
  * - peer-stream.ts, rsync.ts: rsync pulls over the peer channel (a stream
@@ -21,7 +21,6 @@
  *   crossing per IDC, rack locality, re-parenting, a finish-time model).
  */
 
-export { FileAssembler } from './assembler.js';
 export {
   type AssembleOptions,
   type AssembleTarget,
@@ -65,6 +64,7 @@ export {
   parseManifest,
   validateManifest,
 } from './manifest.js';
+export { Pack } from './pack.js';
 export { type DialOptions, type FetchOptions, PeerClient, type PeerClientOptions } from './peer-client.js';
 export {
   type ChunkSource,
@@ -86,6 +86,7 @@ export {
   type PlanHost,
   type PlanInput,
   plan,
+  rejoinParents,
   replan,
 } from './planner.js';
 export { RateLimiter, type RateLimiterOptions } from './rate-limit.js';

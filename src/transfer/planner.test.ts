@@ -9,6 +9,7 @@ import {
   type PlanHost,
   type PlanInput,
   plan,
+  rejoinParents,
   replan,
 } from './planner.js';
 
@@ -743,4 +744,52 @@ test('estimate refuses a size and chunk size that do not give the plan its chunk
     codeOf(() => estimateSeconds(p, inp, { size: SIZE, chunkSize: MiB, hopSeconds: -1 })).message,
     /hopSeconds is -1/,
   );
+});
+
+// ---------------------------------------------------------------- rejoin
+
+test('a relay that restarts rejoins below a leaf of its stripe: a chain tail, never itself, never a host that serves', () => {
+  const inp = input([16], { stripes: 1 });
+  const p = plan(inp);
+  const serving = new Set(Object.values(p.parents).map((ps) => ps[0]));
+  const leaves = Object.keys(p.parents).filter((h) => !serving.has(h));
+  assert.equal(leaves.length, 1, 'a one-stripe plan of one IDC is a chain with one tail');
+  const tail = leaves[0] as string;
+  const r = rejoinParents(p, inp);
+  for (const h of Object.keys(p.parents)) {
+    if (h === tail) assert.equal(r[h]?.[0], undefined, 'the tail has no other leaf to rejoin');
+    else assert.equal(r[h]?.[0], tail, `${h} rejoins below the tail`);
+  }
+});
+
+test('rejoining prefers a leaf of the same IDC and rack, in every stripe, and names only hosts of the plan', () => {
+  const inp = input([12, 12], { stripes: 4 }, 2);
+  const p = plan(inp);
+  const r = rejoinParents(p, inp);
+  const idc = idcs(inp);
+  const rack = new Map(inp.hosts.map((h) => [h.name, h.rack] as const));
+  for (const [h, ps] of Object.entries(r)) {
+    assert.equal(ps.length, p.stripes);
+    ps.forEach((leaf, s) => {
+      assert.ok(leaf !== undefined, `${h} has a leaf to rejoin in stripe ${s}`);
+      assert.notEqual(leaf, h);
+      assert.ok(p.parents[leaf], `${leaf} is a receiving host`);
+      assert.ok(
+        !Object.values(p.parents).some((qs) => qs[s] === leaf),
+        `${leaf} serves nobody in stripe ${s}`,
+      );
+      const sameIdc = Object.keys(p.parents).some(
+        (x) => x !== h && idc.get(x) === idc.get(h) && !Object.values(p.parents).some((qs) => qs[s] === x),
+      );
+      if (sameIdc) assert.equal(idc.get(leaf), idc.get(h), `${h} rejoins in its own IDC in stripe ${s}`);
+      const sameRack = Object.keys(p.parents).some(
+        (x) =>
+          x !== h &&
+          idc.get(x) === idc.get(h) &&
+          rack.get(x) === rack.get(h) &&
+          !Object.values(p.parents).some((qs) => qs[s] === x),
+      );
+      if (sameRack) assert.equal(rack.get(leaf), rack.get(h), `${h} rejoins in its own rack in stripe ${s}`);
+    });
+  }
 });

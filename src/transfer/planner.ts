@@ -888,6 +888,39 @@ export function replan(p: Plan, input: PlanInput, failed: readonly string[]): Pl
   return assemble(f, parents, [...dead]);
 }
 
+/**
+ * Where a host that restarts mid-distribution should fetch what it still
+ * lacks, per stripe: by then replan gave its children its parent, so going
+ * back to that parent would make it upload two streams and halve the rest
+ * of the stripe (measured: +26 s on a 16-host chain). It joins instead
+ * below a host that serves nobody in that stripe (a chain's tail), in its
+ * own IDC and rack if it can, the deepest first (it has fetched the
+ * longest); undefined where no other host is a leaf (it is the tail).
+ */
+export function rejoinParents(p: Plan, input: PlanInput): Record<string, (string | undefined)[]> {
+  const f = fleetOf(p, input);
+  const parents = new Map(Object.entries(p.parents));
+  const out: Record<string, (string | undefined)[]> = {};
+  for (const name of parents.keys()) out[name] = [];
+  for (let s = 0; s < p.stripes; s++) {
+    const serving = new Set([...parents.values()].map((ps) => ps[s]));
+    const depth = stripeDepths(f, parents, s);
+    const leaves = [...parents.keys()].filter((n) => !serving.has(n)).sort(cmp);
+    for (const name of parents.keys()) {
+      const me = f.hosts.get(name) as Host;
+      let best: { name: string; key: number[] } | undefined;
+      for (const leaf of leaves) {
+        if (leaf === name) continue;
+        const h = f.hosts.get(leaf) as Host;
+        const key = [h.idc === me.idc ? 0 : 1, h.rack === me.rack ? 0 : 1, -(depth.get(leaf) ?? 0)];
+        if (!best || before(key, best.key)) best = { name: leaf, key };
+      }
+      (out[name] as (string | undefined)[])[s] = best?.name;
+    }
+  }
+  return out;
+}
+
 // ---------------------------------------------------------------- estimate
 
 interface PathState {

@@ -1,0 +1,76 @@
+// The agent side of `canopy dist --source`: what may be served (the roots,
+// as for a destination), the manifest it answers, and chunks read straight
+// from the file, never from a file that changed since it was hashed.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type TestContext, test } from 'node:test';
+import type { SourceTask } from '../protocol/index.js';
+import { buildManifest, manifestId } from '../transfer/index.js';
+import { closeSeed, prepareSource, readSeedChunk } from './source-task.js';
+
+const CHUNK = 64 * 1024;
+
+function world(t: TestContext) {
+  const dir = mkdtempSync(join(tmpdir(), 'canopy-source-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const root = join(dir, 'root');
+  mkdirSync(root);
+  const policy = { roots: [root], runAs: [], defaultCwd: root };
+  const task = (path: string): SourceTask => ({
+    id: 'r1:s1',
+    runId: 'r1',
+    host: 's1',
+    kind: 'source',
+    expiresInMs: 60_000,
+    spec: { path, chunkSize: CHUNK, serveForMs: 60_000 },
+  });
+  return { dir, root, policy, task };
+}
+
+test('a file inside the roots: its manifest and blob id, and its chunks read from the file', async (t) => {
+  const w = world(t);
+  const data = randomBytes(3 * CHUNK + 100);
+  const file = join(w.root, 'build.bin');
+  writeFileSync(file, data);
+  const { output, seed } = await prepareSource(w.task(file), w.policy, () => 1_000);
+  assert.equal(output.state, 'ok', output.error);
+  const manifest = await buildManifest(file, { chunkSize: CHUNK });
+  assert.deepEqual(output.source?.manifest, manifest);
+  assert.equal(output.source?.blob, await manifestId(manifest));
+  assert.ok(seed);
+  assert.equal(seed.until, 61_000);
+  assert.deepEqual(Buffer.from((await readSeedChunk(seed, 3)) ?? []), data.subarray(3 * CHUNK));
+  assert.deepEqual(Buffer.from((await readSeedChunk(seed, 1)) ?? []), data.subarray(CHUNK, 2 * CHUNK));
+  // Touched since it was hashed: not served (receivers would reject the bytes anyway).
+  utimesSync(file, new Date(), new Date(Date.now() + 5_000));
+  assert.equal(await readSeedChunk(seed, 1), undefined);
+  await closeSeed(seed);
+});
+
+test('outside the roots, through a symlink, a directory, or missing: refused, naming agent and path', async (t) => {
+  const w = world(t);
+  const outside = join(w.dir, 'secret.bin');
+  writeFileSync(outside, 'x');
+  const out = await prepareSource(w.task(outside), w.policy);
+  assert.equal(out.output.state, 'refused');
+  assert.match(
+    out.output.error ?? '',
+    /^agent "s1" will not serve .*secret\.bin: the source file ".*secret\.bin" is outside the allowed roots/,
+  );
+  assert.equal(out.seed, undefined);
+  const link = join(w.root, 'link.bin');
+  symlinkSync(outside, link);
+  assert.match((await prepareSource(w.task(link), w.policy)).output.error ?? '', /is a symlink/);
+  mkdirSync(join(w.root, 'dir'));
+  const dir = await prepareSource(w.task(join(w.root, 'dir')), w.policy);
+  assert.match(dir.output.error ?? '', /is not a regular file/);
+  const missing = await prepareSource(w.task(join(w.root, 'nope.bin')), w.policy);
+  assert.equal(missing.output.state, 'failed');
+  assert.match(
+    missing.output.error ?? '',
+    /^agent "s1" cannot serve .*nope\.bin: no such file on this host$/,
+  );
+});

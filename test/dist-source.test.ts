@@ -1,0 +1,145 @@
+// `canopy dist --source HOST` end to end, with a real coordinator and agents
+// on loopback: a file that exists only on agent a1 reaches a2..a4 through
+// the peer tree rooted at a1 (every MD5 right, the coordinator's own source
+// uploading nothing); a1 named among the targets counts as holding it; an
+// unknown agent, a path a1 does not have and one outside its roots are
+// refused, naming the host and the path.
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { startFleet, type TestFleet, waitFor } from './helpers/fleet.js';
+
+const MiB = 1024 * 1024;
+
+interface DistJson {
+  md5: string;
+  sourceBytes: number;
+  activation?: { activated: boolean; current: string[] };
+  results: {
+    host: string;
+    state: string;
+    error?: string;
+    files?: { dest: string; state: string }[];
+    transfer?: { fetchedBytes: number; fromPeers: Record<string, number> };
+  }[];
+}
+
+const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex');
+const rootOf = (fleet: TestFleet, host: string) => join(fleet.dir, 'agents', host, 'root');
+
+test('--source a1: a file only a1 has reaches a2..a4 from a1, the coordinator serving nothing', async (t) => {
+  const names = ['a1', 'a2', 'a3', 'a4'];
+  const fleet = await startFleet(t);
+  for (const name of names)
+    await fleet.addAgent(name, { wait: false, extra: ['--peer-listen', '127.0.0.1:0'] });
+  await fleet.waitOnline(names);
+  await waitFor('every agent to announce its peer address', async () => {
+    const l = await fleet.cliJson<{ agents: { facts: { peer?: string } | null }[] }>(['agents']);
+    return l.agents.length === names.length && l.agents.every((a) => a.facts?.peer);
+  });
+  const data = randomBytes(8 * MiB + 12345);
+  const src = join(rootOf(fleet, 'a1'), 'build.bin');
+  writeFileSync(src, data);
+  const dest = join(fleet.dir, 'agents', '{host}', 'root', 'app.bin');
+  const r = await fleet.cli([
+    'dist',
+    src,
+    '--source',
+    'a1',
+    '--dest',
+    dest,
+    '--targets',
+    'a2',
+    '--targets',
+    'a3',
+    '--targets',
+    'a4',
+    '--json',
+  ]);
+  assert.equal(r.code, 0, `${r.stderr}\n${r.stdout.slice(0, 3000)}`);
+  const j = JSON.parse(r.stdout) as DistJson;
+  assert.equal(j.md5, md5(data));
+  assert.equal(j.sourceBytes, 0, "the coordinator's source uploaded bytes");
+  assert.deepEqual(j.results.map((x) => x.host).sort(), ['a2', 'a3', 'a4']);
+  let fromA1 = 0;
+  for (const res of j.results) {
+    assert.equal(res.state, 'ok', `${res.host}: ${res.error}`);
+    assert.equal(
+      md5(readFileSync(join(rootOf(fleet, res.host), 'app.bin'))),
+      md5(data),
+      `${res.host}: wrong MD5`,
+    );
+    assert.equal(
+      res.transfer?.fromPeers['canopy-source'] ?? 0,
+      0,
+      `${res.host} fetched from the coordinator`,
+    );
+    fromA1 += res.transfer?.fromPeers.a1 ?? 0;
+  }
+  assert.ok(fromA1 >= data.length, `only ${fromA1} bytes came from a1`);
+  assert.equal(existsSync(join(rootOf(fleet, 'a1'), 'app.bin')), false, 'a1 is no target');
+
+  // a1 among the targets (all) counts as holding the file; with --activate together the others switch.
+  const again = await fleet.cli([
+    'dist',
+    src,
+    '--source',
+    'a1',
+    '--dest',
+    join(fleet.dir, 'agents', '{host}', 'root', 'app2.bin'),
+    '--targets',
+    'all',
+    '--activate',
+    'together',
+    '--json',
+  ]);
+  assert.equal(again.code, 0, `${again.stderr}\n${again.stdout.slice(0, 3000)}`);
+  const k = JSON.parse(again.stdout) as DistJson;
+  assert.equal(k.activation?.activated, true);
+  assert.deepEqual(k.activation?.current, ['a1']);
+  const a1 = k.results.find((x) => x.host === 'a1');
+  assert.deepEqual(
+    a1?.files?.map((f) => [f.dest, f.state]),
+    [[src, 'unchanged']],
+  );
+  assert.equal(existsSync(join(rootOf(fleet, 'a1'), 'app2.bin')), false);
+  for (const h of ['a2', 'a3', 'a4']) {
+    assert.equal(md5(readFileSync(join(rootOf(fleet, h), 'app2.bin'))), md5(data), `${h}: wrong MD5`);
+  }
+  assert.equal(k.sourceBytes, 0);
+  assert.deepEqual(readdirSync(rootOf(fleet, 'a1')).sort(), ['build.bin']);
+});
+
+test('--source refusals name the host and the path: unknown agent, no such file, outside its roots', async (t) => {
+  const fleet = await startFleet(t);
+  await fleet.addAgent('s1', { extra: ['--peer-listen', '127.0.0.1:0'] });
+  await waitFor('s1 to announce its peer address', async () => {
+    const l = await fleet.cliJson<{ agents: { facts: { peer?: string } | null }[] }>(['agents']);
+    return l.agents[0]?.facts?.peer;
+  });
+  const dest = join(fleet.dir, 'agents', '{host}', 'root', 'app.bin');
+  const dist = (src: string, host: string) =>
+    fleet.cli(['dist', src, '--source', host, '--dest', dest, '--targets', 'all']);
+  const inRoot = join(rootOf(fleet, 's1'), 'nope.bin');
+  const unknown = await dist(inRoot, 's9');
+  assert.equal(unknown.code, 2, unknown.stderr);
+  assert.match(
+    unknown.stderr,
+    /--source s9: no agent named "s9" has joined; --source names the agent that holds .*nope\.bin/,
+  );
+  const missing = await dist(inRoot, 's1');
+  assert.equal(missing.code, 2, missing.stderr);
+  assert.match(missing.stderr, /agent "s1" cannot serve \S*\/s1\/root\/nope\.bin: no such file on this host/);
+  const outside = await dist('/etc/hostname', 's1');
+  assert.equal(outside.code, 2, outside.stderr);
+  assert.match(
+    outside.stderr,
+    /agent "s1" will not serve \/etc\/hostname: the source file "\/etc\/hostname" is outside the allowed roots/,
+  );
+  const relative = await dist('build.bin', 's1');
+  assert.equal(relative.code, 2);
+  assert.match(relative.stderr, /with --source s1, SRC is a path on that agent: give it as an absolute path/);
+  assert.equal(existsSync(join(rootOf(fleet, 's1'), 'app.bin')), false);
+});
