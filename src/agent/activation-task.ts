@@ -23,7 +23,7 @@
 import { lstat, open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { CanopyError, isCanopyError } from '../errors/index.js';
-import { type ActivationTask, type FileOutcome, NO_OUTPUT, type TaskResult } from '../protocol/index.js';
+import type { ActivationTask, FileOutcome, TaskResult } from '../protocol/index.js';
 import {
   commitInstall,
   type FileState,
@@ -34,6 +34,7 @@ import {
 } from '../transfer/index.js';
 import { lookupAccount, lookupGroupId } from './accounts.js';
 import type { ExecPolicy } from './executor.js';
+import { output as taskOutput } from './task-output.js';
 
 type StepOutput = Omit<TaskResult, 'taskId' | 'runId'>;
 
@@ -108,22 +109,8 @@ export async function runActivation(task: ActivationTask, ctx: ActivationContext
   const now = ctx.now ?? Date.now;
   const startedAt = now();
   const spec = task.spec;
-  const output = (
-    state: StepOutput['state'],
-    error: string | undefined,
-    files: FileOutcome[],
-  ): StepOutput => {
-    const endedAt = now();
-    return {
-      state,
-      ...NO_OUTPUT,
-      startedAt,
-      endedAt,
-      durationMs: endedAt - startedAt,
-      ...(error ? { error } : {}),
-      files,
-    };
-  };
+  const output = (state: StepOutput['state'], error: string | undefined, files: FileOutcome[]): StepOutput =>
+    taskOutput(startedAt, now(), state, error, files);
   const outcome = (state: FileOutcome['state'], oldMd5: string | null, extra: Partial<FileOutcome> = {}) => ({
     dest: spec.dest,
     state,

@@ -67,8 +67,13 @@ const CERT_BACKDATE_MS = 60_000;
 const FETCH_TIMEOUT_MS = 60_000;
 /** How long the peer server holds a request for a chunk it is still fetching. */
 const CHUNK_WAIT_MS = 2_000;
-/** Memory for the chunks stored last (served to children without a disk read). */
-const RECENT_CHUNK_BYTES = 16 * 1024 * 1024;
+/**
+ * Memory for the chunks stored last (served to children without a read of
+ * the pack). Children stay a chunk or two behind, so a few chunks suffice;
+ * the rest comes from the pack file (the page cache). Kept small for the
+ * relay's memory budget (RSS under 100 MB whatever the blob's size).
+ */
+const RECENT_CHUNK_BYTES = 4 * 1024 * 1024;
 /** Distribution progress goes to the coordinator at most this often. */
 const PROGRESS_EVERY_MS = 1_000;
 

@@ -17,13 +17,7 @@
  */
 import { unlink } from 'node:fs/promises';
 import { isCanopyError } from '../errors/index.js';
-import {
-  type DistTask,
-  type FileOutcome,
-  NO_OUTPUT,
-  type PeerAddress,
-  type TaskResult,
-} from '../protocol/index.js';
+import type { DistTask, FileOutcome, PeerAddress, TaskResult } from '../protocol/index.js';
 import {
   type ChunkStore,
   chunkRange,
@@ -38,6 +32,7 @@ import {
 } from '../transfer/index.js';
 import { resolveOwner, stageFile } from './activation-task.js';
 import type { ExecPolicy } from './executor.js';
+import { output } from './task-output.js';
 
 type DistOutput = Omit<TaskResult, 'taskId' | 'runId'>;
 
@@ -366,23 +361,4 @@ async function install(
     ...(previous ? { previous } : {}),
   });
   return { ...base, state: 'changed', content: true };
-}
-
-/** A distribution task's result fields: no process output, its times, and (for files) its outcome. */
-export function output(
-  startedAt: number,
-  endedAt: number,
-  state: DistOutput['state'],
-  error: string | undefined,
-  files?: FileOutcome[],
-): DistOutput {
-  return {
-    state,
-    ...NO_OUTPUT,
-    startedAt,
-    endedAt,
-    durationMs: endedAt - startedAt,
-    ...(error ? { error } : {}),
-    ...(files ? { files } : {}),
-  };
 }

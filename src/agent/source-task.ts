@@ -15,9 +15,10 @@
  */
 import { type FileHandle, open, stat } from 'node:fs/promises';
 import { isCanopyError } from '../errors/index.js';
-import { NO_OUTPUT, type SourceTask, type TaskResult } from '../protocol/index.js';
+import type { SourceTask, TaskResult } from '../protocol/index.js';
 import { buildManifest, chunkRange, type Manifest, manifestId, resolveDest } from '../transfer/index.js';
 import type { ExecPolicy } from './executor.js';
+import { output as taskOutput } from './task-output.js';
 
 type SourceOutput = Omit<TaskResult, 'taskId' | 'runId'>;
 
@@ -41,18 +42,10 @@ export async function prepareSource(
 ): Promise<{ output: SourceOutput; seed?: Seed }> {
   const startedAt = now();
   const spec = task.spec;
-  const out = (state: SourceOutput['state'], error?: string, extra: Partial<SourceOutput> = {}) => {
-    const endedAt = now();
-    return {
-      state,
-      ...NO_OUTPUT,
-      startedAt,
-      endedAt,
-      durationMs: endedAt - startedAt,
-      ...(error ? { error } : {}),
-      ...extra,
-    };
-  };
+  const out = (state: SourceOutput['state'], error?: string, extra: Partial<SourceOutput> = {}) => ({
+    ...taskOutput(startedAt, now(), state, error),
+    ...extra,
+  });
   const where = `agent "${task.host}"`;
   const check = await resolveDest(spec.path, policy.roots);
   if (!check.ok) {

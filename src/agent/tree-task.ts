@@ -24,8 +24,9 @@ import {
   syncFromPeer,
 } from '../transfer/index.js';
 import { parseHostPort } from './config.js';
-import { candidatesFor, output, sleep } from './dist-task.js';
+import { candidatesFor, sleep } from './dist-task.js';
 import type { ExecPolicy } from './executor.js';
+import { output } from './task-output.js';
 
 type TreeOutput = Omit<TaskResult, 'taskId' | 'runId'>;
 
