@@ -115,7 +115,7 @@ async function main(): Promise<number> {
     return l.agents.length === n && l.agents.every((a) => a.facts?.peer);
   });
   const src = join(dir, 'blob.bin');
-  await writeRandom(src, sizeMiB << 20);
+  await writeRandom(src, sizeMiB * 2 ** 20);
   const before = new Map(agents.map((a) => [a.name, usage(a.pid)]));
   const coordBefore = usage(coord.child.pid ?? 0).cpu;
   const t0 = process.hrtime.bigint();
