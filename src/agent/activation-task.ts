@@ -20,7 +20,7 @@
  * that finds nothing reports `discarded`. This module never writes the
  * destination except through commitInstall, and never follows a symlink.
  */
-import { lstat, open, rename, unlink } from 'node:fs/promises';
+import { lstat, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { CanopyError, isCanopyError } from '../errors/index.js';
 import type { ActivationTask, FileOutcome, TaskResult } from '../protocol/index.js';
@@ -30,6 +30,7 @@ import {
   fileState,
   type Md5Cache,
   resolveDest,
+  setMeta,
   syncDir,
 } from '../transfer/index.js';
 import { lookupAccount, lookupGroupId } from './accounts.js';
@@ -72,7 +73,7 @@ export async function stageFile(
 ): Promise<string> {
   const staged = stagedPathFor(opts.dest, opts.blob);
   try {
-    await applyMeta(temp, opts.meta, opts.previous);
+    await setMeta(temp, opts.meta, opts.previous);
     await rename(temp, staged);
     await syncDir(dirname(opts.dest));
   } catch (err) {
@@ -81,19 +82,6 @@ export async function stageFile(
     throw err;
   }
   return staged;
-}
-
-/** Mode and owner as commitInstall sets them: the spec's, else the existing file's, else 0644. */
-async function applyMeta(file: string, meta: Meta, previous: FileState | undefined): Promise<void> {
-  const fh = await open(file, 'r');
-  try {
-    const uid = meta.uid ?? previous?.uid;
-    const gid = meta.gid ?? previous?.gid;
-    if (uid !== undefined || gid !== undefined) await fh.chown(uid ?? -1, gid ?? -1);
-    await fh.chmod(meta.mode ?? previous?.mode ?? 0o644);
-  } finally {
-    await fh.close();
-  }
 }
 
 export interface ActivationContext {

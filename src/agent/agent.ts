@@ -21,7 +21,6 @@ import {
   type CoordinatorMessage,
   decodeCoordinatorMessage,
   encode,
-  NO_OUTPUT,
   type Task,
   type TaskResult,
   type WithoutV,
@@ -45,6 +44,7 @@ import { type AgentIdentity, saveIdentity } from './identity.js';
 import { Journal } from './journal.js';
 import { runPush } from './push-task.js';
 import { closeSeed, prepareSource, readSeedChunk, type Seed } from './source-task.js';
+import { output as taskOutput } from './task-output.js';
 import { runTree } from './tree-task.js';
 
 export interface AgentOptions {
@@ -460,15 +460,8 @@ export class Agent {
   private async source(task: Extract<Task, { kind: 'source' }>) {
     this.log.info({ task: task.id, path: task.spec.path }, 'building the manifest of a distribution source');
     if (!this.peer) {
-      const now = this.now();
-      return {
-        state: 'refused' as const,
-        ...NO_OUTPUT,
-        startedAt: now,
-        endedAt: now,
-        durationMs: 0,
-        error: `agent "${this.name}" serves no chunks: start it with --peer-listen HOST:PORT to be a --source`,
-      };
+      const error = `agent "${this.name}" serves no chunks: start it with --peer-listen HOST:PORT to be a --source`;
+      return taskOutput(this.now(), this.now(), 'refused', error);
     }
     const { output, seed } = await prepareSource(task, this.policy, this.now);
     const blob = output.source?.blob;
@@ -518,16 +511,9 @@ export class Agent {
   private async dist(task: Extract<Task, { kind: 'dist' }>, signal: AbortSignal) {
     const peer = this.peer;
     if (!peer) {
-      const now = this.now();
-      return {
-        state: 'refused' as const,
-        ...NO_OUTPUT,
-        startedAt: now,
-        endedAt: now,
-        durationMs: 0,
-        error:
-          'this agent relays no chunks: start it with --peer-listen HOST:PORT (peer_listen in its config)',
-      };
+      const error =
+        'this agent relays no chunks: start it with --peer-listen HOST:PORT (peer_listen in its config)';
+      return taskOutput(this.now(), this.now(), 'refused', error);
     }
     if (task.spec.tree) return this.tree(task, signal);
     this.log.info(

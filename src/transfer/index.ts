@@ -49,6 +49,7 @@ export {
   removeStaleTemps,
   resolveDest,
   rollback,
+  setMeta,
   tempPathFor,
 } from './install.js';
 export {

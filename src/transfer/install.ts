@@ -296,7 +296,7 @@ export function tempPathFor(dest: string): string {
 }
 
 /** Mode and owner on the temporary file, so the rename publishes them with the content. */
-async function setMeta(
+export async function setMeta(
   file: string,
   opts: Pick<InstallOptions, 'mode' | 'uid' | 'gid'>,
   previous: FileState | undefined,
