@@ -20,7 +20,7 @@
  * case that leaves a mix; it is reported as such, by name.
  */
 import type { ActivationSpec, ActivationStep, DistSpec, TaskResult } from '../protocol/index.js';
-import type { HostResult, InterimRecord, Lacking } from './store.js';
+import { type HostResult, type InterimRecord, type Lacking, NO_PROCESS } from './store.js';
 
 /** What a host's stage result means for the switch. */
 export function stageOutcome(r: Pick<HostResult, 'state' | 'files'>): 'staged' | 'current' | 'lacking' {
@@ -132,12 +132,7 @@ export function settle(
   const startedAt = stage.startedAt ?? r.startedAt;
   const base: Final = {
     state: r.state,
-    exitCode: null,
-    signal: null,
-    stdout: '',
-    stderr: '',
-    stdoutTruncated: false,
-    stderrTruncated: false,
+    ...NO_PROCESS,
     startedAt,
     endedAt: r.endedAt,
     durationMs: r.endedAt - startedAt,

@@ -44,15 +44,16 @@ import {
   stepDone,
   stepWindowMs,
 } from './activation.js';
-import type {
-  HostFinalState,
-  HostResult,
-  InterimRecord,
-  PlanRecord,
-  QueueRecord,
-  RunRecord,
-  RunSpec,
-  Store,
+import {
+  type HostFinalState,
+  type HostResult,
+  type InterimRecord,
+  NO_PROCESS,
+  type PlanRecord,
+  type QueueRecord,
+  type RunRecord,
+  type RunSpec,
+  type Store,
 } from './store.js';
 
 export type AgentStatus = 'online' | 'offline' | 'unknown' | 'revoked';
@@ -647,12 +648,7 @@ export class RunManager {
     const r: HostResult = {
       host,
       state,
-      exitCode: null,
-      signal: null,
-      stdout: '',
-      stderr: '',
-      stdoutTruncated: false,
-      stderrTruncated: false,
+      ...NO_PROCESS,
       startedAt: null,
       endedAt: null,
       durationMs: null,
