@@ -29,6 +29,7 @@
 #   NODE               node binary (default: node)
 #   CANOPY_DIST_ARGS   extra `canopy dist` options (e.g. "--chunk-size 262144 --stripes 4")
 #   CANOPY_LOG         daemons' --log-level (default info)
+#   CANOPY_NODE_FLAGS  node options for the agents instead of bin/canopy's (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof")
 #   CANOPY_KEEP        a directory: cleanup copies the run's JSON and the logs there
 #   CANOPY_KILL_RELAY  "HOST@SECONDS": kill -9 that host's agent SECONDS after the
 #                      run starts (the fault cell; the killed host is restarted
@@ -75,9 +76,13 @@ cleanup_all() {
   rmdir "$STORE" 2>/dev/null
 }
 
+# The V8 flags bin/canopy starts `canopy agent` with: the benchmark runs the agent as users do.
+agent_flags() { sed -n 's/^ *agent) exec node \(.*\) "\$main".*/\1/p' "$PROJECT/bin/canopy"; }
+
 start_agent() {  # NAME ADDR NS DEST [--join TOKEN]
   local name=$1 addr=$2 ns=$3 dest=$4; shift 4
-  ip netns exec "$ns" setsid "$NODE" "$MAIN" agent --data "$STORE/$name" --name "$name" \
+  # shellcheck disable=SC2086
+  ip netns exec "$ns" setsid "$NODE" ${CANOPY_NODE_FLAGS:-$(agent_flags)} "$MAIN" agent --data "$STORE/$name" --name "$name" \
     --bind "$addr" --peer-listen "$addr:$PEER_PORT" --root "$(dirname "$dest")" \
     --log-level "$LOGLEVEL" "$@" </dev/null >>"$LOGS/$name.out" 2>>"$LOGS/$name.err" &
   echo "$! $name $addr $ns $dest" >>"$W/agents.pids"
@@ -154,10 +159,18 @@ run() {
     kill_relay_later "$CANOPY_KILL_RELAY" &
     killer=$!
   fi
+  local c0a c0c c1a c1c hz
+  c0a=$(daemons_cpu_split "$W/agents.pids"); c0c=$(daemons_cpu_split "$W/coord.pid")
   # shellcheck disable=SC2086
   canopy dist "$DIST_SRC_FILE" --dest "$destdir/{host}/$base" --targets all --json ${CANOPY_DIST_ARGS:-} \
     >"$W/run.json" 2>"$LOGS/run.err" || rc=$?
   [[ -n $killer ]] && wait "$killer" 2>/dev/null
+  c1a=$(daemons_cpu_split "$W/agents.pids"); c1c=$(daemons_cpu_split "$W/coord.pid")
+  hz=$(getconf CLK_TCK)
+  # CPU seconds (user / system) the agents and the coordinator spent in the timed window
+  # (a killed agent's ticks before its death are lost).
+  read -r au as <<<"$c0a"; read -r bu bs <<<"$c1a"; read -r cu cs <<<"$c0c"; read -r du ds <<<"$c1c"
+  log "cpu s: agents user $(( (bu - au) / hz )) sys $(( (bs - as) / hz )), coordinator user $(( (du - cu) / hz )) sys $(( (ds - cs) / hz ))"
   jq -c '{wall: .wallSeconds, sourceCopies, summary: .summary}' "$W/run.json" >&2 || rc=1
   if [[ -n ${DIST_DONE_DIR:-} ]]; then
     jq -r '.results[] | select(.state == "ok") | "\(.host) \(.endedAt / 1000)"' "$W/run.json" |

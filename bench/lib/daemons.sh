@@ -43,6 +43,17 @@ daemons_cpu_ticks() {  # PIDFILE...: utime + stime of the recorded processes, in
   echo "$sum"
 }
 
+daemons_cpu_split() {  # PIDFILE...: "UTIME STIME" of the recorded processes, in clock ticks
+  local pid u=0 s=0 f
+  while read -r pid _; do
+    f=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+    f=${f##*) }
+    read -r -a a <<<"$f"
+    u=$(( u + a[11] )); s=$(( s + a[12] ))
+  done < <(cat "$@")
+  echo "$u $s"
+}
+
 wait_daemons_idle() {  # PIDFILE...: until they use under 10% of a core over 2 s (at most 60 s)
   local c0 c1 i
   for i in $(seq 30); do

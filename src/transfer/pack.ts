@@ -31,6 +31,9 @@ import { createBLAKE3 } from 'hash-wasm';
 import { CanopyError } from '../errors/index.js';
 import { chunkRange, type Manifest } from './manifest.js';
 
+/** Out-of-order chunks a pack keeps in memory for its MD5 (16 chunks of the default 256 KiB). */
+const AHEAD_BYTES = 4 * 1024 * 1024;
+
 export class Pack {
   readonly held: Uint8Array;
   private heldCount = 0;
@@ -38,6 +41,12 @@ export class Pack {
   private md5: Hash = createHash('md5');
   /** The MD5 covers chunks [0, next). */
   private next = 0;
+  /**
+   * Chunks written past the MD5's prefix, kept (up to AHEAD_BYTES) until the
+   * prefix reaches them, so the MD5 does not read them back from the file.
+   */
+  private readonly ahead = new Map<number, Uint8Array>();
+  private aheadBytes = 0;
   private tail: Promise<void> = Promise.resolve();
   private failed: unknown;
   private closed = false;
@@ -106,7 +115,11 @@ export class Pack {
     return this.held[index] === 1;
   }
 
-  /** Writes chunk `index` (already verified against its digest) and lists it; a held chunk is left alone. */
+  /**
+   * Writes chunk `index` (already verified against its digest) and lists it;
+   * a held chunk is left alone. `data` must not change afterwards: the pack
+   * may keep it until its in-order MD5 reaches the chunk.
+   */
   write(index: number, data: Uint8Array): Promise<void> {
     // A refused chunk is the caller's error, not the pack's: checked here so it does not end up in `failed`.
     try {
@@ -209,6 +222,8 @@ export class Pack {
     if (this.closed) return;
     this.closed = true;
     await this.tail;
+    this.ahead.clear();
+    this.aheadBytes = 0;
     await this.fh.close().catch(() => {});
     await this.log.close().catch(() => {});
   }
@@ -247,6 +262,9 @@ export class Pack {
       this.md5.update(data);
       this.next++;
       await this.advance();
+    } else if (index > this.next && this.aheadBytes + data.length <= AHEAD_BYTES) {
+      this.ahead.set(index, data);
+      this.aheadBytes += data.length;
     }
   }
 
@@ -254,8 +272,15 @@ export class Pack {
   private async advance(): Promise<void> {
     let buf: Buffer | undefined;
     while (this.next < this.held.length && this.held[this.next]) {
-      buf ??= Buffer.allocUnsafe(this.manifest.chunkSize);
-      this.md5.update(await this.read(this.next, buf));
+      const kept = this.ahead.get(this.next);
+      if (kept) {
+        this.ahead.delete(this.next);
+        this.aheadBytes -= kept.length;
+        this.md5.update(kept);
+      } else {
+        buf ??= Buffer.allocUnsafe(this.manifest.chunkSize);
+        this.md5.update(await this.read(this.next, buf));
+      }
       this.next++;
     }
   }
@@ -267,6 +292,11 @@ export class Pack {
       this.held[i] = 0;
       this.heldCount--;
       this.heldBytes -= chunkRange(this.manifest, i).length;
+    }
+    for (const i of indexes) {
+      const kept = this.ahead.get(i);
+      if (kept) this.aheadBytes -= kept.length;
+      this.ahead.delete(i);
     }
     if (Math.min(...indexes) < this.next) {
       this.md5 = createHash('md5');
