@@ -3,13 +3,19 @@
 // the peer tree rooted at a1 (every MD5 right, the coordinator's own source
 // uploading nothing); a1 named among the targets counts as holding it; an
 // unknown agent, a path a1 does not have and one outside its roots are
-// refused, naming the host and the path.
+// refused, naming the host and the path. A1 killed with SIGKILL mid-way and
+// restarted serves its blob again from its recorded seed (every host
+// finishes); if its file changed while it was down, it serves nothing and
+// the distribution fails on every host naming a1 and the path, with nothing
+// installed anywhere.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
-import { test } from 'node:test';
-import { startFleet, type TestFleet, waitFor } from './helpers/fleet.js';
+import { type TestContext, test } from 'node:test';
+import { apiOf, startFleet, type TestFleet, waitFor } from './helpers/fleet.js';
 
 const MiB = 1024 * 1024;
 
@@ -142,4 +148,125 @@ test('--source refusals name the host and the path: unknown agent, no such file,
   assert.equal(relative.code, 2);
   assert.match(relative.stderr, /with --source s1, SRC is a path on that agent: give it as an absolute path/);
   assert.equal(existsSync(join(rootOf(fleet, 's1'), 'app.bin')), false);
+});
+
+interface DistView {
+  run: { finishedAt?: number };
+  results: DistJson['results'];
+  sourceBytes: number;
+  tree: { parents: Record<string, string[]>; bytes: Record<string, number> } | null;
+}
+
+/** A port free now on 127.0.0.1: the --source agent must come back where the plans name it. */
+async function freePort(): Promise<number> {
+  const srv = createServer().listen(0, '127.0.0.1');
+  await once(srv, 'listening');
+  const { port } = srv.address() as AddressInfo;
+  await new Promise((resolve) => srv.close(resolve));
+  return port;
+}
+
+/**
+ * a1 (on a fixed peer port) holding build.bin, a2..a4 targets; a distribution
+ * from a1 capped at 1 MiB/s, and a1 killed with SIGKILL once a2 holds a quarter.
+ */
+async function killSourceMidway(t: TestContext) {
+  const fleet = await startFleet(t);
+  const a1 = await fleet.addAgent('a1', {
+    wait: false,
+    extra: ['--peer-listen', `127.0.0.1:${await freePort()}`],
+  });
+  for (const name of ['a2', 'a3', 'a4'])
+    await fleet.addAgent(name, { wait: false, extra: ['--peer-listen', '127.0.0.1:0'] });
+  await fleet.waitOnline(['a1', 'a2', 'a3', 'a4']);
+  await waitFor('every agent to announce its peer address', async () => {
+    const l = await fleet.cliJson<{ agents: { facts: { peer?: string } | null }[] }>(['agents']);
+    return l.agents.length === 4 && l.agents.every((a) => a.facts?.peer);
+  });
+  const size = 8 * MiB;
+  const data = randomBytes(size);
+  const src = join(rootOf(fleet, 'a1'), 'build.bin');
+  writeFileSync(src, data);
+  const api = apiOf(fleet);
+  const created = await api('POST', '/v1/dists', {
+    path: src,
+    source: 'a1',
+    dest: join(fleet.dir, 'agents', '{host}', 'root', 'app.bin'),
+    targets: ['a2', 'a3', 'a4'],
+    rateLimit: MiB,
+  });
+  assert.equal(created.status, 201, created.text);
+  const id = (JSON.parse(created.text) as { id: string }).id;
+  const view = async () => {
+    const r = await api('GET', `/v1/dists/${id}`);
+    assert.equal(r.status, 200, r.text);
+    return JSON.parse(r.text) as DistView;
+  };
+  await waitFor(
+    'a2 to hold a quarter of the file',
+    async () => ((await view()).tree?.bytes.a2 ?? 0) >= size / 4,
+  );
+  await a1.kill('SIGKILL');
+  // Mid-way indeed: nobody holds it all (and under the cap, nobody could have since the check).
+  const atKill = (await view()).tree?.bytes ?? {};
+  for (const h of ['a2', 'a3', 'a4']) assert.ok((atKill[h] ?? 0) < size, `${h} had it all at the kill`);
+  await waitFor('the coordinator to see a1 gone', async () => {
+    const l = await fleet.cliJson<{ agents: { name: string; online: boolean }[] }>(['agents']);
+    return l.agents.some((a) => a.name === 'a1' && !a.online);
+  });
+  const finished = () =>
+    waitFor(
+      'the distribution to finish',
+      async () => {
+        const v = await view();
+        return v.run.finishedAt ? v : undefined;
+      },
+      180_000,
+    );
+  return { fleet, a1, src, data, finished };
+}
+
+test('--source a1 killed with SIGKILL mid-way and restarted: it serves its blob again and every host finishes', async (t) => {
+  const { fleet, a1, data, finished } = await killSourceMidway(t);
+  a1.restart();
+  const done = await finished();
+  assert.deepEqual(done.results.map((r) => r.host).sort(), ['a2', 'a3', 'a4']);
+  for (const r of done.results) {
+    assert.equal(r.state, 'ok', `${r.host}: ${r.error}`);
+    assert.equal(
+      md5(readFileSync(join(rootOf(fleet, r.host), 'app.bin'))),
+      md5(data),
+      `${r.host}: wrong MD5`,
+    );
+    assert.equal(r.transfer?.fromPeers['canopy-source'] ?? 0, 0, `${r.host} fetched from the coordinator`);
+  }
+  // a2's only candidate is a1 (the root, never re-parented): all of it came from a1, before and after.
+  assert.equal(done.results.find((r) => r.host === 'a2')?.transfer?.fromPeers.a1, data.length);
+  assert.equal(done.sourceBytes, 0);
+  assert.match(a1.log(), /"msg":"dist\.source\.restored"/);
+  assert.doesNotMatch(a1.log(), /dist\.source\.changed/);
+});
+
+test('--source a1 whose file changed while it was down: the distribution fails naming a1 and the path, nothing installed', async (t) => {
+  const { fleet, a1, src, data, finished } = await killSourceMidway(t);
+  // Same size, new bytes: only the file's identity (mtime, ctime) tells.
+  writeFileSync(src, randomBytes(data.length));
+  a1.restart();
+  const done = await finished();
+  assert.deepEqual(done.results.map((r) => r.host).sort(), ['a2', 'a3', 'a4']);
+  for (const r of done.results) {
+    t.diagnostic(`${r.host}: ${r.error}`);
+    assert.equal(r.state, 'failed', `${r.host} did not fail`);
+    assert.match(
+      r.error ?? '',
+      /agent "a1" no longer serves \S*\/a1\/root\/build\.bin \(blob [0-9a-f]{16}\)/,
+    );
+    assert.match(
+      r.error ?? '',
+      /the file changed since it was hashed \(found at the agent's restart\): it was modified/,
+    );
+    assert.deepEqual(readdirSync(rootOf(fleet, r.host)), [], `${r.host}: something was installed or left`);
+  }
+  assert.match(a1.log(), /"msg":"dist\.source\.changed"/);
+  assert.deepEqual(readdirSync(rootOf(fleet, 'a1')), ['build.bin']);
 });

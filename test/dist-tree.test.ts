@@ -2,7 +2,9 @@
 // coordinator (the source) and 4 agents with peer servers; `canopy dist DIR`
 // puts a tree (nested directories, an 8 MiB file, a symlink, modes) on every
 // host with rsync over the peer channel, level by level down the planned
-// tree; a second distribution of a changed tree moves only the delta.
+// tree; a second distribution of a changed tree moves only the delta. With
+// --rate-limit, the fleet's progress (SSE and GET /v1/dists/:id) shows hosts
+// midway through their pulls, and every serving rsync ran with the cap.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import {
@@ -19,7 +21,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { readJsonLines, startFleet, waitFor } from './helpers/fleet.js';
+import { apiOf, readJsonLines, startFleet, type TestFleet, waitFor } from './helpers/fleet.js';
 
 const MiB = 1024 * 1024;
 
@@ -29,6 +31,7 @@ interface RsyncFigures {
   bytesReceived: number;
   literalBytes: number;
   matchedBytes: number;
+  bwlimitKiB?: number;
 }
 interface DistJson {
   size: number;
@@ -57,17 +60,23 @@ function snapshot(dir: string, rel = ''): Record<string, string> {
   return out;
 }
 
-test('canopy dist DIR: a tree to 4 agents with rsync down the peer tree, then only the delta', async (t) => {
+/** A fleet of agents with peer servers, each announcing its peer address. */
+async function peerFleet(t: Parameters<typeof startFleet>[0], names: string[]): Promise<TestFleet> {
   const fleet = await startFleet(t);
-  const names = ['node-01', 'node-02', 'node-03', 'node-04'];
   for (const name of names) {
     await fleet.addAgent(name, { wait: false, extra: ['--peer-listen', '127.0.0.1:0'] });
   }
   await fleet.waitOnline(names);
   await waitFor('every agent to announce its peer address', async () => {
     const l = await fleet.cliJson<{ agents: { facts: { peer?: string } | null }[] }>(['agents']);
-    return l.agents.length === 4 && l.agents.every((a) => a.facts?.peer);
+    return l.agents.length === names.length && l.agents.every((a) => a.facts?.peer);
   });
+  return fleet;
+}
+
+test('canopy dist DIR: a tree to 4 agents with rsync down the peer tree, then only the delta', async (t) => {
+  const names = ['node-01', 'node-02', 'node-03', 'node-04'];
+  const fleet = await peerFleet(t, names);
 
   const src = join(fleet.dir, 'tree');
   mkdirSync(join(src, 'etc', 'conf.d'), { recursive: true });
@@ -139,4 +148,125 @@ test('canopy dist DIR: a tree to 4 agents with rsync down the peer tree, then on
     const relayed = j.results.filter((r) => r.transfer?.rsync?.peer !== 'canopy-source');
     assert.ok(relayed.length > 0, 'every host pulled from the source: no relaying');
   }
+});
+
+/** The fleet's progress event (the fields checked here). */
+interface FleetProgress {
+  size: number;
+  bytes: number;
+  totalBytes: number;
+  complete: number;
+  slowest: { host: string; bytes: number }[];
+  sourceBytes: number;
+}
+
+/** Server-sent events as they were read: name and parsed data. */
+function parseSse(text: string): { event: string; data: unknown }[] {
+  return text
+    .split('\n\n')
+    .filter((b) => b.trim() && !b.startsWith(':'))
+    .map((b) => {
+      const f = Object.fromEntries(
+        b.split('\n').map((l) => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 2)]),
+      );
+      return { event: f.event ?? '', data: f.data ? JSON.parse(f.data) : null };
+    });
+}
+
+test('canopy dist DIR --rate-limit: progress moves while hosts pull, and every serving rsync ran with the cap', async (t) => {
+  const names = ['lim-01', 'lim-02', 'lim-03'];
+  const fleet = await peerFleet(t, names);
+  const src = join(fleet.dir, 'tree');
+  mkdirSync(join(src, 'data'), { recursive: true });
+  writeFileSync(join(src, 'data', 'model.bin'), randomBytes(6 * MiB));
+  writeFileSync(join(src, 'app.conf'), 'workers = 4\n');
+  const size = 6 * MiB + 12;
+  const destOf = (host: string) => join(fleet.dir, 'agents', host, 'root', 'app');
+  const rate = 2 * MiB; // 2048 KiB/s: a host takes about 3 s, so its progress is seen midway
+  const api = apiOf(fleet);
+
+  const created = await api('POST', '/v1/dists', {
+    path: src,
+    dest: join(fleet.dir, 'agents', '{host}', 'root', 'app'),
+    targets: ['all'],
+    rateLimit: rate,
+  });
+  assert.equal(created.status, 201, created.text);
+  const { id, blob: treeId } = JSON.parse(created.text) as { id: string; blob: string };
+  // The event stream, read to its end (done), and GET /v1/dists/:id polled meanwhile.
+  const events = api('GET', `/v1/dists/${id}/events`);
+  const polled: Record<string, number>[] = [];
+  let finished = false;
+  void events.finally(() => {
+    finished = true;
+  });
+  while (!finished) {
+    const v = JSON.parse((await api('GET', `/v1/dists/${id}`)).text) as {
+      tree: { bytes: Record<string, number> } | null;
+    };
+    if (v.tree) polled.push(v.tree.bytes);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  const stream = parseSse((await events).text);
+  assert.equal(stream.at(-1)?.event, 'done', 'the stream ended before the distribution');
+
+  // Every host has the tree, pulled with rsync's --bwlimit at the cap.
+  const view = JSON.parse((await api('GET', `/v1/dists/${id}`)).text) as {
+    results: DistJson['results'];
+    sourceBytes: number;
+  };
+  assert.equal(view.results.length, 3);
+  for (const res of view.results) {
+    assert.equal(res.state, 'ok', `${res.host}: ${res.error}`);
+    assert.deepEqual(snapshot(destOf(res.host)), snapshot(src), `${res.host} has a different tree`);
+    assert.equal(res.transfer?.rsync?.bwlimitKiB, 2048, `${res.host}: ${JSON.stringify(res.transfer)}`);
+  }
+  // The coordinator's source counts what it served with rsync.
+  assert.ok(view.sourceBytes >= size, `the source uploaded ${view.sourceBytes} bytes`);
+
+  // The serving side of every pull (the coordinator's source or a parent agent) ran rsync with the cap.
+  const logs = [
+    { who: 'coordinator', log: fleet.coordinator.log() },
+    ...names.map((n) => ({ who: n, log: fleet.agents.get(n)?.log() ?? '' })),
+  ];
+  const started = logs.flatMap(({ who, log }) =>
+    readJsonLines(log)
+      .filter((l) => l.msg === 'transfer.peer.rsync_started' && l.tree === treeId)
+      .map((l) => ({ who, argv: l.argv as string[] })),
+  );
+  assert.ok(started.length >= 3, `${started.length} rsync pulls served: ${JSON.stringify(started)}`);
+  for (const s of started) {
+    assert.ok(s.argv.includes('--bwlimit=2048'), `${s.who} served rsync ${s.argv.join(' ')}`);
+  }
+  // An agent serving the tree to its children capped its peer server's upload too.
+  const servers = new Set(started.map((s) => s.who).filter((w) => w !== 'coordinator'));
+  assert.ok(servers.size > 0, 'no agent served the tree: no relaying');
+  for (const who of servers) {
+    const caps = readJsonLines(fleet.agents.get(who)?.log() ?? '').filter((l) => l.msg === 'peer upload cap');
+    assert.ok(
+      caps.some((l) => l.bytesPerSecond === rate),
+      `${who} served the tree without an upload cap: ${JSON.stringify(caps)}`,
+    );
+  }
+
+  // Progress: the fleet's bytes only grow, and hosts were seen midway through their pulls.
+  const progress = stream.filter((e) => e.event === 'progress').map((e) => e.data as FleetProgress);
+  for (let i = 1; i < progress.length; i++) {
+    assert.ok(
+      (progress[i]?.bytes ?? 0) >= (progress[i - 1]?.bytes ?? 0),
+      `fleet bytes went back: ${progress.map((p) => p.bytes).join(', ')}`,
+    );
+  }
+  assert.ok(progress.every((p) => p.size === size && p.totalBytes === 3 * size));
+  const midway = progress.filter((p) => p.slowest.some((s) => s.bytes > 0 && s.bytes < size));
+  assert.ok(
+    midway.length >= 2,
+    `progress events with a host midway: ${JSON.stringify(progress.map((p) => p.slowest))}`,
+  );
+  assert.ok(
+    new Set(midway.map((p) => p.bytes)).size >= 2,
+    `the midway events did not move: ${midway.map((p) => p.bytes).join(', ')}`,
+  );
+  const seenMidway = polled.flatMap((b) => Object.values(b)).filter((n) => n > 0 && n < size);
+  assert.ok(seenMidway.length > 0, `GET /v1/dists/${id} never showed a host midway`);
 });

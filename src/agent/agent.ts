@@ -14,7 +14,14 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
 import type WebSocketType from 'ws';
-import { COORDINATOR_SAN, certInfo, checkSan, createKeyAndCsr, verifyIssuedBy } from '../pki/index.js';
+import {
+  COORDINATOR_SAN,
+  certInfo,
+  checkSan,
+  createKeyAndCsr,
+  normalizeSerial,
+  verifyIssuedBy,
+} from '../pki/index.js';
 import {
   type AgentMessage,
   type Content,
@@ -43,7 +50,8 @@ import { gatherFacts } from './facts.js';
 import { type AgentIdentity, saveIdentity } from './identity.js';
 import { Journal } from './journal.js';
 import { runPush } from './push-task.js';
-import { closeSeed, prepareSource, readSeedChunk, type Seed } from './source-task.js';
+import { SeedStore } from './seed-store.js';
+import { runSource } from './source-task.js';
 import { output as taskOutput } from './task-output.js';
 import { runTree } from './tree-task.js';
 
@@ -130,14 +138,19 @@ export class Agent {
   private peer: { server: PeerServer; store: ChunkStore; address: string } | undefined;
   private readonly serving = new Map<string, { manifest: Manifest; until: number; rateLimit?: number }>();
   /** Directory distributions this host holds completely: their root, served to children until `until`. */
-  private readonly trees = new Map<string, { root: string; until: number }>();
+  private readonly trees = new Map<string, { root: string; until: number; rateLimit?: number }>();
   /** Blobs whose source is a file on this host (canopy dist --source): served from the file. */
-  private readonly seeds = new Map<string, Seed>();
+  private readonly seeds: SeedStore;
   /** Blobs a running distribution task is fetching (with how many tasks). */
   private readonly fetching = new Map<string, number>();
   /** The peer server's upload cap: the lowest --rate-limit of the distributions served. */
   private readonly uploadLimit = new RateLimiter({ bytesPerSecond: Number.POSITIVE_INFINITY });
   private readonly fetches = new Map<string, PendingFetch>();
+  /**
+   * Certificate serials the coordinator revoked (its `revoked` message, the whole set each time);
+   * the peer server refuses them. Memory only: empty from start until the first hello is answered.
+   */
+  private revokedSerials = new Set<string>();
   /** Resolves when the agent has said hello at least once (tests and the demo wait on it). */
   readonly ready: Promise<void>;
   private markReady: () => void = () => {};
@@ -149,6 +162,23 @@ export class Agent {
     this.journal = new Journal(join(opts.dataDir, 'journal'));
     const roots = opts.config.roots.length > 0 ? opts.config.roots : [join(opts.dataDir, 'work')];
     this.policy = { roots, runAs: opts.config.runAs, defaultCwd: roots[0] ?? '/' };
+    this.seeds = new SeedStore({
+      dir: join(opts.dataDir, 'seeds'),
+      host: opts.identity.name,
+      policy: this.policy,
+      log: this.log,
+      now: this.now,
+      serve: (blob, manifest, until, rateLimit) => {
+        const s = { manifest, until: Math.max(until, this.serving.get(blob)?.until ?? 0) };
+        this.serving.set(blob, rateLimit ? { ...s, rateLimit } : s);
+        this.applyUploadLimit();
+      },
+      ended: (blob) => {
+        const s = this.serving.get(blob);
+        if (s && s.until <= this.now()) this.serving.delete(blob);
+        this.applyUploadLimit();
+      },
+    });
     this.startedAt = this.now();
     this.ready = new Promise((resolve) => {
       this.markReady = resolve;
@@ -162,6 +192,8 @@ export class Agent {
   async start(): Promise<void> {
     if (this.opts.config.roots.length === 0)
       await mkdir(this.policy.defaultCwd, { recursive: true, mode: 0o700 });
+    // Before the peer server listens: a restarted --source serves its seeds from the first request.
+    await this.seeds.restore();
     if (this.opts.config.peerListen) await this.startPeer(this.opts.config.peerListen);
     const interrupted = await this.journal.open(this.now());
     for (const r of interrupted) {
@@ -192,7 +224,7 @@ export class Agent {
     this.ws?.close(1001, 'agent stopping');
     await this.peer?.server.close();
     await this.peer?.store.close();
-    for (const seed of this.seeds.values()) await closeSeed(seed);
+    await this.seeds.close();
   }
 
   /**
@@ -222,14 +254,13 @@ export class Agent {
         const t = this.trees.get(id);
         return t && t.until > this.now() ? { root: t.root } : undefined;
       },
-      isRevoked: () => false,
+      isRevoked: (serial) => this.revokedSerials.has(normalizeSerial(serial)),
       log: this.log,
       store,
       // A chunk of a blob this agent is still fetching: answer when it lands (a long poll), so
       // children stay one chunk behind without asking again and again.
       source: async (blob, index, manifest) => {
-        const seed = this.seeds.get(blob);
-        if (seed) return seed.until > this.now() ? readSeedChunk(seed, index) : undefined;
+        if (this.seeds.has(blob)) return this.seeds.chunk(blob, index);
         const digest = manifest.chunks[index];
         if (!digest || !this.fetching.has(blob)) return undefined;
         if (!(await store.waitFor(digest, CHUNK_WAIT_MS))) return undefined;
@@ -382,6 +413,9 @@ export class Agent {
       case 'refuse':
         this.log.warn({ code: m.code }, `the coordinator refused a message: ${m.message}`);
         return;
+      case 'revoked':
+        await this.onRevoked(m.serials);
+        return;
       default:
         assertNeverMessage(m);
     }
@@ -454,8 +488,9 @@ export class Agent {
 
   /**
    * Becomes the source of a distribution (canopy dist --source): hashes the
-   * file into the manifest the coordinator plans with, then serves the blob
-   * from the file until the task's serveForMs has passed.
+   * file into the manifest the coordinator plans with, records the seed in
+   * DATA/seeds (seed-store.ts: a restart serves it again), then serves the
+   * blob from the file until the task's serveForMs has passed.
    */
   private async source(task: Extract<Task, { kind: 'source' }>) {
     this.log.info({ task: task.id, path: task.spec.path }, 'building the manifest of a distribution source');
@@ -463,32 +498,7 @@ export class Agent {
       const error = `agent "${this.name}" serves no chunks: start it with --peer-listen HOST:PORT to be a --source`;
       return taskOutput(this.now(), this.now(), 'refused', error);
     }
-    const { output, seed } = await prepareSource(task, this.policy, this.now);
-    const blob = output.source?.blob;
-    if (!seed || !blob) return output;
-    const old = this.seeds.get(blob);
-    if (old && old.path !== seed.path) await closeSeed(old);
-    this.seeds.set(blob, seed);
-    this.serving.set(blob, {
-      manifest: seed.manifest,
-      until: Math.max(seed.until, this.serving.get(blob)?.until ?? 0),
-      ...(task.spec.rateLimit ? { rateLimit: task.spec.rateLimit } : {}),
-    });
-    this.applyUploadLimit();
-    this.log.info(
-      { blob, path: seed.path, size: seed.manifest.size, until: seed.until },
-      'serving a distribution source',
-    );
-    const release = setTimeout(() => {
-      if (this.seeds.get(blob) !== seed || seed.until > this.now()) return;
-      this.seeds.delete(blob);
-      void closeSeed(seed);
-      const s = this.serving.get(blob);
-      if (s && s.until <= this.now()) this.serving.delete(blob);
-      this.applyUploadLimit();
-    }, task.spec.serveForMs + 1_000);
-    release.unref();
-    return output;
+    return runSource(task, { policy: this.policy, record: (seed) => this.seeds.add(seed), now: this.now });
   }
 
   /** A step on a staged distributed file (verify, activate, discard): local, short, idempotent. */
@@ -602,42 +612,43 @@ export class Agent {
       { task: task.id, tree: id, dest: task.spec.dest, parent: task.spec.parents[0]?.name },
       'running directory distribution task',
     );
+    const rateLimit = task.spec.rateLimit;
     const r = await runTree(task, {
       policy: this.policy,
       dataDir: this.opts.dataDir,
       canopy: canopyArgv(),
-      ready: (tree, root) => this.trees.set(tree, { root, until: this.now() + task.spec.serveForMs }),
+      ready: (tree, root) => {
+        this.trees.set(tree, {
+          root,
+          until: this.now() + task.spec.serveForMs,
+          ...(rateLimit ? { rateLimit } : {}),
+        });
+        this.applyUploadLimit(); // serving the tree counts against --rate-limit too
+      },
+      // Throttled by runTree (once a second), the last one with the tree's whole size.
+      progress: (p) => this.send({ type: 'progress', taskId: task.id, ...p }),
       signal,
       now: this.now,
     });
-    if (r.state === 'ok') {
-      const size = task.spec.manifest.size;
-      const fetched = r.transfer?.fetchedBytes ?? 0;
-      this.send({
-        type: 'progress',
-        taskId: task.id,
-        chunks: 0,
-        bytes: size,
-        fetchedBytes: fetched,
-        failedPeers: [],
-      });
-    }
     const release = setTimeout(() => {
       const t = this.trees.get(id);
       if (t && t.until <= this.now()) this.trees.delete(id);
+      this.applyUploadLimit();
     }, task.spec.serveForMs + 1_000);
     release.unref();
     return r;
   }
 
-  /** The upload cap is the lowest rate limit among the blobs served now; none: no cap. */
+  /** The upload cap is the lowest rate limit among the blobs and trees served now; none: no cap. */
   private applyUploadLimit(): void {
     let cap = Number.POSITIVE_INFINITY;
     const now = this.now();
-    for (const s of this.serving.values()) {
+    for (const s of [...this.serving.values(), ...this.trees.values()]) {
       if (s.until > now && s.rateLimit) cap = Math.min(cap, s.rateLimit);
     }
-    if (cap !== this.uploadLimit.bytesPerSecond) this.uploadLimit.setRate(cap);
+    if (cap === this.uploadLimit.bytesPerSecond) return;
+    this.uploadLimit.setRate(cap);
+    this.log.info({ bytesPerSecond: Number.isFinite(cap) ? cap : null }, 'peer upload cap');
   }
 
   private async push(task: Extract<Task, { kind: 'push' }>, signal: AbortSignal) {
@@ -739,6 +750,32 @@ export class Agent {
 
   private renewTimer: NodeJS.Timeout | undefined;
 
+  private renewPeerServer(): void {
+    if (!this.peer) return;
+    try {
+      this.peer.server.setCredentials({ certPem: this.identity.certPem, keyPem: this.identity.keyPem });
+      this.log.info(
+        { serial: certInfo(this.identity.certPem).serial },
+        'peer server serves the renewed certificate',
+      );
+    } catch (err) {
+      this.log.error(
+        { err },
+        'the peer server keeps its old certificate; restart the agent before it expires',
+      );
+    }
+  }
+
+  /** Takes the coordinator's revoked serials; hangs up peer connections made with one newly revoked. */
+  private async onRevoked(serials: string[]): Promise<void> {
+    const next = new Set(serials.map(normalizeSerial));
+    const added = [...next].filter((s) => !this.revokedSerials.has(s)).length;
+    this.revokedSerials = next;
+    if (added === 0 || !this.peer) return;
+    const dropped = await this.peer.server.dropRevoked();
+    this.log.info({ revoked: next.size, added, dropped }, 'peer server took the revoked serials');
+  }
+
   private async onRenewed(certPem: string): Promise<void> {
     const key = this.pendingKey;
     this.renewing = false;
@@ -752,6 +789,9 @@ export class Agent {
     }
     this.identity = { ...this.identity, certPem, keyPem: key };
     this.pendingKey = undefined;
+    // New peer connections, both ways, use the new certificate (dist's connect reads this.identity
+    // when it dials; peer-rsh reads the file saved next); open ones keep theirs and run on.
+    this.renewPeerServer();
     await saveIdentity(this.opts.dataDir, this.identity);
     this.log.info({ notAfter: certInfo(certPem).notAfter }, 'agent certificate renewed');
     await this.maybeRenew();

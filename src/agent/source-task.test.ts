@@ -3,13 +3,23 @@
 // from the file, never from a file that changed since it was hashed.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import {
+  appendFileSync,
+  mkdirSync,
+  mkdtempSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
+import { isCanopyError } from '../errors/index.js';
 import type { SourceTask } from '../protocol/index.js';
 import { buildManifest, manifestId } from '../transfer/index.js';
-import { closeSeed, prepareSource, readSeedChunk } from './source-task.js';
+import { closeSeed, identityChange, prepareSource, readSeedChunk } from './source-task.js';
 
 const CHUNK = 64 * 1024;
 
@@ -44,10 +54,54 @@ test('a file inside the roots: its manifest and blob id, and its chunks read fro
   assert.equal(seed.until, 61_000);
   assert.deepEqual(Buffer.from((await readSeedChunk(seed, 3)) ?? []), data.subarray(3 * CHUNK));
   assert.deepEqual(Buffer.from((await readSeedChunk(seed, 1)) ?? []), data.subarray(CHUNK, 2 * CHUNK));
-  // Touched since it was hashed: not served (receivers would reject the bytes anyway).
+  // Touched since it was hashed: refused for good, naming the agent and the path (not "missing").
   utimesSync(file, new Date(), new Date(Date.now() + 5_000));
-  assert.equal(await readSeedChunk(seed, 1), undefined);
+  await assert.rejects(readSeedChunk(seed, 1), (err: unknown) => {
+    assert.ok(isCanopyError(err, 'DIST_SOURCE_REFUSED'));
+    assert.match(err.message, /^agent "s1" no longer serves .*build\.bin \(blob [0-9a-f]{16}\): /);
+    assert.match(err.message, /the file changed since it was hashed: it was modified \(mtime /);
+    assert.match(err.message, /run canopy dist --source s1 again$/);
+    return true;
+  });
+  await assert.rejects(readSeedChunk(seed, 0), /no longer serves/);
   await closeSeed(seed);
+});
+
+test('a seed whose file is replaced, resized or removed before it is served is refused', async (t) => {
+  const w = world(t);
+  const file = join(w.root, 'build.bin');
+  const cases: [string, () => void, RegExp][] = [
+    ['replaced', () => renameSync(join(w.root, 'other.bin'), file), /it was replaced by another file/],
+    ['resized', () => appendFileSync(file, 'x'), /its size changed from 196708 to 196709 bytes/],
+    ['removed', () => rmSync(file), /it no longer exists/],
+  ];
+  for (const [what, change, why] of cases) {
+    writeFileSync(file, randomBytes(3 * CHUNK + 100));
+    writeFileSync(join(w.root, 'other.bin'), randomBytes(3 * CHUNK + 100));
+    const { seed } = await prepareSource(w.task(file), w.policy);
+    assert.ok(seed, what);
+    change();
+    await assert.rejects(readSeedChunk(seed, 0), why, what);
+    assert.match(seed.broken ?? '', why, what);
+    await closeSeed(seed);
+  }
+});
+
+test('identityChange names what differs: inode, size, mtime, ctime; nothing when all match', () => {
+  const was = { dev: '1', ino: '42', size: 10, mtimeNs: '1000000000', ctimeNs: '1000000000' };
+  assert.equal(identityChange(was, { ...was }), undefined);
+  assert.match(
+    identityChange(was, { ...was, ino: '43' }) ?? '',
+    /^it was replaced by another file \(inode 1:42, now 1:43\)$/,
+  );
+  assert.match(identityChange(was, { ...was, dev: '2' }) ?? '', /replaced/);
+  assert.equal(identityChange(was, { ...was, size: 11 }), 'its size changed from 10 to 11 bytes');
+  assert.match(
+    identityChange(was, { ...was, mtimeNs: '2000000001', ctimeNs: '2000000001' }) ?? '',
+    /^it was modified \(mtime 1970-01-01T00:00:01\.000Z, now 1970-01-01T00:00:02\.000Z\)$/,
+  );
+  // A write that put mtime back (or a chmod) still moves ctime: refused too.
+  assert.match(identityChange(was, { ...was, ctimeNs: '3000000000' }) ?? '', /^its inode changed \(ctime /);
 });
 
 test('outside the roots, through a symlink, a directory, or missing: refused, naming agent and path', async (t) => {

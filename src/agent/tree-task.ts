@@ -10,21 +10,31 @@
  * the next candidate (the coordinator's alternate, then the source) is
  * tried. Once the pull succeeds, `ready` lets this host serve the tree to its
  * own children.
+ *
+ * Progress: rsync's own count of the file data done (`--info=progress2`, read
+ * by syncFromPeer) goes to `progress` at most once a second, as bytes of the
+ * tree held here; the coordinator compares them with the tree's total size
+ * (it scanned the source directory). Until the pull has ended the figure
+ * stays below that size (a host is complete only when its pull is), then the
+ * last report gives the whole size. `--rate-limit` (spec.rateLimit) becomes
+ * rsync's --bwlimit, which the serving rsync applies to what it sends.
  */
 import { lstat, mkdir } from 'node:fs/promises';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { isCanopyError } from '../errors/index.js';
 import type { DistTask, TaskResult } from '../protocol/index.js';
 import {
+  bwlimitKiB,
   isInside,
   PEER_CODES,
   resolveDest,
   type SyncFromPeerOptions,
+  type SyncProgress,
   type SyncResult,
   syncFromPeer,
 } from '../transfer/index.js';
 import { parseHostPort } from './config.js';
-import { candidatesFor, sleep } from './dist-task.js';
+import { candidatesFor, type DistProgress, sleep } from './dist-task.js';
 import type { ExecPolicy } from './executor.js';
 import { output } from './task-output.js';
 
@@ -46,9 +56,19 @@ export interface TreeContext {
   now?: () => number;
   /** The pull (tests replace it). */
   sync?: (o: SyncFromPeerOptions) => Promise<SyncResult>;
+  /**
+   * Where the pull stands (the agent sends it to the coordinator): bytes of
+   * the tree held here (treeProgressBytes), peers given up on; at most once
+   * per `progressEveryMs`, and, when the pull succeeded, once more with the
+   * whole size and rsync's wire bytes.
+   */
+  progress?: (p: DistProgress) => void;
+  /** Between two progress reports while pulling; default 1 s. */
+  progressEveryMs?: number;
 }
 
 const PARENT_WAIT_MS = 10 * 60_000;
+const PROGRESS_EVERY_MS = 1_000;
 const RETRY_MS = 500;
 /** Pulls from one candidate that failed on the link (not a refusal) before the next candidate. */
 const LINK_ATTEMPTS = 2;
@@ -67,81 +87,175 @@ export async function runTree(task: DistTask, ctx: TreeContext): Promise<TreeOut
   if (!tree) return out('failed', 'not a directory distribution (the task has no tree)');
   const dest = await treeDest(spec.dest, ctx.policy.roots);
   if (!dest.ok) return out('refused', dest.reason);
+  let bwlimit: number | undefined;
+  try {
+    bwlimit = spec.rateLimit === undefined ? undefined : bwlimitKiB(spec.rateLimit);
+  } catch (err) {
+    return out('refused', (err as Error).message);
+  }
 
   const first = spec.parents[0];
   const candidates = first ? candidatesFor(first, spec.alternates?.[0], spec.fallbacks) : spec.fallbacks;
   const sync = ctx.sync ?? syncFromPeer;
   const failures: string[] = [];
   const failedPeers: string[] = [];
-  let noRsync = false;
-  for (const peer of candidates) {
-    const where = parseHostPort(peer.address);
-    if (!where) {
-      failures.push(`${peer.name}: no valid address (${peer.address})`);
-      continue;
-    }
-    const deadline = now() + (ctx.parentWaitMs ?? PARENT_WAIT_MS);
-    let linkFailures = 0;
-    for (;;) {
-      if (ctx.signal?.aborted) return out('interrupted', `stopped while pulling tree ${tree.id}`);
-      try {
-        const r = await sync({
-          peer: { name: peer.name, host: where.host, port: where.port },
-          tree: tree.id,
-          localPath: dest.path,
-          dataDir: ctx.dataDir,
-          canopy: ctx.canopy,
-          partial: true,
-          ...(tree.delete ? { delete: true } : {}),
-          ...(ctx.signal ? { signal: ctx.signal } : {}),
-        });
-        ctx.ready(tree.id, dest.path);
-        return out('ok', undefined, {
-          exitCode: r.exitCode,
-          transfer: {
-            fetchedBytes: r.bytesReceived,
-            reusedChunks: 0,
-            fromPeers: { [peer.name]: r.bytesReceived },
-            badPeers: [],
-            rsync: {
-              peer: peer.name,
-              files: r.files,
-              filesTotal: r.filesTotal,
-              bytesReceived: r.bytesReceived,
-              bytesSent: r.bytesSent,
-              literalBytes: r.literalBytes,
-              matchedBytes: r.matchedBytes,
-              totalFileSize: r.totalFileSize,
-            },
-          },
-        });
-      } catch (err) {
-        if (ctx.signal?.aborted) return out('interrupted', `stopped while pulling tree ${tree.id}`);
-        const code = isCanopyError(err) ? err.code : undefined;
-        const message = (err as Error).message;
-        // Not ready yet (its own pull runs) or busy: ask again, until the wait is over.
-        if (code === PEER_CODES.forbidden && now() < deadline) {
-          await sleep(ctx.retryMs ?? RETRY_MS, ctx.signal);
-          continue;
-        }
-        if (code !== PEER_CODES.forbidden && code !== 'INPUT_NOT_FOUND' && ++linkFailures < LINK_ATTEMPTS) {
-          await sleep(ctx.retryMs ?? RETRY_MS, ctx.signal);
-          continue; // the partial file resumes
-        }
-        failures.push(`${peer.name}${code ? ` (${code})` : ''}: ${message}`);
-        failedPeers.push(peer.name);
-        noRsync = code === 'INPUT_NOT_FOUND'; // no rsync on this host: no other peer helps
-        break;
-      }
-    }
-    if (noRsync) break;
-  }
-  return out(
-    'failed',
-    `could not pull tree ${tree.id} into ${dest.path} from ${candidates.map((c) => c.name).join(', then ')}: ` +
-      failures.join('; '),
-    { transfer: { fetchedBytes: 0, reusedChunks: 0, fromPeers: {}, badPeers: failedPeers.slice(0, 64) } },
+  const size = spec.manifest.size;
+  /** rsync's count of file data done, the best of the attempts (a resumed pull counts again from 0). */
+  let done = 0;
+  const reports = new Throttle<DistProgress>(
+    (p) => ctx.progress?.(p),
+    ctx.progressEveryMs ?? PROGRESS_EVERY_MS,
+    now,
   );
+  const pulling = (): DistProgress => ({
+    chunks: 0,
+    bytes: treeProgressBytes(done, size),
+    // rsync tells its bytes on the wire only when it ends.
+    fetchedBytes: 0,
+    failedPeers: failedPeers.slice(0, 64),
+  });
+  const onProgress = (p: SyncProgress) => {
+    const before = treeProgressBytes(done, size);
+    done = Math.max(done, p.bytes);
+    if (treeProgressBytes(done, size) > before) reports.update(pulling());
+  };
+  let noRsync = false;
+  try {
+    for (const peer of candidates) {
+      const where = parseHostPort(peer.address);
+      if (!where) {
+        failures.push(`${peer.name}: no valid address (${peer.address})`);
+        continue;
+      }
+      const deadline = now() + (ctx.parentWaitMs ?? PARENT_WAIT_MS);
+      let linkFailures = 0;
+      for (;;) {
+        if (ctx.signal?.aborted) return out('interrupted', `stopped while pulling tree ${tree.id}`);
+        try {
+          const r = await sync({
+            peer: { name: peer.name, host: where.host, port: where.port },
+            tree: tree.id,
+            localPath: dest.path,
+            dataDir: ctx.dataDir,
+            canopy: ctx.canopy,
+            partial: true,
+            ...(tree.delete ? { delete: true } : {}),
+            ...(spec.rateLimit !== undefined ? { rateLimit: spec.rateLimit } : {}),
+            ...(ctx.progress ? { progress: onProgress } : {}),
+            ...(ctx.signal ? { signal: ctx.signal } : {}),
+          });
+          ctx.ready(tree.id, dest.path);
+          reports.stop();
+          ctx.progress?.({
+            chunks: 0,
+            bytes: size,
+            fetchedBytes: r.bytesReceived,
+            failedPeers: failedPeers.slice(0, 64),
+          });
+          return out('ok', undefined, {
+            exitCode: r.exitCode,
+            transfer: {
+              fetchedBytes: r.bytesReceived,
+              reusedChunks: 0,
+              fromPeers: { [peer.name]: r.bytesReceived },
+              badPeers: [],
+              rsync: {
+                peer: peer.name,
+                files: r.files,
+                filesTotal: r.filesTotal,
+                bytesReceived: r.bytesReceived,
+                bytesSent: r.bytesSent,
+                literalBytes: r.literalBytes,
+                matchedBytes: r.matchedBytes,
+                totalFileSize: r.totalFileSize,
+                ...(bwlimit !== undefined ? { bwlimitKiB: bwlimit } : {}),
+              },
+            },
+          });
+        } catch (err) {
+          if (ctx.signal?.aborted) return out('interrupted', `stopped while pulling tree ${tree.id}`);
+          const code = isCanopyError(err) ? err.code : undefined;
+          const message = (err as Error).message;
+          // Not ready yet (its own pull runs) or busy: ask again, until the wait is over.
+          if (code === PEER_CODES.forbidden && now() < deadline) {
+            await sleep(ctx.retryMs ?? RETRY_MS, ctx.signal);
+            continue;
+          }
+          if (code !== PEER_CODES.forbidden && code !== 'INPUT_NOT_FOUND' && ++linkFailures < LINK_ATTEMPTS) {
+            await sleep(ctx.retryMs ?? RETRY_MS, ctx.signal);
+            continue; // the partial file resumes
+          }
+          failures.push(`${peer.name}${code ? ` (${code})` : ''}: ${message}`);
+          failedPeers.push(peer.name);
+          reports.update(pulling());
+          noRsync = code === 'INPUT_NOT_FOUND'; // no rsync on this host: no other peer helps
+          break;
+        }
+      }
+      if (noRsync) break;
+    }
+    return out(
+      'failed',
+      `could not pull tree ${tree.id} into ${dest.path} from ${candidates.map((c) => c.name).join(', then ')}: ` +
+        failures.join('; '),
+      { transfer: { fetchedBytes: 0, reusedChunks: 0, fromPeers: {}, badPeers: failedPeers.slice(0, 64) } },
+    );
+  } finally {
+    reports.stop();
+  }
+}
+
+/**
+ * The bytes a host still pulling reports: rsync's count of file data done,
+ * kept below the tree's size (the coordinator counts a host whose bytes reach
+ * the size as complete, and rsync's count can reach it before its
+ * --delay-updates renames, or pass it when the source grew since the scan).
+ */
+export function treeProgressBytes(done: number, size: number): number {
+  return Math.max(0, Math.min(done, size - 1));
+}
+
+/**
+ * Hands values on at most once per `everyMs`: the first at once, later ones
+ * after the interval (only the latest of those that came meanwhile). stop()
+ * drops what waits.
+ */
+export class Throttle<T> {
+  private last = Number.NEGATIVE_INFINITY;
+  private timer: NodeJS.Timeout | undefined;
+  private latest: T | undefined;
+
+  constructor(
+    private readonly send: (value: T) => void,
+    private readonly everyMs: number,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  update(value: T): void {
+    this.latest = value;
+    if (this.timer) return;
+    const wait = this.last + this.everyMs - this.now();
+    if (wait <= 0) this.flush();
+    else {
+      this.timer = setTimeout(() => this.flush(), wait);
+      this.timer.unref();
+    }
+  }
+
+  stop(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.latest = undefined;
+  }
+
+  private flush(): void {
+    this.timer = undefined;
+    const value = this.latest;
+    this.latest = undefined;
+    if (value === undefined) return;
+    this.last = this.now();
+    this.send(value);
+  }
 }
 
 type TreeDest = { ok: true; path: string } | { ok: false; reason: string };

@@ -238,7 +238,7 @@ function line(r: HostResult): string {
     const s = t.rsync;
     parts.push(
       `from ${s.peer}: received ${s.bytesReceived} B, literal ${s.literalBytes} B, matched ${s.matchedBytes} B, ` +
-        `${s.files}/${s.filesTotal} files updated`,
+        `${s.files}/${s.filesTotal} files updated${s.bwlimitKiB ? ` (--bwlimit ${s.bwlimitKiB} KiB/s)` : ''}`,
     );
   } else if (t) {
     parts.push(`fetched ${t.fetchedBytes} B`);

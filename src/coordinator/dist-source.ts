@@ -7,6 +7,15 @@
  * serves the blob from its peer server. The distribution manager then plans
  * with HOST as the root of the tree. This module never reads the file, and
  * refuses, naming the host and the path, whatever keeps HOST from serving it.
+ *
+ * After the answer the coordinator has nothing more to do with HOST: the
+ * agent recorded its seed in its data directory before answering and serves
+ * the blob, across its own restarts, for `serveForMs` (its file re-checked at
+ * each start; a changed file is refused to every host, naming HOST and the
+ * path). If HOST goes offline mid-distribution, the hosts wait for it by
+ * their own rules (HOST is the last candidate of every stripe, asked again
+ * for twelve stall windows), so nothing here re-asks or re-plans; HOST must
+ * come back on the peer address the plans name (docs/transfer.md).
  */
 import { CanopyError } from '../errors/index.js';
 import type { PeerAddress } from '../protocol/index.js';

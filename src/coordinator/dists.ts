@@ -1,8 +1,9 @@
 /**
  * Distributions on the coordinator: a file on this machine goes to the
  * target agents over a planned peer tree. The coordinator hashes the file
- * into a manifest, plans who fetches which stripe from whom (the pure
- * planner in src/transfer), serves the chunks itself as the source (a peer
+ * into a manifest (not again while the file is unchanged: manifest-cache.ts),
+ * plans who fetches which stripe from whom (the pure planner in
+ * src/transfer), serves the chunks itself as the source (a peer
  * server with a certificate it issues to the reserved agent name
  * `canopy-source`, reading the original file), and hands each host a
  * distribution task through the run manager (durable queue, exactly once,
@@ -19,11 +20,9 @@ import { CanopyError } from '../errors/index.js';
 import { type CertAndKey, createKeyAndCsr, signCsr } from '../pki/index.js';
 import type { DistSpec, FileOutcome, PeerAddress, Progress } from '../protocol/index.js';
 import {
-  buildManifest,
   chunkRange,
   DEFAULT_STRIPES,
   type Manifest,
-  manifestId,
   PeerServer,
   type Plan,
   type PlanHost,
@@ -35,8 +34,9 @@ import {
 import type { ActivationView } from './activation.js';
 import { askAgentSource } from './dist-source.js';
 import { type Fleet, RESERVED_AGENT_NAME } from './fleet.js';
+import { ManifestCache } from './manifest-cache.js';
 import { DEADLINE_SLACK_MS, newRunId, type RunManager } from './runs.js';
-import type { DistRunSpec, RunRecord } from './store.js';
+import type { DistRunSpec, RunRecord, StoredDistSpec } from './store.js';
 
 /** The agent name the coordinator's own peer server (the source) goes by; no agent may join with it. */
 export const SOURCE_NAME = RESERVED_AGENT_NAME;
@@ -141,6 +141,8 @@ export interface DistManagerOptions {
   host: string;
   /** The host agents dial for it (default: the address it listens on). */
   advertiseHost?: () => string | undefined;
+  /** Manifests of source files by file identity (default: kept in the run manager's store). */
+  manifests?: ManifestCache;
 }
 
 interface Active {
@@ -157,8 +159,12 @@ export class DistManager {
   private readonly trees = new Map<string, { root: string; runs: Set<string> }>();
   private readonly trackers = new Map<string, Tracker>();
   private source: { server: PeerServer; address: string } | undefined;
+  /** An unchanged source file is not hashed again (manifest-cache.ts). */
+  private readonly manifests: ManifestCache;
 
-  constructor(private readonly opts: DistManagerOptions) {}
+  constructor(private readonly opts: DistManagerOptions) {
+    this.manifests = opts.manifests ?? new ManifestCache({ store: opts.runs.store, logger: opts.logger });
+  }
 
   async create(req: DistRequest, hosts: string[]): Promise<{ record: RunRecord; manifest: Manifest }> {
     if (!isAbsolute(req.path)) {
@@ -187,8 +193,7 @@ export class DistManager {
         },
       );
     }
-    const manifest = await buildManifest(req.path, { chunkSize: req.chunkSize ?? DEFAULT_DIST_CHUNK });
-    const blob = await manifestId(manifest);
+    const { manifest, blob } = await this.manifests.manifest(req.path, req.chunkSize ?? DEFAULT_DIST_CHUNK);
     const active = this.active.get(blob) ?? {
       manifest,
       path: req.path,
@@ -343,9 +348,10 @@ export class DistManager {
     return { record, manifest };
   }
 
-  /** Bytes the source has uploaded since the coordinator started. */
+  /** Bytes the source has uploaded since the coordinator started: chunks, and trees' rsync output. */
   get sourceBytes(): number {
-    return this.source?.server.stats.bytesServed ?? 0;
+    const server = this.source?.server;
+    return server ? server.stats.bytesServed + server.rsyncStats.bytesSent : 0;
   }
 
   /** A progress report from an agent's distribution task (task ids are RUN:HOST). */
@@ -395,8 +401,9 @@ export class DistManager {
         continue;
       }
       const plan = [...(this.opts.runs.plansOf(record.id)?.values() ?? [])].find(
-        (p): p is DistSpec => 'blob' in p,
+        (p): p is StoredDistSpec => 'blob' in p,
       );
+      const manifest = this.opts.runs.manifestOf(record.id);
       const st = await stat(spec.path).catch(() => undefined);
       if (plan?.tree && st?.isDirectory()) {
         const tree = this.trees.get(plan.tree.id) ?? { root: spec.path, runs: new Set<string>() };
@@ -408,16 +415,16 @@ export class DistManager {
         this.opts.logger.info({ dist: record.id, tree: plan.tree.id }, 'directory distribution resumed');
         continue;
       }
-      if (!plan || plan.tree || st?.size !== spec.size) {
+      if (!plan || !manifest || plan.tree || st?.size !== spec.size) {
         this.opts.logger.warn(
-          { dist: record.id, path: spec.path },
-          'cannot serve a resumed distribution: its source file is gone or changed size; hosts that need ' +
-            'the source will fail when their stall window passes',
+          { dist: record.id, path: spec.path, manifest: manifest !== undefined },
+          'cannot serve a resumed distribution: its source file is gone or changed size (or its manifest ' +
+            'is not in the store); hosts that need the source will fail when their stall window passes',
         );
         continue;
       }
       const active = this.active.get(spec.blob) ?? {
-        manifest: plan.manifest,
+        manifest,
         path: spec.path,
         file: undefined,
         runs: new Set<string>(),

@@ -1,7 +1,8 @@
 /**
  * The fleet: every agent that joined, its certificates, and its live
  * control session. It admits agents (join with a token, mutual TLS on every
- * connection, revocation), tracks heartbeats (offline after three missed),
+ * connection, revocation, told to every online agent for its peer server),
+ * tracks heartbeats (offline after three missed),
  * relays protocol messages to the run manager, and implements the Courier
  * the run manager delivers tasks through.
  */
@@ -9,14 +10,16 @@ import type { PeerCertificate } from 'node:tls';
 import type { Logger } from 'pino';
 import type { WebSocket } from 'ws';
 import { CanopyError } from '../errors/index.js';
-import { type CertAndKey, signCsr } from '../pki/index.js';
+import { type CertAndKey, normalizeSerial, signCsr } from '../pki/index.js';
 import {
   type AgentMessage,
   type CoordinatorMessage,
   decodeAgentMessage,
   encode,
   type Facts,
+  MAX_REVOKED_SERIALS,
   type Progress,
+  type Revoked,
   type WithoutV,
 } from '../protocol/index.js';
 import type { AgentStatus, Courier, RunManager } from './runs.js';
@@ -213,6 +216,7 @@ export class Fleet implements Courier {
     await this.store.commit(ops);
     this.records.set(req.name, record);
     this.sessions.get(req.name)?.ws.terminate();
+    if (previous) this.broadcastRevoked();
     this.log.info(
       { agent: req.name, ip: req.ip, token: req.tokenId, rejoin: previous !== undefined },
       'agent joined',
@@ -237,6 +241,7 @@ export class Fleet implements Courier {
       this.sessions.delete(name);
     }
     this.log.warn({ agent: name, by }, 'agent revoked');
+    this.broadcastRevoked();
     return revoked;
   }
 
@@ -344,6 +349,8 @@ export class Fleet implements Courier {
           await this.store.commit([this.store.put(this.store.agents, s.name, updated)]);
         }
         this.send(s.name, { type: 'welcome', now: this.now(), pullIntervalMs: PULL_INTERVAL_MS });
+        // Nothing revoked: nothing to tell (an agent starts knowing no revoked serial).
+        if (this.revokedSerials.size > 0) this.send(s.name, this.revokedMessage());
         this.deliverQueued(s.name, false);
         return;
       }
@@ -397,6 +404,33 @@ export class Fleet implements Courier {
     }
   }
 
+  /**
+   * Tells every online agent the revoked serials, so their peer servers refuse those certificates
+   * and hang up connections made with them (an agent that is offline now learns them at its hello).
+   */
+  private broadcastRevoked(): void {
+    const message = encode(this.revokedMessage());
+    let sent = 0;
+    for (const s of this.sessions.values()) {
+      if (s.ws.readyState !== s.ws.OPEN) continue;
+      s.ws.send(message);
+      sent++;
+    }
+    this.log.info({ serials: this.revokedSerials.size, agents: sent }, 'revoked serials sent to the agents');
+  }
+
+  /** The whole set each time (an agent replaces what it knew), capped at what the protocol carries. */
+  private revokedMessage(): WithoutV<Revoked> {
+    const serials = [...this.revokedSerials];
+    if (serials.length > MAX_REVOKED_SERIALS) {
+      this.log.error(
+        { serials: serials.length, max: MAX_REVOKED_SERIALS },
+        'more revoked serials than one message carries; agents learn only the last of them in this list',
+      );
+    }
+    return { type: 'revoked', serials: serials.slice(-MAX_REVOKED_SERIALS) };
+  }
+
   /** After hello every queued task (the agent may have restarted); on a pull only unacknowledged ones. */
   private deliverQueued(name: string, unackedOnly: boolean): void {
     const tasks = this.runs?.queuedFor(name, unackedOnly) ?? [];
@@ -427,11 +461,6 @@ export class Fleet implements Courier {
       }
     }
   }
-}
-
-/** Serials as hex without leading zeros, lowercase (Node prints them uppercase). */
-function normalizeSerial(serial: string): string {
-  return serial.toLowerCase().replace(/^0+(?=.)/, '');
 }
 
 function assertNeverMessage(m: never): never {

@@ -9,21 +9,20 @@
  *
  * Large `src:` files (the request names them by an absolute path on this
  * machine instead of sending them) never go over the control channel. Before
- * an applying push starts, a check run asks every host whether the file
- * differs there, and the distribution manager puts it, peer to peer, beside
- * its destination as a staged copy (`.NAME.canopy-tmp-push-RUN`) on the
- * hosts where it does. The push task then installs the staged copy like any
- * other file (validate, backup, rename, notify), so a large file has exactly
- * the semantics of a small one; a host whose distribution failed reports
- * that file as failed, with the reason, and is not notified.
+ * an applying push starts, push-staging.ts has them distributed, peer to
+ * peer, beside their destinations as staged copies on the hosts where they
+ * differ. The push task then installs a staged copy like any other file
+ * (validate, backup, rename, notify), so a large file has exactly the
+ * semantics of a small one; a host whose distribution failed reports that
+ * file as failed, with the reason, and is not notified.
  *
  * Rendered content and task variables are never written to the store: after
  * a coordinator restart, a host that still needs content gets a clear
  * "re-run the push" failure (its files stay as they were).
  */
-import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { basename, dirname, isAbsolute, join, normalize, resolve } from 'node:path';
+import { dirname, isAbsolute, join, normalize } from 'node:path';
 import { createTwoFilesPatch } from 'diff';
 import type { Logger } from 'pino';
 import { CanopyError, isCanopyError } from '../errors/index.js';
@@ -35,23 +34,30 @@ import {
   type TaskResult,
 } from '../protocol/index.js';
 import { type Inventory, TemplateEngine, VarResolver } from '../render/index.js';
-import { Md5Cache, md5Of } from '../transfer/index.js';
+import { md5Of } from '../transfer/index.js';
 import type { PushRequest } from './api-schemas.js';
-import type { DistRequest } from './dists.js';
 import type { ContentSource } from './fleet.js';
+import {
+  type Distributor,
+  type HostStaging,
+  type LargeFile,
+  notStaged,
+  type PathSource,
+  PushStaging,
+} from './push-staging.js';
 import { newRunId, type RunManager } from './runs.js';
 import { maskDiff, maskSecrets, secretValues } from './secrets.js';
-import type { HostResult, PushRunSpec, RunRecord } from './store.js';
+import type { PushRunSpec, RunRecord } from './store.js';
+
+// Where a staged copy goes and how hosts share a distribution: push-staging.ts owns them; re-exported
+// for the tests that check the agent computes the same path.
+export { type Distributor, distributionGroups, stagedPathFor } from './push-staging.js';
 
 /**
  * Content that goes over the control channel (templates, and src files sent in the request) is
  * capped at this size per file; larger src files go peer to peer (by path, see the module comment).
  */
 export const MAX_PUSH_FILE_BYTES = 8 * 1024 * 1024;
-/** A staged copy's name is `.NAME` + this + the push's run id; push-task.ts on the agent agrees. */
-const STAGED_MARK = '.canopy-tmp-push-';
-/** Staged copies are readable only by the agent's account until the push task installs them. */
-const STAGED_MODE = 0o600;
 const DEFAULT_TIMEOUT_S = 60;
 const MAX_CONTENT_MESSAGE_BYTES = 15 * 1024 * 1024;
 const MAX_DIFF_TEXT = 256 * 1024;
@@ -71,22 +77,7 @@ interface InlineSource {
   data: Buffer;
 }
 
-/** A src file on the coordinator's machine, named by its absolute path (goes peer to peer). */
-interface PathSource {
-  path: string;
-  md5: string;
-  size: number;
-}
-
 type Source = InlineSource | PathSource;
-
-/** What a host's distributions left for its push task. */
-interface HostStaging {
-  /** By file index: why the host has no staged copy of that file (its distribution failed, ...). */
-  missing: Map<number, string>;
-  /** Its distributions' transfer figures, added to its push result. */
-  transfer?: NonNullable<TaskResult['transfer']>;
-}
 
 interface HeldPush {
   byMd5: Map<string, Buffer>;
@@ -95,11 +86,6 @@ interface HeldPush {
   plans: Map<string, PushSpec>;
   secrets: Map<string, string[]>;
   staging: Map<string, HostStaging>;
-}
-
-/** What the push manager needs of the distribution manager (dists.ts). */
-export interface Distributor {
-  create(req: DistRequest, hosts: string[]): Promise<{ record: RunRecord; manifest: { md5: string } }>;
 }
 
 export interface PushManagerOptions {
@@ -113,20 +99,17 @@ export interface PushManagerOptions {
 
 export class PushManager implements ContentSource {
   private readonly runs: RunManager;
-  private readonly dists: Distributor;
   private readonly log: Logger;
   private readonly held = new Map<string, HeldPush>();
   private readonly onContent: ((bytes: number) => void) | undefined;
-  /** MD5s of the src files named by path: a warm re-push does not read a large file again. */
-  private readonly md5s = new Md5Cache(1_000);
-  /** Aborted by close(): pushes still waiting for their distributions give up. */
-  private readonly closing = new AbortController();
+  /** The src files named by path: their MD5s, and their staged copies before an applying push. */
+  private readonly staging: PushStaging;
 
   constructor(opts: PushManagerOptions) {
     this.runs = opts.runs;
-    this.dists = opts.dists;
     this.log = opts.logger;
     this.onContent = opts.onContent;
+    this.staging = new PushStaging({ runs: opts.runs, dists: opts.dists, logger: opts.logger });
   }
 
   /**
@@ -192,7 +175,7 @@ export class PushManager implements ContentSource {
     );
     const staging =
       mode === 'apply' && byPath.size > 0
-        ? await this.stage(id, req, rendered.files, sources, timeoutMs)
+        ? await this.staging.stage(id, req, rendered.files, largeFiles(req, sources), timeoutMs)
         : new Map<string, HostStaging>();
     this.held.set(id, { byMd5: rendered.byMd5, byPath, plans, secrets: rendered.secrets, staging });
     try {
@@ -312,254 +295,23 @@ export class PushManager implements ContentSource {
           { field: `files.${i}.src` },
         );
       }
-      out.set(f.src, await this.pathSource(f.src, i));
+      out.set(f.src, await this.staging.pathSource(f.src, i));
     }
     return out;
   }
 
-  private async pathSource(path: string, i: number): Promise<PathSource> {
-    const missing = () =>
-      new CanopyError(
-        'INPUT_NOT_FOUND',
-        `files[${i}].src ${path} is not a file on the coordinator's machine; src files above dist_above go ` +
-          "peer to peer from there: run canopy push on the coordinator's machine (as canopy dist), or " +
-          'raise --dist-above to send the file with the push (up to 8 MiB)',
-        { field: `files.${i}.src`, path },
-      );
-    if (!statSync(path, { throwIfNoEntry: false })?.isFile()) throw missing();
-    const state = await this.md5s.state(path);
-    if (!state) throw missing();
-    return { path, md5: state.md5, size: state.size };
-  }
-
-  /**
-   * Puts the src files named by path beside their destinations, as staged copies, on the hosts
-   * whose destination differs: a check run (the push task in check mode, those files only) finds
-   * them, then one distribution per file (and destination pattern) fetches it peer to peer. Waits
-   * for all of it. Returns per host what is not staged there and why (content() tells the agent),
-   * and what each host fetched.
-   */
-  private async stage(
-    pushId: string,
-    req: PushRequest,
-    files: Map<string, PushFile[]>,
-    sources: Map<string, Source>,
-    timeoutMs: number,
-  ): Promise<Map<string, HostStaging>> {
-    const staging = new Map<string, HostStaging>();
-    const big = req.files.flatMap((f, index) => {
-      const source = f.src === undefined ? undefined : sources.get(f.src);
-      return source && 'path' in source ? [{ index, source }] : [];
-    });
-    const hosts = [...files.keys()];
-    if (big.length === 0 || hosts.length === 0) return staging;
-    const checked = await this.checkHosts(req, hosts, files, big, timeoutMs);
-    const miss = (host: string, index: number, why: string) =>
-      hostStaging(staging, host).missing.set(index, why);
-    const jobs: Promise<void>[] = [];
-    for (const [k, { index, source }] of big.entries()) {
-      const needing: string[] = [];
-      for (const r of checked) {
-        const o = r.files?.[k];
-        if (o?.state === 'would-change' && o.content) needing.push(r.host);
-        else if (!o)
-          miss(r.host, index, `the host did not answer the push's check (${r.state}: ${firstLine(r.error)})`);
-      }
-      const { groups, reserved } = distributionGroups(
-        new Map(needing.map((h) => [h, stagedPathFor(files.get(h)?.[index]?.dest ?? '', pushId)])),
-      );
-      for (const host of reserved) {
-        miss(host, index, 'its destination contains "{host}", which the distribution path reserves');
-      }
-      for (const [pattern, group] of groups) {
-        jobs.push(
-          this.distribute(req, source, pattern, group, (host, why) => miss(host, index, why), staging),
-        );
-      }
-    }
-    await Promise.all(jobs);
-    this.log.info(
-      {
-        push: pushId,
-        files: big.map((b) => b.source.path),
-        hosts: hosts.length,
-        distributions: jobs.length,
-        notStaged: [...staging].flatMap(([h, s]) => (s.missing.size > 0 ? [h] : [])),
-      },
-      'push large files staged',
-    );
-    return staging;
-  }
-
-  /** A check run of the large files alone: which hosts' destinations differ. */
-  private async checkHosts(
-    req: PushRequest,
-    hosts: string[],
-    files: Map<string, PushFile[]>,
-    big: { index: number; source: PathSource }[],
-    timeoutMs: number,
-  ): Promise<HostResult[]> {
-    const plans = new Map<string, PushSpec>();
-    for (const host of hosts) {
-      const mine = files.get(host) ?? [];
-      plans.set(host, {
-        files: big.map((b) => mine[b.index] as PushFile),
-        mode: 'check',
-        diff: false,
-        timeoutMs,
-      });
-    }
-    const spec: PushRunSpec = {
-      kind: 'push',
-      targets: req.targets,
-      ...(req.limit ? { limit: req.limit } : {}),
-      mode: 'check',
-      diff: false,
-      timeoutMs,
-      concurrency: Math.max(1, hosts.length),
-      files: big.map((b) => ({ source: b.source.path, dest: req.files[b.index]?.dest ?? '' })),
-    };
-    const record = await this.runs.create(spec, hosts, { plans });
-    this.log.info({ check: record.id, hosts: hosts.length, files: big.length }, 'push checking large files');
-    return this.settled(record.id);
-  }
-
-  /** One distribution of `source` to `hosts` (staged at `pattern`, `{host}` per host), awaited. */
-  private async distribute(
-    req: PushRequest,
-    source: PathSource,
-    pattern: string,
-    hosts: string[],
-    miss: (host: string, why: string) => void,
-    staging: Map<string, HostStaging>,
-  ): Promise<void> {
-    let id: string;
-    try {
-      const { record, manifest } = await this.dists.create(
-        { path: source.path, dest: pattern, targets: req.targets, mode: STAGED_MODE },
-        hosts,
-      );
-      id = record.id;
-      if (manifest.md5 !== source.md5) {
-        for (const h of hosts) {
-          miss(
-            h,
-            `${source.path} changed on the coordinator's machine during the push (MD5 ${source.md5}, then ${manifest.md5})`,
-          );
-        }
-      }
-    } catch (err) {
-      for (const h of hosts) miss(h, `its distribution could not start: ${(err as Error).message}`);
-      return;
-    }
-    this.log.info({ dist: id, path: source.path, hosts: hosts.length }, 'push distributing a large file');
-    for (const r of await this.settled(id)) {
-      if (r.transfer) addTransfer(hostStaging(staging, r.host), r.transfer);
-      if (r.state !== 'ok') {
-        miss(
-          r.host,
-          `its distribution ${id} failed (${r.state}): ${firstLine(r.files?.[0]?.error ?? r.error)}`,
-        );
-      }
-    }
-  }
-
   /** Pushes waiting for their check or distributions fail now (the coordinator is stopping). */
   close(): void {
-    this.closing.abort();
-  }
-
-  /**
-   * Waits until run `id` has finished (every host final), then returns its results. Throws when
-   * the coordinator closes first: the push was not started.
-   */
-  private async settled(id: string): Promise<HostResult[]> {
-    const signal = this.closing.signal;
-    await new Promise<void>((done, fail) => {
-      const quit = () => {
-        stop?.();
-        fail(
-          new Error(
-            `the coordinator stopped while the push waited for run ${id}; nothing was pushed: re-run it`,
-          ),
-        );
-      };
-      const stop = this.runs.subscribe(id, (e) => {
-        if (e.type !== 'done') return;
-        stop?.();
-        signal.removeEventListener('abort', quit);
-        done();
-      });
-      // Not active: it finished before we could listen (every host offline, say).
-      if (!stop) return done();
-      if (signal.aborted) return quit();
-      signal.addEventListener('abort', quit, { once: true });
-    });
-    return (await this.runs.get(id))?.results ?? [];
+    this.staging.close();
   }
 }
 
-/**
- * Where the distribution puts a large file for the push `pushId`: beside its destination, hidden,
- * named like an install's temporary file (so an agent's clean-up after a crash removes it too).
- * push-task.ts on the agent computes the same path.
- */
-export function stagedPathFor(dest: string, pushId: string): string {
-  const full = resolve(dest);
-  return join(dirname(full), `.${basename(full)}${STAGED_MARK}${pushId}`);
-}
-
-/**
- * Hosts grouped by their staged path with their own name replaced by `{host}` (the distribution
- * manager's per-host placeholder): one distribution per group, so hosts whose paths differ only by
- * their names share one peer tree. `reserved`: hosts whose path already contains "{host}".
- */
-export function distributionGroups(staged: ReadonlyMap<string, string>): {
-  groups: Map<string, string[]>;
-  reserved: string[];
-} {
-  const groups = new Map<string, string[]>();
-  const reserved: string[] = [];
-  for (const [host, path] of staged) {
-    const pattern = path.replaceAll(host, '{host}');
-    if (pattern.replaceAll('{host}', host) !== path) {
-      reserved.push(host);
-      continue;
-    }
-    groups.set(pattern, [...(groups.get(pattern) ?? []), host]);
-  }
-  return { groups, reserved };
-}
-
-function hostStaging(staging: Map<string, HostStaging>, host: string): HostStaging {
-  let s = staging.get(host);
-  if (!s) {
-    s = { missing: new Map() };
-    staging.set(host, s);
-  }
-  return s;
-}
-
-function addTransfer(s: HostStaging, t: NonNullable<TaskResult['transfer']>): void {
-  const sum = s.transfer ?? { fetchedBytes: 0, reusedChunks: 0, fromPeers: {}, badPeers: [] };
-  sum.fetchedBytes += t.fetchedBytes;
-  sum.reusedChunks += t.reusedChunks;
-  for (const [peer, bytes] of Object.entries(t.fromPeers))
-    sum.fromPeers[peer] = (sum.fromPeers[peer] ?? 0) + bytes;
-  sum.badPeers = [...new Set([...sum.badPeers, ...t.badPeers])];
-  s.transfer = sum;
-}
-
-/** Why an agent asking for a large file's content gets none (it goes only peer to peer). */
-function notStaged(source: PathSource, staging: HostStaging | undefined, index: number): string {
-  const why =
-    staging?.missing.get(index) ??
-    'its staged copy is not on this host (the host was not in the distribution, or the copy was removed)';
-  return `${source.path} (${source.size} bytes) goes peer to peer, not over the control channel, and ${why}; re-run the push once that is fixed`;
-}
-
-function firstLine(text: string | undefined): string {
-  return (text ?? 'no reason given').split('\n')[0] ?? '';
+/** The request's src files named by path (not sent), in the order of its file entries. */
+function largeFiles(req: PushRequest, sources: Map<string, Source>): LargeFile[] {
+  return req.files.flatMap((f, index) => {
+    const source = f.src === undefined ? undefined : sources.get(f.src);
+    return source && 'path' in source ? [{ index, source }] : [];
+  });
 }
 
 interface Rendered {

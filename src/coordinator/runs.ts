@@ -13,47 +13,44 @@
  * that still arrives is recorded with `late: true`.
  *
  * An `--activate together` distribution has steps (activation.ts decides
- * them): a host's stage answer is kept as `interim` (store and memory), not
- * as its result, until the run knows whether every host has the file; then
- * each staging host gets the next step's task (`RUN:HOST:STEP`, through the
- * same queue), and its last step's answer becomes its one final result. Each
- * step has its own deadline, after which its silent hosts are unreachable.
+ * them, activation-steps.ts holds the answers between them and starts the
+ * next): each staging host gets the next step's task (`RUN:HOST:STEP`,
+ * through the same queue), and its last step's answer becomes its one final
+ * result. Each step has its own deadline, after which its silent hosts are
+ * unreachable.
+ *
+ * Each host's share of a push or distribution (its plan), and the task built
+ * from it, are run-plans.ts's: a distribution's manifest is stored once per
+ * blob, never per host, and put back into a task only when it is sent.
  */
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import {
-  type ActivationStep,
   type CoordinatorMessage,
   type DistSpec,
   type FileOutcome,
   type PushSpec,
   parseTaskId,
-  shellQuote,
   type Task,
   type TaskResult,
   taskIdFor,
   type WithoutV,
 } from '../protocol/index.js';
-import {
-  type ActivationView,
-  activationSpec,
-  lackingWhy,
-  nextStep,
-  settle,
-  stageOutcome,
-  stepDone,
-  stepWindowMs,
-} from './activation.js';
+import { type ActivationView, stepDone, stepWindowMs } from './activation.js';
+import { ActivationSteps, isTogether } from './activation-steps.js';
+import { type HostPlans, NO_PLANS, RunPlans, storedTask, taskFor } from './run-plans.js';
 import {
   type HostFinalState,
   type HostResult,
   type InterimRecord,
   NO_PROCESS,
-  type PlanRecord,
   type QueueRecord,
   type RunRecord,
   type RunSpec,
+  resultFields,
   type Store,
+  type StoredDistSpec,
+  type WireManifest,
 } from './store.js';
 
 export type AgentStatus = 'online' | 'offline' | 'unknown' | 'revoked';
@@ -87,8 +84,8 @@ interface ActiveRun {
   seq: number;
   timer: NodeJS.Timeout | undefined;
   listeners: Set<RunListener>;
-  /** Push runs: each host's files. */
-  plans: Map<string, PushSpec | DistSpec>;
+  /** Push and distribution runs: each host's share (run-plans.ts). */
+  plans: HostPlans;
   /** --activate together: hosts between steps (no final result yet). */
   interim: Map<string, InterimRecord>;
 }
@@ -97,8 +94,11 @@ interface ActiveRun {
 export interface CreateExtras {
   /** The run's id, when the caller needs it before the first task goes out. */
   id?: string;
-  /** Each host's push spec (push runs only); stored in the plans sublevel. */
-  plans?: Map<string, PushSpec | DistSpec>;
+  /**
+   * Each host's push spec or distribution spec (push and dist runs); stored in the plans sublevel,
+   * a distribution's manifest once for all hosts (run-plans.ts).
+   */
+  plans?: ReadonlyMap<string, PushSpec | DistSpec>;
   /** Hosts that are `failed` from the start, with the reason (a render error under --keep-going). */
   failed?: Map<string, string>;
   /**
@@ -130,7 +130,8 @@ export function newRunId(now: number): string {
 }
 
 export class RunManager {
-  private readonly store: Store;
+  /** The coordinator's store (the distribution manager keeps its manifest cache there too). */
+  readonly store: Store;
   private readonly courier: Courier;
   private readonly log: Logger;
   private readonly now: () => number;
@@ -138,6 +139,10 @@ export class RunManager {
   private readonly decorate: RunManagerOptions['decorate'];
   private readonly onFinished: RunManagerOptions['onFinished'];
   private readonly active = new Map<string, ActiveRun>();
+  /** --activate together: the answers between steps and the start of each step. */
+  private readonly steps: ActivationSteps<ActiveRun>;
+  /** Each host's share of push and dist runs; a distribution's manifest stored once. */
+  private readonly plans: RunPlans;
   private stopped = false;
 
   constructor(opts: RunManagerOptions) {
@@ -148,6 +153,21 @@ export class RunManager {
     this.onResultHook = opts.onResult;
     this.decorate = opts.decorate;
     this.onFinished = opts.onFinished;
+    this.plans = new RunPlans(this.store);
+    this.steps = new ActivationSteps<ActiveRun>({
+      store: this.store,
+      log: this.log,
+      now: this.now,
+      stopped: () => this.stopped,
+      decorate: (run, host, result) => (this.decorate ? this.decorate(run, host, result) : result),
+      published: (run, result) => {
+        this.onResultHook?.(result.state, false);
+        this.emit(run, { type: 'result', result });
+      },
+      dispatch: (run) => this.dispatch(run),
+      arm: (run) => this.arm(run),
+      maybeFinish: (run) => this.maybeFinish(run),
+    });
   }
 
   /** Picks up every unfinished run after a (re)start. */
@@ -159,8 +179,12 @@ export class RunManager {
       hosts.add(q.task.host);
       queuedByRun.set(q.task.runId, hosts);
     }
-    for (const record of await this.store.values(this.store.runs)) {
-      if (record.finishedAt !== undefined) continue;
+    const unfinished = (await this.store.values(this.store.runs)).filter((r) => r.finishedAt === undefined);
+    const swept = await this.plans.sweep(
+      unfinished.flatMap((r) => (r.spec.kind === 'dist' ? [r.spec.blob] : [])),
+    );
+    if (swept > 0) this.log.info({ manifests: swept }, 'dropped stored manifests of finished runs');
+    for (const record of unfinished) {
       const results = new Map<string, HostResult>();
       let seq = 0;
       for (const r of await this.store.values(this.store.results, `${record.id}/`)) {
@@ -168,12 +192,10 @@ export class RunManager {
         seq = Math.max(seq, r.seq);
       }
       const queued = queuedByRun.get(record.id) ?? new Set<string>();
-      const plans = new Map<string, PushSpec | DistSpec>();
-      if (record.spec.kind === 'push' || record.spec.kind === 'dist') {
-        for (const [key, plan] of await this.store.entries(this.store.plans, `${record.id}/`)) {
-          plans.set(key.slice(record.id.length + 1), plan.spec);
-        }
-      }
+      const plans =
+        record.spec.kind === 'push' || record.spec.kind === 'dist'
+          ? await this.plans.load(record.id)
+          : NO_PLANS;
       const interim = new Map<string, InterimRecord>();
       for (const [key, i] of await this.store.entries(this.store.interim, `${record.id}/`)) {
         interim.set(key.slice(record.id.length + 1), i);
@@ -199,7 +221,7 @@ export class RunManager {
       this.log.info({ run: record.id, hosts: record.hosts.length, done: results.size, step }, 'resuming run');
       this.arm(run);
       await this.dispatch(run);
-      await this.advance(run);
+      await this.steps.advance(run);
       await this.maybeFinish(run);
     }
   }
@@ -232,13 +254,12 @@ export class RunManager {
       seq: 0,
       timer: undefined,
       listeners: new Set(),
-      plans: extras.plans ?? new Map(),
+      plans: NO_PLANS,
       interim: new Map(),
     };
-    const ops = [this.store.put(this.store.runs, record.id, record)];
-    for (const [host, plan] of run.plans) {
-      ops.push(this.store.put<PlanRecord>(this.store.plans, `${record.id}/${host}`, { spec: plan }));
-    }
+    const plans = this.plans.add(record.id, extras.plans ?? new Map());
+    run.plans = plans.held;
+    const ops = [this.store.put(this.store.runs, record.id, record), ...plans.ops];
     for (const host of hosts) {
       const failed = extras.failed?.get(host);
       if (failed !== undefined) {
@@ -265,7 +286,12 @@ export class RunManager {
       const result = this.finalResult(run, host, 'unreachable', error);
       ops.push(this.store.put(this.store.results, `${record.id}/${host}`, result));
     }
-    await this.store.commit(ops);
+    try {
+      await this.store.commit(ops);
+    } catch (err) {
+      this.plans.drop(record.id, run.plans);
+      throw err;
+    }
     this.active.set(record.id, run);
     this.log.info(
       {
@@ -285,7 +311,7 @@ export class RunManager {
     for (const r of run.results.values()) this.emit(run, { type: 'result', result: r });
     this.arm(run);
     await this.dispatch(run);
-    await this.advance(run);
+    await this.steps.advance(run);
     await this.maybeFinish(run);
     return record;
   }
@@ -321,27 +347,21 @@ export class RunManager {
     return [...this.active.values()].map((r) => r.record);
   }
 
-  /** Per-host plans (push files, distribution specs) of an unfinished run. */
-  plansOf(id: string): ReadonlyMap<string, PushSpec | DistSpec> | undefined {
-    return this.active.get(id)?.plans;
+  /** Per-host plans (push files, distribution specs without the manifest) of an unfinished run. */
+  plansOf(id: string): ReadonlyMap<string, PushSpec | StoredDistSpec> | undefined {
+    return this.active.get(id)?.plans.specs;
+  }
+
+  /** An unfinished distribution's manifest (one object, shared by its hosts' tasks). */
+  manifestOf(id: string): WireManifest | undefined {
+    return this.active.get(id)?.plans.manifest?.manifest;
   }
 
   /** An --activate together distribution's step and counts; undefined for other runs and finished ones. */
   activationOf(id: string): ActivationView | undefined {
     const run = this.active.get(id);
-    if (!run || !this.together(run)) return undefined;
-    let staged = 0;
-    let current = 0;
-    for (const i of run.interim.values()) {
-      const o = stageOutcome(i.result);
-      if (o === 'staged') staged++;
-      else if (o === 'current') current++;
-    }
-    const phase = run.record.phase;
-    const lacking = phase
-      ? phase.lacking
-      : [...run.results.values()].map((r) => ({ host: r.host, why: lackingWhy(r) }));
-    return { step: phase?.step ?? 'stage', hosts: run.record.hosts.length, staged, current, lacking };
+    if (!run || !isTogether(run.record)) return undefined;
+    return this.steps.view(run);
   }
 
   /** Sends an event to the run's listeners (a distribution's progress); false if the run is not active. */
@@ -405,7 +425,7 @@ export class RunManager {
       // Duplicate: already stored, just ack again. (A deadline's `unreachable` finishes the run, so a
       // result after it takes the finished-run path below.)
       if (run.results.has(agent)) return true;
-      if (this.together(run)) return this.onStepResult(run, agent, id.step, result);
+      if (isTogether(run.record)) return this.steps.onResult(run, agent, id.step, result);
       const stored = this.fromAgent(run, this.decorate ? this.decorate(run.record, agent, result) : result);
       await this.store.commit([
         this.store.put(this.store.results, `${run.record.id}/${agent}`, stored),
@@ -433,7 +453,7 @@ export class RunManager {
     );
     const decorated = this.decorate ? this.decorate(record, agent, result) : result;
     const stored: HostResult = {
-      ...this.fromAgentFields(decorated),
+      ...resultFields(decorated),
       host: agent,
       receivedAt: this.now(),
       seq: seq + 1,
@@ -453,188 +473,15 @@ export class RunManager {
     const key = `${run.record.id}/${host}`;
     const r = { ...this.finalResult(run, host, 'ok', ''), files: [file] };
     delete r.error;
-    if (!this.together(run)) {
-      run.results.set(host, r);
-      return this.store.put(this.store.results, key, r);
-    }
-    run.results.delete(host);
-    const interim: InterimRecord = { result: r, passed: 'stage' };
-    run.interim.set(host, interim);
-    return this.store.put(this.store.interim, key, interim);
-  }
-
-  private together(run: ActiveRun): boolean {
-    const spec = run.record.spec;
-    return spec.kind === 'dist' && spec.activate === 'together';
-  }
-
-  /**
-   * A result of an --activate together distribution: a stage or verify
-   * answer that passed is kept as interim (the host is through this step,
-   * not finished); a failure at stage, and every answer to the last step,
-   * is the host's final result. Answers to another step than the current
-   * one are re-sends of stored answers: acked, nothing else.
-   */
-  private async onStepResult(
-    run: ActiveRun,
-    agent: string,
-    step: ActivationStep | undefined,
-    raw: TaskResult,
-  ): Promise<boolean> {
-    const phase = run.record.phase;
-    const current = phase?.step ?? 'stage';
-    const interim = run.interim.get(agent);
-    if ((step ?? 'stage') !== current || stepDone(current, interim, false)) return true;
-    const result = this.decorate ? this.decorate(run.record, agent, raw) : raw;
-    const key = `${run.record.id}/${agent}`;
-    const ops = [this.store.del(this.store.queue, `${agent}/${result.taskId}`)];
-    let final: HostResult | undefined;
-    if (current === 'stage' && stageOutcome(result) !== 'lacking') {
-      run.seq += 1;
-      const stored: HostResult = {
-        ...this.fromAgentFields(result),
-        host: agent,
-        receivedAt: this.now(),
-        seq: run.seq,
-      };
-      const next: InterimRecord = { result: stored, passed: 'stage' };
-      run.interim.set(agent, next);
-      ops.push(this.store.put(this.store.interim, key, next));
-    } else if (current === 'verify' && interim) {
-      const next: InterimRecord =
-        result.state === 'ok'
-          ? { ...interim, passed: 'verify' }
-          : {
-              ...interim,
-              refused: {
-                why: result.error ?? result.state,
-                ...(result.files?.[0]?.code ? { code: result.files[0].code } : {}),
-              },
-            };
-      run.interim.set(agent, next);
-      ops.push(this.store.put(this.store.interim, key, next));
-    } else if ((current === 'activate' || current === 'discard') && interim) {
-      final = this.settled(run, agent, settle(interim, current, result, phase?.lacking ?? []));
-    } else {
-      final = this.fromAgent(run, result);
-    }
-    if (final) ops.push(this.store.put(this.store.results, key, final));
-    await this.store.commit(ops);
-    run.queued.delete(agent);
-    run.acked.delete(agent);
-    if (final) {
-      this.onResultHook?.(final.state, false);
-      this.emit(run, { type: 'result', result: final });
-    }
-    await this.dispatch(run);
-    await this.advance(run);
-    await this.maybeFinish(run);
-    return true;
-  }
-
-  /** Records a final result built by activation.ts for `host`. */
-  private settled(
-    run: ActiveRun,
-    host: string,
-    r: Omit<HostResult, 'host' | 'receivedAt' | 'seq'>,
-  ): HostResult {
-    run.seq += 1;
-    const stored: HostResult = { ...r, host, receivedAt: this.now(), seq: run.seq };
-    run.results.set(host, stored);
-    return stored;
-  }
-
-  /**
-   * Together: once every host of the current step is through it, decides the
-   * next step (activation.ts), stores it in the run record, and queues its
-   * tasks. Hosts that already held the file get their final result once the
-   * decision is final (activate or discard). Runs of other kinds: nothing.
-   */
-  private async advance(run: ActiveRun): Promise<void> {
-    while (this.together(run) && run.record.finishedAt === undefined && !this.stopped) {
-      const phase = run.record.phase;
-      const step = phase?.step ?? 'stage';
-      const stepHosts = phase?.hosts ?? run.record.hosts;
-      if (!stepHosts.every((h) => stepDone(step, run.interim.get(h), run.results.has(h)))) return;
-      const decision = nextStep({
-        hosts: run.record.hosts,
-        after: step,
-        stepHosts,
-        interim: run.interim,
-        finals: run.results,
-      });
-      const now = this.now();
-      const ops = [];
-      const fresh: HostResult[] = [];
-      if ('done' in decision || decision.step !== 'verify') {
-        // The decision is final: hosts that already held the file are done.
-        for (const [host, i] of run.interim) {
-          if (run.results.has(host) || stageOutcome(i.result) !== 'current') continue;
-          const r = this.settled(run, host, { ...i.result });
-          fresh.push(r);
-          ops.push(this.store.put(this.store.results, `${run.record.id}/${host}`, r));
-        }
-      }
-      if (!('done' in decision)) {
-        const spec = run.record.spec;
-        const window = stepWindowMs(spec.kind === 'dist' ? spec.size : 0);
-        run.record = {
-          ...run.record,
-          phase: {
-            step: decision.step,
-            startedAt: now,
-            deadline: Math.min(run.record.deadline, now + window),
-            hosts: decision.hosts,
-            lacking: decision.lacking,
-          },
-        };
-        ops.push(this.store.put(this.store.runs, run.record.id, run.record));
-        run.pending = [...decision.hosts];
-        this.log.info(
-          {
-            run: run.record.id,
-            step: decision.step,
-            hosts: decision.hosts.length,
-            lacking: decision.lacking,
-          },
-          'distribution step',
-        );
-      }
-      await this.store.commit(ops);
-      for (const r of fresh) {
-        this.onResultHook?.(r.state, false);
-        this.emit(run, { type: 'result', result: r });
-      }
-      if ('done' in decision) return;
-      this.arm(run);
-      await this.dispatch(run);
-    }
-  }
-
-  private fromAgentFields(r: TaskResult): Omit<HostResult, 'host' | 'receivedAt' | 'seq'> {
-    return {
-      state: r.state,
-      exitCode: r.exitCode,
-      signal: r.signal,
-      stdout: r.stdout,
-      stderr: r.stderr,
-      stdoutTruncated: r.stdoutTruncated,
-      stderrTruncated: r.stderrTruncated,
-      startedAt: r.startedAt,
-      endedAt: r.endedAt,
-      durationMs: r.durationMs,
-      ...(r.error === undefined ? {} : { error: r.error }),
-      ...(r.files === undefined ? {} : { files: r.files }),
-      ...(r.notified === undefined ? {} : { notified: r.notified }),
-      ...(r.transfer === undefined ? {} : { transfer: r.transfer }),
-      ...(r.source === undefined ? {} : { source: r.source }),
-    };
+    if (isTogether(run.record)) return this.steps.hold(run, host, r);
+    run.results.set(host, r);
+    return this.store.put(this.store.results, key, r);
   }
 
   private fromAgent(run: ActiveRun, r: TaskResult): HostResult {
     run.seq += 1;
     const stored: HostResult = {
-      ...this.fromAgentFields(r),
+      ...resultFields(r),
       host: parseTaskId(r.taskId)?.host ?? '',
       receivedAt: this.now(),
       seq: run.seq,
@@ -660,53 +507,9 @@ export class RunManager {
     return r;
   }
 
+  /** The task `host` is sent now (its step's, with a distribution's manifest put back). */
   private task(run: ActiveRun, host: string): Task {
-    const spec = run.record.spec;
-    const phase = run.record.phase;
-    const common = {
-      id: taskIdFor(run.record.id, host, phase?.step),
-      runId: run.record.id,
-      host,
-      expiresInMs: Math.max(0, deadlineOf(run.record) - this.now()),
-    };
-    if (spec.kind === 'source') {
-      return {
-        ...common,
-        kind: 'source',
-        spec: {
-          path: spec.path,
-          chunkSize: spec.chunkSize,
-          serveForMs: spec.serveForMs,
-          ...(spec.rateLimit ? { rateLimit: spec.rateLimit } : {}),
-        },
-      };
-    }
-    if (spec.kind === 'push' || spec.kind === 'dist') {
-      const plan = run.plans.get(host);
-      if (!plan) throw new Error(`${spec.kind} run ${run.record.id} has no plan for ${host}`);
-      if (phase && spec.kind === 'dist') {
-        return { ...common, kind: 'activation', spec: activationSpec(phase.step, plan as DistSpec) };
-      }
-      return spec.kind === 'push'
-        ? { ...common, kind: 'push', spec: plan as PushSpec }
-        : { ...common, kind: 'dist', spec: plan as DistSpec };
-    }
-    const command = Array.isArray(spec.command)
-      ? spec.command.map((a) => a.replaceAll('?HOST', host))
-      : spec.command.replaceAll('?HOST', shellQuote(host));
-    return {
-      ...common,
-      kind: 'command',
-      spec: {
-        command,
-        timeoutMs: spec.timeoutMs,
-        ...(spec.env ? { env: spec.env } : {}),
-        ...(spec.cwd ? { cwd: spec.cwd } : {}),
-        ...(spec.runAs ? { runAs: spec.runAs } : {}),
-        ...(spec.maxOutputBytes !== undefined ? { maxOutputBytes: spec.maxOutputBytes } : {}),
-        ...(spec.killGraceMs !== undefined ? { killGraceMs: spec.killGraceMs } : {}),
-      },
-    };
+    return taskFor(run.record, run.plans, host, Math.max(0, deadlineOf(run.record) - this.now()));
   }
 
   /** Queues (durably) and pushes tasks up to the run's concurrency. */
@@ -722,7 +525,7 @@ export class RunManager {
       tasks.map((task) =>
         this.store.put<QueueRecord>(this.store.queue, `${task.host}/${task.id}`, {
           agent: task.host,
-          task,
+          task: storedTask(task),
           queuedAt: now,
         }),
       ),
@@ -752,7 +555,7 @@ export class RunManager {
     const fresh: HostResult[] = [];
     const phase = run.record.phase;
     const step = phase?.step;
-    const what = !this.together(run)
+    const what = !isTogether(run.record)
       ? 'the run deadline'
       : `the deadline of the ${step ?? 'stage'} step${step === 'activate' ? ' (it may or may not have switched)' : ''}`;
     for (const host of phase?.hosts ?? run.record.hosts) {
@@ -776,7 +579,7 @@ export class RunManager {
       this.onResultHook?.('unreachable', false);
       this.emit(run, { type: 'result', result: r });
     }
-    await this.advance(run);
+    await this.steps.advance(run);
     await this.maybeFinish(run);
   }
 
@@ -788,9 +591,9 @@ export class RunManager {
     const summary = this.summarize(run.record, [...run.results.values()]);
     this.emit(run, { type: 'done', summary });
     this.active.delete(run.record.id);
-    if (run.plans.size > 0 || run.interim.size > 0) {
+    if (run.plans.specs.size > 0 || run.interim.size > 0) {
       await this.store.commit([
-        ...[...run.plans.keys()].map((h) => this.store.del(this.store.plans, `${run.record.id}/${h}`)),
+        ...this.plans.drop(run.record.id, run.plans),
         ...[...run.interim.keys()].map((h) => this.store.del(this.store.interim, `${run.record.id}/${h}`)),
       ]);
     }

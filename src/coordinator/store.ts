@@ -4,8 +4,11 @@
  * Sublevels: agents, tokens, revoked (certificate serials), runs, results
  * (`RUN/HOST`), queue (`AGENT/TASK`: tasks not yet answered) and plans
  * (`RUN/HOST`: a push run's per-host file list, without content; a
- * distribution's per-host spec) and interim (`RUN/HOST`: an --activate
- * together host between its steps). Writes that
+ * distribution's per-host spec, without its manifest), manifests (`BLOB`: a
+ * distribution's manifest, once however many hosts and runs share it; see
+ * run-plans.ts), interim (`RUN/HOST`: an --activate together host between its
+ * steps), and manifestCache / manifestCacheUse (manifests of files on this
+ * machine by file identity, see manifest-cache.ts). Writes that
  * must survive a crash go through `commit`, which groups every write issued
  * in the same tick into one synced batch (group commit): one fsync for a
  * burst of 5,000 results instead of 5,000.
@@ -15,6 +18,7 @@ import type {
   ActivationStep,
   CommandSpec,
   DistSpec,
+  DistTask,
   Facts,
   FileOutcome,
   PushMode,
@@ -203,15 +207,70 @@ export interface HostResult {
   source?: TaskResult['source'];
 }
 
+/** The stored fields of an agent's result (the caller adds host, receivedAt and seq). */
+export function resultFields(r: TaskResult): Omit<HostResult, 'host' | 'receivedAt' | 'seq'> {
+  return {
+    state: r.state,
+    exitCode: r.exitCode,
+    signal: r.signal,
+    stdout: r.stdout,
+    stderr: r.stderr,
+    stdoutTruncated: r.stdoutTruncated,
+    stderrTruncated: r.stderrTruncated,
+    startedAt: r.startedAt,
+    endedAt: r.endedAt,
+    durationMs: r.durationMs,
+    ...(r.error === undefined ? {} : { error: r.error }),
+    ...(r.files === undefined ? {} : { files: r.files }),
+    ...(r.notified === undefined ? {} : { notified: r.notified }),
+    ...(r.transfer === undefined ? {} : { transfer: r.transfer }),
+    ...(r.source === undefined ? {} : { source: r.source }),
+  };
+}
+
+/** A distribution's manifest as the protocol carries it (the chunk digests, size, MD5). */
+export type WireManifest = DistSpec['manifest'];
+
+/**
+ * A distribution's spec for one host as stored and held: without the manifest,
+ * which is the same for every host and stored once per blob (`manifests`).
+ */
+export type StoredDistSpec = Omit<DistSpec, 'manifest'>;
+
 /** One host's share of a push run (without the content) or of a distribution. */
 export interface PlanRecord {
-  spec: PushSpec | DistSpec;
+  /** A distribution's carries its manifest only if written before manifests were stored once per blob. */
+  spec: PushSpec | StoredDistSpec | DistSpec;
 }
+
+/** A distribution's manifest, stored once under its blob id. */
+export interface ManifestRecord {
+  manifest: WireManifest;
+}
+
+/** A queued task as stored: a distribution task without its manifest (built back when sent). */
+export type StoredTask = Exclude<Task, DistTask> | (Omit<DistTask, 'spec'> & { spec: StoredDistSpec });
 
 export interface QueueRecord {
   agent: string;
-  task: Task;
+  task: StoredTask;
   queuedAt: number;
+}
+
+/**
+ * A manifest of a file on the coordinator's machine, cached under its file
+ * identity (manifest-cache.ts): reused only while every field still matches.
+ */
+export interface CachedManifestRecord {
+  path: string;
+  dev: string;
+  ino: string;
+  size: number;
+  mtimeNs: string;
+  ctimeNs: string;
+  chunkSize: number;
+  blob: string;
+  manifest: WireManifest;
 }
 
 export type { CommandSpec };
@@ -221,9 +280,11 @@ export interface Sub<V> {
   get(key: string): Promise<V | undefined>;
   values(range: object): { all(): Promise<V[]> };
   iterator(range: object): { all(): Promise<[string, V][]> };
+  keys(range: object): { all(): Promise<string[]> };
 }
 
-type BatchOp =
+/** One write of a `commit` batch (`Store.put`, `Store.del`). */
+export type BatchOp =
   | { type: 'put'; sublevel: Sub<unknown>; key: string; value: unknown }
   | {
       type: 'del';
@@ -241,6 +302,10 @@ export class Store {
   readonly queue: Sub<QueueRecord>;
   readonly plans: Sub<PlanRecord>;
   readonly interim: Sub<InterimRecord>;
+  readonly manifests: Sub<ManifestRecord>;
+  readonly manifestCache: Sub<CachedManifestRecord>;
+  /** The cache's entries by the same key, with when each was last used (small: read whole for the bound). */
+  readonly manifestCacheUse: Sub<{ usedAt: number }>;
   private pending: {
     ops: BatchOp[];
     waiters: { resolve: () => void; reject: (e: unknown) => void }[];
@@ -258,6 +323,9 @@ export class Store {
     this.queue = sub('queue');
     this.plans = sub('plans');
     this.interim = sub('interim');
+    this.manifests = sub('manifests');
+    this.manifestCache = sub('manifestCache');
+    this.manifestCacheUse = sub('manifestCacheUse');
   }
 
   open(): Promise<void> {
@@ -311,5 +379,11 @@ export class Store {
   async entries<V>(sublevel: Sub<V>, prefix?: string): Promise<[string, V][]> {
     const range = prefix === undefined ? {} : { gte: prefix, lt: `${prefix}\xff` };
     return (await sublevel.iterator(range).all()) as [string, V][];
+  }
+
+  /** The keys only (values, a manifest of megabytes, are not read). */
+  async keys<V>(sublevel: Sub<V>, prefix?: string): Promise<string[]> {
+    const range = prefix === undefined ? {} : { gte: prefix, lt: `${prefix}\xff` };
+    return sublevel.keys(range).all();
   }
 }

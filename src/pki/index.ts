@@ -6,7 +6,7 @@
 
 export { checkSan } from './check-san.js';
 
-export { type CertInfo, certInfo, fingerprint, verifyIssuedBy } from './inspect.js';
+export { type CertInfo, certInfo, fingerprint, normalizeSerial, verifyIssuedBy } from './inspect.js';
 
 export type { CertAndKey } from './issuer.js';
 export { agentSan, COORDINATOR_SAN } from './names.js';

@@ -65,6 +65,14 @@ export function certInfo(certPem: string): CertInfo {
   };
 }
 
+/**
+ * A serial as canopy compares serials: lowercase hex without leading zeros (Node prints serials
+ * uppercase, with a leading zero when the top bit of the first byte would be set).
+ */
+export function normalizeSerial(serial: string): string {
+  return serial.toLowerCase().replace(/^0+(?=.)/, '');
+}
+
 /** Node's `subjectAltName` text: `DNS:a, IP Address:1.2.3.4`; a value with `,` or `"` is quoted JSON-style. */
 function parseSans(text: string): { type: string; value: string }[] {
   const out: { type: string; value: string }[] = [];

@@ -313,6 +313,8 @@ export const TaskResultSchema = Type.Object(
                 literalBytes: Type.Integer({ minimum: 0 }),
                 matchedBytes: Type.Integer({ minimum: 0 }),
                 totalFileSize: Type.Integer({ minimum: 0 }),
+                /** --rate-limit as rsync's --bwlimit (KiB/s) the pull ran with. */
+                bwlimitKiB: Type.Optional(Type.Integer({ minimum: 1 })),
               },
               { additionalProperties: false },
             ),
@@ -408,6 +410,17 @@ export const ContentSchema = message('content', {
   }),
   error: Type.Optional(Type.String({ maxLength: 4096 })),
 });
+/** Most serials a `revoked` message carries (about 7 MB of JSON, under the 16 MiB message cap). */
+export const MAX_REVOKED_SERIALS = 200_000;
+/**
+ * Every certificate serial the coordinator has revoked (lowercase hex, no leading zeros), sent
+ * after `welcome` and again to every online agent whenever one is revoked. It is the whole set
+ * each time, so the agent replaces what it knew: its peer server refuses these certificates and
+ * hangs up connections made with them.
+ */
+export const RevokedSchema = message('revoked', {
+  serials: Type.Array(Type.String({ pattern: '^[0-9a-f]{1,64}$' }), { maxItems: MAX_REVOKED_SERIALS }),
+});
 export const RefuseSchema = message('refuse', {
   code: Type.String({ maxLength: 64 }),
   message: Type.String({ maxLength: 4096 }),
@@ -427,9 +440,10 @@ export type TaskMessage = Static<typeof TaskMessageSchema>;
 export type ResultAck = Static<typeof ResultAckSchema>;
 export type Renewed = Static<typeof RenewedSchema>;
 export type Refuse = Static<typeof RefuseSchema>;
+export type Revoked = Static<typeof RevokedSchema>;
 
 export type AgentMessage = Hello | Heartbeat | Ack | ResultMessage | Pull | Renew | Fetch | Progress;
-export type CoordinatorMessage = Welcome | TaskMessage | ResultAck | Renewed | Refuse | Content;
+export type CoordinatorMessage = Welcome | TaskMessage | ResultAck | Renewed | Refuse | Content | Revoked;
 
 const AGENT_SCHEMAS = {
   hello: HelloSchema,
@@ -448,6 +462,7 @@ const COORDINATOR_SCHEMAS = {
   renewed: RenewedSchema,
   refuse: RefuseSchema,
   content: ContentSchema,
+  revoked: RevokedSchema,
 } as const;
 
 /** Validators compile on first use: an agent never pays for the schemas only the coordinator checks. */

@@ -92,13 +92,16 @@ export {
 } from './planner.js';
 export { RateLimiter, type RateLimiterOptions } from './rate-limit.js';
 export {
+  bwlimitKiB,
   formatRshError,
   PARTIAL_DIR,
   type PeerAddress,
+  Progress2Reader,
   parseRshError,
   parseRsyncStats,
   rsyncClientArgv,
   type SyncFromPeerOptions,
+  type SyncProgress,
   type SyncResult,
   syncFromPeer,
 } from './rsync.js';

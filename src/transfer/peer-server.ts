@@ -8,13 +8,15 @@
  * client auth (OpenSSL checks that in the handshake; Node then hangs up
  * without an alert, and the server logs `transfer.peer.tls_refused`), names
  * exactly one agent (`<name>.agent.canopy`) and whose serial is not revoked
- * (checked at connect and again per request); a fleet certificate failing
+ * (checked at connect, per request, and for every open connection when
+ * dropRevoked() is called); a fleet certificate failing
  * those is answered with one `error` frame and a hang-up. What is served: chunk i of
  * blob B only if authorize(peer, B) returns B's manifest (a running
  * distribution names both) and the chunk store, or else the `source`
  * callback (a seed reading its original file), has the chunk. A refused
  * request gets an `error` frame naming the blob and chunk, is logged, and the
- * connection carries on.
+ * connection carries on; except a DIST_SOURCE_REFUSED from the source (it can
+ * serve none of the blob any more), sent as a refusal of the connection.
  *
  * Memory per connection is bounded whatever the blob's size: requests are
  * parsed only while fewer than MAX_QUEUED wait (the socket is paused
@@ -25,7 +27,8 @@
  * Invariant: only a connection's own run() loop writes to its socket (besides
  * the refusal sent before the loop starts, and a protocol refusal sent only
  * between frames), so frames never interleave. Connections idle for
- * `idleTimeoutMs` are closed; clients reconnect.
+ * `idleTimeoutMs` are closed; clients reconnect. setCredentials() swaps the
+ * certificate (a renewal) for new connections only.
  *
  * rsync pulls: a connection whose first request is `rsync` becomes a stream
  * connection (peer-stream.ts) if authorizeTree(peer, tree) names a root and
@@ -162,6 +165,8 @@ export class PeerServer {
   private readonly connections = new Set<PeerConnection>();
   private readonly sockets = new Set<Socket>();
   private closing: Promise<void> | undefined;
+  /** The CA client certificates must chain to, once setCredentials() replaced options.caPem. */
+  private caPem: string | undefined;
 
   constructor(private readonly options: PeerServerOptions) {
     this.name = agentName(certInfo(options.identity.certPem).dnsNames) ?? 'this agent';
@@ -209,6 +214,59 @@ export class PeerServer {
   /** Connections past the handshake and the identity checks. */
   get connectionCount(): number {
     return this.connections.size;
+  }
+
+  /**
+   * Serves new connections with a renewed certificate and key, and with `caPem` as the CA for
+   * client certificates when given (else the CA it had). Connections already open keep what they
+   * were accepted with, so running transfers go on. Throws PKI_WRONG_PEER for a certificate that
+   * names another agent and PKI_BAD_CERT for one that does not parse or does not match the key;
+   * the server then keeps its old credentials.
+   */
+  setCredentials(identity: CertAndKey, caPem?: string): void {
+    const name = agentName(certInfo(identity.certPem).dnsNames);
+    if (name !== this.name) {
+      throw new CanopyError(
+        'PKI_WRONG_PEER',
+        `the peer server of ${this.name} cannot serve with a certificate for ${name ?? 'no agent'}: ` +
+          `an agent renews only its own certificate; restart it with its own identity`,
+      );
+    }
+    const ca = caPem ?? this.caPem ?? this.options.caPem;
+    try {
+      // setSecureContext replaces every context option: pass all the constructor set, not only the new ones.
+      this.server.setSecureContext({
+        key: identity.keyPem,
+        cert: identity.certPem,
+        ca: [ca],
+        minVersion: 'TLSv1.3',
+      });
+    } catch (err) {
+      throw new CanopyError(
+        'PKI_BAD_CERT',
+        `the peer server of ${this.name} cannot serve with the new certificate: ${(err as Error).message}; ` +
+          `it keeps serving with its current one (check the key belongs to the certificate)`,
+        { cause: err },
+      );
+    }
+    this.caPem = ca;
+  }
+
+  /**
+   * Asks `isRevoked` again about every open connection and hangs up those whose certificate is
+   * revoked now: a chunk connection gets an AGENT_REVOKED error frame first, an rsync pull is cut
+   * (its rsync killed). Call it when the revoked serials change; new connections and every
+   * request are checked anyway. Resolves with how many connections it closed.
+   */
+  async dropRevoked(): Promise<number> {
+    let dropped = 0;
+    for (const conn of [...this.connections]) {
+      if (await this.options.isRevoked(conn.peer.serial)) {
+        conn.revoke(revokedMessage(this.name, conn.peer.name, conn.peer.serial));
+        dropped++;
+      }
+    }
+    return dropped;
   }
 
   /** Stops accepting, hangs up every connection and waits for their loops. Idempotent. */
@@ -302,7 +360,7 @@ class PeerConnection {
 
   constructor(
     private readonly socket: tls.TLSSocket,
-    private readonly peer: PeerIdentity,
+    readonly peer: PeerIdentity,
     private readonly options: PeerServerOptions,
     private readonly self: string,
     private readonly stats: PeerServerStats,
@@ -448,6 +506,19 @@ class PeerConnection {
     return serverSpawn(command, tree.root);
   }
 
+  /** The client's certificate was revoked while it was connected: hang up, saying so where a frame fits. */
+  revoke(message: string): void {
+    if (this.closed) return;
+    this.options.log.warn(
+      { peer: this.peer.name, address: this.peer.address, serial: this.peer.serial },
+      'transfer.peer.revoked_closed',
+    );
+    // An rsync session writes its own frames: cut it (onClose kills the rsync).
+    if (this.stream) this.socket.destroy();
+    // run() may be in the middle of a frame: a refusal written now would land inside its payload.
+    else this.hangUp(this.writing ? undefined : errorReply(PEER_CODES.revoked, message));
+  }
+
   /** Answers the malformed frame with a connection error and hangs up; other connections are untouched. */
   private protocolError(err: unknown): void {
     const message =
@@ -500,6 +571,13 @@ class PeerConnection {
         const reply = await next;
         if (this.closed) break;
         this.fill(ready);
+        // A source that can serve none of the blob any more (a seed whose file changed: agent
+        // source-task.ts) refuses the connection: every request on it fails with that one reason.
+        if ('error' in reply && reply.error.code === 'DIST_SOURCE_REFUSED') {
+          this.stats.requestsRefused++;
+          this.hangUp(errorReply(reply.error.code, reply.error.message));
+          break;
+        }
         await this.send(reply);
         if ('error' in reply && reply.error.code === PEER_CODES.revoked) this.hangUp();
       }

@@ -45,7 +45,9 @@ import {
 } from './peer-wire.js';
 import { RateLimiter } from './rate-limit.js';
 import {
+  bwlimitKiB,
   PARTIAL_DIR,
+  Progress2Reader,
   parseRsyncStats,
   parseServerCommand,
   rsyncClientArgv,
@@ -337,6 +339,86 @@ test('the client command quotes the remote shell for rsync and keeps the stats n
   });
 });
 
+test('--rate-limit becomes rsync --bwlimit in whole KiB/s, rounded down; below 1 KiB/s it is refused', () => {
+  const base = {
+    peer: { name: 'web01', host: '127.0.0.1', port: 7443 },
+    tree: 't1',
+    localPath: '/dst',
+    dataDir: '/data',
+    canopy: ['canopy'],
+  };
+  const plain = rsyncClientArgv(base);
+  assert.ok(!plain.some((a) => a.startsWith('--bwlimit') || a.startsWith('--info')), plain.join(' '));
+  const capped = rsyncClientArgv({ ...base, rateLimit: 2 * MiB, progress: () => {} });
+  // Options, not part of the remote shell's command line or the paths.
+  const options = capped.slice(0, capped.indexOf('-e'));
+  assert.ok(options.includes('--bwlimit=2048'), capped.join(' '));
+  assert.ok(options.includes('--info=progress2'), capped.join(' '));
+  // The serving side accepts what the client hands it.
+  parseServerCommand([...PULL.slice(0, -1), '--bwlimit=2048', '.', 'dir/']);
+
+  assert.equal(bwlimitKiB(40_000_000), 39_062); // 40MB/s: 39062.5 KiB/s, never above the cap
+  assert.equal(bwlimitKiB(1024), 1);
+  assert.equal(bwlimitKiB(2047), 1);
+  for (const bad of [1023, 0, -5, Number.NaN, Number.POSITIVE_INFINITY]) {
+    assert.throws(
+      () => rsyncClientArgv({ ...base, rateLimit: bad }),
+      assertCanopy('USAGE', /below rsync's smallest --bwlimit \(1 KiB\/s = 1024 bytes\/s\)/),
+      String(bad),
+    );
+  }
+});
+
+/** What rsync 3.5 wrote to stdout for a 5 MB tree pulled with --info=progress2 --stats (captured here). */
+const PROGRESS2_OUTPUT =
+  '\r              0   0%    0.00kB/s    0:00:00  ' +
+  '\r        1048576  20% 1001.96kB/s    0:00:03  ' +
+  '\r        2097152  41% 1000.98kB/s    0:00:02  ' +
+  '\r        3000000  59%    1.02MB/s    0:00:02 (xfr#1, to-chk=3/5)' +
+  '\r        3000003  60%    1.02MB/s    0:00:02 (xfr#2, to-chk=2/5)' +
+  '\r        4179651  83% 1000.66kB/s    0:00:00  ' +
+  '\r        5000003 100% 1007.18kB/s    0:00:04 (xfr#3, to-chk=0/5)' +
+  '\r        5000003 100% 1006.97kB/s    0:00:04 (xfr#3, to-chk=0/5)\n\n' +
+  'Number of files: 5 (reg: 3, dir: 2)\nNumber of regular files transferred: 3\n' +
+  'Total file size: 5000003 bytes\nLiteral data: 5000003 bytes\nTotal bytes received: 5001234\n\n' +
+  'sent 1234 bytes  received 5001234 bytes  1000000.00 bytes/sec\ntotal size is 5000003  speedup is 1.00\n';
+const PROGRESS2_COUNTS = [0, 1048576, 2097152, 3000000, 3000003, 4179651, 5000003];
+
+test('progress2 lines are read as they come, whole or cut anywhere; the count only grows', () => {
+  // In one piece.
+  const whole = new Progress2Reader();
+  assert.equal(whole.push(PROGRESS2_OUTPUT), 5000003);
+  // Every cut position: the counts come out in order, each once, none misread from half a number.
+  for (let cut = 1; cut < PROGRESS2_OUTPUT.length; cut += 7) {
+    const reader = new Progress2Reader();
+    const seen: number[] = [];
+    for (const piece of [PROGRESS2_OUTPUT.slice(0, cut), PROGRESS2_OUTPUT.slice(cut)]) {
+      const n = reader.push(piece);
+      if (n !== undefined) seen.push(n);
+    }
+    assert.equal(seen.at(-1), 5000003, `cut at ${cut}`);
+    for (const n of seen) assert.ok(PROGRESS2_COUNTS.includes(n), `cut at ${cut}: read ${n}`);
+  }
+  // A byte at a time: every count, in order (a line is read before the next one ends it).
+  const slow = new Progress2Reader();
+  const seen: number[] = [];
+  for (const c of PROGRESS2_OUTPUT) {
+    const n = slow.push(c);
+    if (n !== undefined) seen.push(n);
+  }
+  assert.deepEqual(seen, PROGRESS2_COUNTS);
+  // A line rsync has not ended yet counts once it holds a whole figure.
+  const live = new Progress2Reader();
+  assert.equal(live.push('\r        1048'), undefined);
+  assert.equal(live.push('576  20% 1001.96kB/s    0:00:03  '), 1048576);
+  // Not a figure: separators, lower counts, stats, other text, an endless line.
+  const other = new Progress2Reader();
+  assert.equal(other.push('\r    1,234,567  20%  1.00MB/s  0:00:01  '), 1234567);
+  assert.equal(other.push('\r    1000000  19%  1.00MB/s  0:00:01  '), undefined);
+  assert.equal(other.push('\nTotal file size: 99999999 bytes\n20 files to consider\n'), undefined);
+  assert.equal(other.push(`${'x'.repeat(10_000)}\r   2000000  40% `), 2000000);
+});
+
 // --- pulls with the real rsync
 
 test('a directory tree with nested dirs, a symlink and modes is pulled byte for byte', async (t) => {
@@ -391,6 +473,36 @@ test('a new version of a large file is pulled as a delta of the old one', async 
   assert.ok(delta.literalBytes < 2 * MiB, `literal ${delta.literalBytes}`);
   assert.ok(delta.matchedBytes > 30 * MiB, `matched ${delta.matchedBytes}`);
   assert.ok(delta.bytesReceived < 3 * MiB, `received ${delta.bytesReceived}`);
+});
+
+test('a rate-limited pull reports growing progress, and the serving rsync runs with the --bwlimit', async (t) => {
+  const dir = tempDir(t);
+  const root = join(dir, 'src');
+  mkdirSync(join(root, 'sub'), { recursive: true });
+  const big = randomBytes(6 * MiB);
+  writeFileSync(join(root, 'sub', 'big.bin'), big);
+  writeFileSync(join(root, 'small.txt'), 'small\n');
+  const { port, log } = await startServer(t, { t1: root });
+  const data = dataDir(t, 'web02', web02, ca.certPem);
+  const dest = join(dir, 'dest');
+  const seen: number[] = [];
+  // 2 MiB/s and nothing else limiting: only the serving rsync's --bwlimit paces this pull.
+  const r = await syncFromPeer(
+    pullOptions(port, data, { localPath: dest, rateLimit: 2 * MiB, progress: (p) => seen.push(p.bytes) }),
+  );
+  assert.ok(readFileSync(join(dest, 'sub', 'big.bin')).equals(big));
+  assert.equal(readFileSync(join(dest, 'small.txt'), 'utf8'), 'small\n');
+  assert.equal(r.literalBytes, 6 * MiB + 6);
+  assert.ok(r.argv.includes('--bwlimit=2048'), r.argv.join(' '));
+  const started = log.events('transfer.peer.rsync_started');
+  assert.equal(started.length, 1);
+  const served = started[0]?.fields.argv as string[];
+  assert.ok(served.includes('--bwlimit=2048'), `the serving rsync ran ${served.join(' ')}`);
+  // Progress: strictly growing, some of it mid-file, ending at the tree's file bytes.
+  for (let i = 1; i < seen.length; i++) assert.ok((seen[i] ?? 0) > (seen[i - 1] ?? 0), JSON.stringify(seen));
+  assert.equal(seen.at(-1), 6 * MiB + 6);
+  const midway = seen.filter((n) => n > MiB / 2 && n < 6 * MiB);
+  assert.ok(midway.length >= 2, `progress while pulling: ${JSON.stringify(seen)}`);
 });
 
 test('a pull cut off halfway resumes from its partial file, and the server kills its rsync', async (t) => {

@@ -280,6 +280,30 @@ export interface SyncFromPeerOptions {
   timeoutSeconds?: number;
   /** Aborting kills rsync with SIGTERM (it keeps the partial file) and rejects with the reason. */
   signal?: AbortSignal;
+  /**
+   * Caps the pull at this many bytes per second (at least 1024): rsync's
+   * `--bwlimit`, in whole KiB/s rounded down (bwlimitKiB). The local rsync
+   * hands it to the serving rsync (`--server --sender ... --bwlimit=N`), which
+   * paces what it writes: the download is capped at its source.
+   */
+  rateLimit?: number;
+  /**
+   * Called as file data arrives, with rsync's own count of it (its
+   * `--info=progress2` lines, parsed from its output; rsync 3.1.0 or later):
+   * at most about once a second, and only when the count grew.
+   */
+  progress?: (p: SyncProgress) => void;
+}
+
+/** Where a running pull stands, by rsync's `--info=progress2`. */
+export interface SyncProgress {
+  /**
+   * Bytes of file data done: every file transferred so far plus the part of
+   * the current one, literal and matched data alike (a delta counts the whole
+   * file it rebuilds). Files already up to date do not count, so a delta
+   * ends below the tree's size.
+   */
+  bytes: number;
 }
 
 /** What a sync moved, from rsync's --stats. */
@@ -313,6 +337,24 @@ const RSYNC_FAILED: ErrorCode = PEER_CODES.lost;
 const OUTPUT_TAIL = 64 * 1024;
 const KILL_GRACE_MS = 10_000;
 
+/**
+ * rsync's `--bwlimit` value for a cap in bytes per second: whole KiB/s (rsync's
+ * unit), rounded down so the pull never goes faster than the cap. A cap below
+ * 1 KiB/s cannot be given to rsync (0 would mean no limit): refused.
+ */
+export function bwlimitKiB(bytesPerSecond: number): number {
+  const kib = Math.floor(bytesPerSecond / 1024);
+  if (!Number.isFinite(bytesPerSecond) || kib < 1) {
+    throw new CanopyError(
+      'USAGE',
+      `rate limit ${bytesPerSecond} bytes/s is below rsync's smallest --bwlimit (1 KiB/s = 1024 bytes/s); ` +
+        'give a rate limit of at least 1024 bytes per second',
+      { rateLimit: bytesPerSecond },
+    );
+  }
+  return kib;
+}
+
 /** The rsync argv syncFromPeer runs (exported for logs and tests). */
 export function rsyncClientArgv(o: SyncFromPeerOptions): string[] {
   const rsh = [
@@ -338,6 +380,8 @@ export function rsyncClientArgv(o: SyncFromPeerOptions): string[] {
     ...(o.delete ? [delay ? '--delete-delay' : '--delete'] : []),
     ...(o.checksum ? ['--checksum'] : []),
     ...(o.compress ? ['-z'] : []),
+    ...(o.rateLimit !== undefined ? [`--bwlimit=${bwlimitKiB(o.rateLimit)}`] : []),
+    ...(o.progress ? ['--info=progress2'] : []),
     '-e',
     rsh.map(rshWord).join(' '),
     '--',
@@ -366,6 +410,14 @@ export async function syncFromPeer(o: SyncFromPeerOptions): Promise<SyncResult> 
   });
   const out = tail(child.stdout);
   const err = tail(child.stderr);
+  if (o.progress) {
+    const report = o.progress;
+    const reader = new Progress2Reader();
+    child.stdout.on('data', (d: Buffer) => {
+      const bytes = reader.push(d.toString('latin1'));
+      if (bytes !== undefined) report({ bytes });
+    });
+  }
   let killTimer: NodeJS.Timeout | undefined;
   const onAbort = () => {
     child.kill('SIGTERM');
@@ -412,12 +464,58 @@ function syncError(o: SyncFromPeerOptions, where: string, r: SyncResult, signal:
   const last = [crash, ...lines.filter((l) => !/^\s+at /.test(l)).slice(-3)].filter(Boolean).join(' | ');
   const hint = LINK_FAILURES.has(r.exitCode)
     ? 'the link or the peer failed: pull again (the partial file resumes) or from another peer'
-    : 'see the message; the partial file, if any, resumes on the next pull';
+    : TOO_OLD.test(r.stderr)
+      ? `this host's rsync is too old for ${r.argv.find((a) => a.startsWith('--info=')) ?? 'these options'} ` +
+        '(rsync 3.1.0 or later is needed): upgrade rsync on this host'
+      : 'see the message; the partial file, if any, resumes on the next pull';
   return new CanopyError(
     LINK_FAILURES.has(r.exitCode) ? PEER_CODES.lost : RSYNC_FAILED,
     `rsync pulling ${o.remotePath ?? '.'} of tree ${o.tree} from ${where} ${how} (${last || 'no message'}); ${hint}`,
     fields,
   );
+}
+
+/** What an rsync older than 3.1.0 says about `--info=progress2` (and `--no-human-readable`). */
+const TOO_OLD = /--(info|no-human-readable)\S*: unknown option/;
+
+/**
+ * One `--info=progress2` line: bytes done (plain with --no-human-readable;
+ * commas tolerated), the percentage and a space, then rate and time:
+ * `      1048576  20%    1.00MB/s    0:00:03 (xfr#1, to-chk=3/5)`.
+ */
+const PROGRESS2 = /^\s*(\d[\d,]*)\s+\d{1,3}%\s/;
+/** A piece of output this long without a line end is no progress line: dropped. */
+const MAX_LINE = 4096;
+
+/**
+ * Reads rsync's `--info=progress2` lines out of its standard output as it
+ * comes, in pieces cut anywhere. rsync rewrites the line in place: each
+ * starts with a carriage return and is only ended by the next one, a second
+ * later, so an unended piece is read too once it holds a whole figure (the
+ * percentage after it says so). Other lines (--stats) are skipped. Reports
+ * only growth: the count never goes back.
+ */
+export class Progress2Reader {
+  private partial = '';
+  private best = -1;
+
+  /** Feeds output; returns the bytes done when the count grew, else undefined. */
+  push(text: string): number | undefined {
+    const pieces = (this.partial + text).split(/[\r\n]/);
+    this.partial = pieces.at(-1) ?? '';
+    if (this.partial.length > MAX_LINE) this.partial = '';
+    let grew: number | undefined;
+    for (const piece of pieces) {
+      const m = PROGRESS2.exec(piece);
+      if (!m) continue;
+      const n = Number((m[1] as string).replaceAll(',', ''));
+      if (Number.isSafeInteger(n) && n > this.best) {
+        this.best = n;
+        grew = n;
+      }
+    }
+    return grew;
+  }
 }
 
 /** rsync's --stats figures (numbers without separators: --no-human-readable); zero for what is missing. */

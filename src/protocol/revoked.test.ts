@@ -1,0 +1,31 @@
+// The `revoked` message: the coordinator's whole set of revoked serials, as agents decode it.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { decodeAgentMessage, decodeCoordinatorMessage, encode, MAX_REVOKED_SERIALS } from './messages.js';
+
+const reason = (raw: string) => {
+  const d = decodeCoordinatorMessage(raw);
+  return d.ok ? 'accepted' : d.reason;
+};
+
+test('a revoked message with lowercase hex serials, or none, decodes as sent', () => {
+  const serials = ['4f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e', '7'];
+  assert.deepEqual(decodeCoordinatorMessage(encode({ type: 'revoked', serials })), {
+    ok: true,
+    message: { v: 1, type: 'revoked', serials },
+  });
+  assert.equal(reason(encode({ type: 'revoked', serials: [] })), 'accepted');
+});
+
+test('a revoked message with a serial that is not lowercase hex, or too many, is refused naming where', () => {
+  const raw = (serials: unknown) => JSON.stringify({ v: 1, type: 'revoked', serials });
+  assert.match(reason(raw(['4F1C'])), /revoked message invalid at \/serials\/0/);
+  assert.match(reason(raw(['4f1c', ''])), /invalid at \/serials\/1/);
+  assert.match(reason(raw(['../etc'])), /invalid at \/serials\/0/);
+  assert.match(reason(raw(['a'.repeat(65)])), /invalid at \/serials\/0/);
+  assert.match(reason(raw('4f1c')), /invalid at \/serials/);
+  assert.match(reason(JSON.stringify({ v: 1, type: 'revoked' })), /revoked message invalid/);
+  assert.match(reason(raw(Array(MAX_REVOKED_SERIALS + 1).fill('1'))), /invalid at \/serials/);
+  // Only the coordinator sends it.
+  assert.equal(decodeAgentMessage(raw([])).ok, false);
+});
