@@ -37,7 +37,7 @@ import {
   type WithoutV,
 } from '../protocol/index.js';
 import { type ActivationView, stepDone, stepWindowMs } from './activation.js';
-import { ActivationSteps, isTogether } from './activation-steps.js';
+import { ActivationSteps, isTogether, type StepRun } from './activation-steps.js';
 import { type HostPlans, NO_PLANS, RunPlans, storedTask, taskFor } from './run-plans.js';
 import {
   type HostFinalState,
@@ -75,19 +75,12 @@ export interface RunSummary {
   finished: boolean;
 }
 
-interface ActiveRun {
-  record: RunRecord;
-  results: Map<string, HostResult>;
-  queued: Set<string>;
-  acked: Set<string>;
-  pending: string[];
-  seq: number;
+/** A run in memory: what the activation steps read and change (StepRun), and the manager's own parts. */
+interface ActiveRun extends StepRun {
   timer: NodeJS.Timeout | undefined;
   listeners: Set<RunListener>;
   /** Push and distribution runs: each host's share (run-plans.ts). */
   plans: HostPlans;
-  /** --activate together: hosts between steps (no final result yet). */
-  interim: Map<string, InterimRecord>;
 }
 
 /** What `create` may add for a push run. */
