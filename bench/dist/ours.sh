@@ -102,7 +102,8 @@ prepare() {
   local i
   for i in $(seq 300); do
     grep -q 'listening on' "$LOGS/coord.out" 2>/dev/null && [[ -s $CANOPY_CONFIG ]] && break
-    ours_pid "$(cat "$W/coord.pid")" || die "coordinator died: $(tail -5 "$LOGS/coord.err")"
+    # Alive, not ours_pid: right after the fork the child is still the shell (no mark in its command line).
+    [[ -e /proc/$(cat "$W/coord.pid") ]] || die "coordinator died: $(tail -5 "$LOGS/coord.err")"
     sleep 0.1
   done
   grep -q 'listening on' "$LOGS/coord.out" || die "coordinator did not start in 30 s"
