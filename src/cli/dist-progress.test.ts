@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { DistProgress, HostResult } from '../coordinator/index.js';
 import { isCanopyError } from '../errors/index.js';
+import { NO_PROCESS } from '../protocol/index.js';
 import {
   activationLines,
   activationSummary,
@@ -103,12 +104,7 @@ function host(
   return {
     host: name,
     state,
-    exitCode: null,
-    signal: null,
-    stdout: '',
-    stderr: '',
-    stdoutTruncated: false,
-    stderrTruncated: false,
+    ...NO_PROCESS,
     startedAt: 0,
     endedAt: 1,
     durationMs: 1,

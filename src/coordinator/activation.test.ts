@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { DistSpec, FileOutcome, TaskResult } from '../protocol/index.js';
+import {
+  type DistSpec,
+  type FileOutcome,
+  NO_OUTPUT,
+  NO_PROCESS,
+  type TaskResult,
+} from '../protocol/index.js';
 import {
   activationSpec,
   describeLacking,
@@ -23,12 +29,7 @@ function result(host: string, state: HostResult['state'], files?: FileOutcome[],
   return {
     host,
     state,
-    exitCode: null,
-    signal: null,
-    stdout: '',
-    stderr: '',
-    stdoutTruncated: false,
-    stderrTruncated: false,
+    ...NO_PROCESS,
     startedAt: 1_000,
     endedAt: 2_000,
     durationMs: 1_000,
@@ -45,14 +46,7 @@ function answer(state: TaskResult['state'], files?: FileOutcome[], error?: strin
     taskId: 'r1:h1:activate',
     runId: 'r1',
     state,
-    exitCode: null,
-    signal: null,
-    stdout: '',
-    stderr: '',
-    stdoutTruncated: false,
-    stderrTruncated: false,
-    stdoutBytes: 0,
-    stderrBytes: 0,
+    ...NO_OUTPUT,
     startedAt: 5_000,
     endedAt: 6_000,
     durationMs: 1_000,

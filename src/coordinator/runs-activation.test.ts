@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { pino } from 'pino';
-import type { DistSpec, FileOutcome, Task, TaskResult } from '../protocol/index.js';
+import { type DistSpec, type FileOutcome, NO_OUTPUT, type Task, type TaskResult } from '../protocol/index.js';
 import { type AgentStatus, type Courier, RunManager } from './runs.js';
 import { type DistRunSpec, Store } from './store.js';
 
@@ -70,14 +70,7 @@ function answer(
     taskId,
     runId: taskId.split(':')[0] ?? '',
     state,
-    exitCode: null,
-    signal: null,
-    stdout: '',
-    stderr: '',
-    stdoutTruncated: false,
-    stderrTruncated: false,
-    stdoutBytes: 0,
-    stderrBytes: 0,
+    ...NO_OUTPUT,
     startedAt: 1,
     endedAt: 2,
     durationMs: 1,

@@ -169,15 +169,8 @@ export const HOST_FINAL_STATES = [
 ] as const;
 export type HostFinalState = (typeof HOST_FINAL_STATES)[number];
 
-/** A host result's process fields when no process ran (a refusal, a timeout, a distribution, a step). */
-export const NO_PROCESS = {
-  exitCode: null,
-  signal: null,
-  stdout: '',
-  stderr: '',
-  stdoutTruncated: false,
-  stderrTruncated: false,
-} as const;
+/** A host result's process fields when no process ran (the protocol's, without the byte counts). */
+export { NO_PROCESS } from '../protocol/index.js';
 
 export interface HostResult {
   host: string;

@@ -335,14 +335,19 @@ export const TaskResultSchema = Type.Object(
 );
 export type TaskResult = Static<typeof TaskResultSchema>;
 
-/** A result's output fields when no process produced any (refused, not started, interrupted). */
-export const NO_OUTPUT = {
+/** A result's process fields when no process ran (a refusal, a timeout, a distribution, a step). */
+export const NO_PROCESS = {
   exitCode: null,
   signal: null,
   stdout: '',
   stderr: '',
   stdoutTruncated: false,
   stderrTruncated: false,
+} as const satisfies Partial<TaskResult>;
+
+/** A result's output fields when no process produced any (refused, not started, interrupted). */
+export const NO_OUTPUT = {
+  ...NO_PROCESS,
   stdoutBytes: 0,
   stderrBytes: 0,
 } as const satisfies Partial<TaskResult>;
