@@ -49,11 +49,7 @@ async function peerFleet(t: TestContext, agents: Record<string, AgentOpts>): Pro
     });
   }
   const names = Object.keys(agents);
-  await fleet.waitOnline(names);
-  await waitFor('every agent to announce its peer address', async () => {
-    const l = await fleet.cliJson<{ agents: { facts: { peer?: string } | null }[] }>(['agents']);
-    return l.agents.length === names.length && l.agents.every((a) => a.facts?.peer);
-  });
+  await fleet.waitPeers(names);
   return fleet;
 }
 

@@ -41,11 +41,7 @@ async function peerFleet(t: Parameters<typeof startFleet>[0], names: string[], e
   for (const name of names) {
     await fleet.addAgent(name, { wait: false, extra: ['--peer-listen', '127.0.0.1:0', ...extra] });
   }
-  await fleet.waitOnline(names);
-  await waitFor('every agent to announce its peer address', async () => {
-    const l = await fleet.cliJson<{ agents: { facts: { peer?: string } | null }[] }>(['agents']);
-    return l.agents.length === names.length && l.agents.every((a) => a.facts?.peer);
-  });
+  await fleet.waitPeers(names);
   return fleet;
 }
 

@@ -31,11 +31,7 @@ test('a second canopy dist of an unchanged file reuses its manifest; a file chan
   for (const name of names) {
     await fleet.addAgent(name, { wait: false, extra: ['--peer-listen', '127.0.0.1:0'] });
   }
-  await fleet.waitOnline(names);
-  await waitFor('every agent to announce its peer address', async () => {
-    const l = await fleet.cliJson<{ agents: { facts: { peer?: string } | null }[] }>(['agents']);
-    return l.agents.length === names.length && l.agents.every((a) => a.facts?.peer);
-  });
+  await fleet.waitPeers(names);
   // A file changed in the last 2 s is never cached (a write in the same clock tick would not show).
   await waitFor('the source file to be settled (changed over 2 s ago)', () => {
     return Date.now() - statSync(src).ctimeMs > 2_500;

@@ -40,11 +40,7 @@ test('--source a1: a file only a1 has reaches a2..a4 from a1, the coordinator se
   const fleet = await startFleet(t);
   for (const name of names)
     await fleet.addAgent(name, { wait: false, extra: ['--peer-listen', '127.0.0.1:0'] });
-  await fleet.waitOnline(names);
-  await waitFor('every agent to announce its peer address', async () => {
-    const l = await fleet.cliJson<{ agents: { facts: { peer?: string } | null }[] }>(['agents']);
-    return l.agents.length === names.length && l.agents.every((a) => a.facts?.peer);
-  });
+  await fleet.waitPeers(names);
   const data = randomBytes(8 * MiB + 12345);
   const src = join(rootOf(fleet, 'a1'), 'build.bin');
   writeFileSync(src, data);
@@ -178,11 +174,7 @@ async function killSourceMidway(t: TestContext) {
   });
   for (const name of ['a2', 'a3', 'a4'])
     await fleet.addAgent(name, { wait: false, extra: ['--peer-listen', '127.0.0.1:0'] });
-  await fleet.waitOnline(['a1', 'a2', 'a3', 'a4']);
-  await waitFor('every agent to announce its peer address', async () => {
-    const l = await fleet.cliJson<{ agents: { facts: { peer?: string } | null }[] }>(['agents']);
-    return l.agents.length === 4 && l.agents.every((a) => a.facts?.peer);
-  });
+  await fleet.waitPeers(['a1', 'a2', 'a3', 'a4']);
   const size = 8 * MiB;
   const data = randomBytes(size);
   const src = join(rootOf(fleet, 'a1'), 'build.bin');

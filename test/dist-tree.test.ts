@@ -21,7 +21,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { apiOf, readJsonLines, startFleet, type TestFleet, waitFor } from './helpers/fleet.js';
+import { apiOf, readJsonLines, startFleet, type TestFleet } from './helpers/fleet.js';
 
 const MiB = 1024 * 1024;
 
@@ -66,11 +66,7 @@ async function peerFleet(t: Parameters<typeof startFleet>[0], names: string[]): 
   for (const name of names) {
     await fleet.addAgent(name, { wait: false, extra: ['--peer-listen', '127.0.0.1:0'] });
   }
-  await fleet.waitOnline(names);
-  await waitFor('every agent to announce its peer address', async () => {
-    const l = await fleet.cliJson<{ agents: { facts: { peer?: string } | null }[] }>(['agents']);
-    return l.agents.length === names.length && l.agents.every((a) => a.facts?.peer);
-  });
+  await fleet.waitPeers(names);
   return fleet;
 }
 

@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { startFleet, waitFor } from './helpers/fleet.js';
+import { startFleet } from './helpers/fleet.js';
 
 interface DistJson {
   size: number;
@@ -31,11 +31,7 @@ test('canopy dist: a 64 MiB file to 8 agents through the peer tree, every MD5 ri
       extra: ['--peer-listen', '127.0.0.1:0'],
     });
   }
-  await fleet.waitOnline(names);
-  await waitFor('every agent to announce its peer address', async () => {
-    const l = await fleet.cliJson<{ agents: { facts: { peer?: string } | null }[] }>(['agents']);
-    return l.agents.length === 8 && l.agents.every((a) => a.facts?.peer);
-  });
+  await fleet.waitPeers(names);
   const data = randomBytes(64 * 1024 * 1024);
   const src = join(fleet.dir, 'image.bin');
   writeFileSync(src, data);

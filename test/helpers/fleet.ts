@@ -129,6 +129,8 @@ export interface TestFleet {
   token(name?: string): Promise<string>;
   addAgent(name: string, opts?: AgentOpts): Promise<TestAgent>;
   waitOnline(names: string[]): Promise<void>;
+  /** Until every named agent is online and has announced its peer server's address. */
+  waitPeers(names: string[]): Promise<void>;
 }
 
 export interface AgentOpts {
@@ -241,6 +243,14 @@ export async function startFleet(
           'agents',
         ]);
         return names.every((n) => list.some((a) => a.name === n && a.online));
+      });
+    },
+    async waitPeers(names: string[]) {
+      await waitFor(`agents ${names.join(', ')} online with a peer address`, async () => {
+        const { agents: list } = await fleet.cliJson<{
+          agents: { name: string; online: boolean; facts: { peer?: string } | null }[];
+        }>(['agents']);
+        return names.every((n) => list.some((a) => a.name === n && a.online && a.facts?.peer));
       });
     },
   };
