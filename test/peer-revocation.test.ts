@@ -107,9 +107,42 @@ test('an agent revoked while the fleet runs is refused by the peer servers, and 
   t.after(() => yOpen.close());
   await assertAdmitted(xOpen, 'x-01');
   await assertAdmitted(yOpen, 'y-01');
+  // The coordinator's source peer server (started by a first distribution) admits x-01 too.
+  const file = join(fleet.dir, 'small.bin');
+  writeFileSync(file, randomBytes(100_000));
+  const d = await fleet.cli([
+    'dist',
+    file,
+    '--dest',
+    join(fleet.dir, 'agents', '{host}', 'root', 'd.bin'),
+    '--targets',
+    'relay-01',
+  ]);
+  assert.equal(d.code, 0, `${d.stderr}\n${d.stdout}`);
+  const listening = /"peer":"(127\.0\.0\.1):(\d+)"[^\n]*distribution source listening/.exec(
+    fleet.coordinator.log(),
+  );
+  assert.ok(listening, 'the coordinator never logged its source address');
+  const source = { host: listening[1] ?? '', port: Number(listening[2]) };
+  const xSource = await dial(source, 'canopy-source', x);
+  t.after(() => xSource.close());
+  await assertAdmitted(xSource, 'x-01 at the source');
 
   const r = await fleet.cli(['agents', 'revoke', 'x-01']);
   assert.equal(r.code, 0, r.stderr);
+  // The source hangs up on x-01 as well, and refuses it from then on.
+  await waitFor("the source to close x-01's open connection", () => xSource.closed);
+  await assert.rejects(
+    (async () => {
+      const c = await dial(source, 'canopy-source', x);
+      try {
+        await c.fetch(BLOB, 0, DIGEST);
+      } finally {
+        await c.close();
+      }
+    })(),
+    assertRevoked(xSerial),
+  );
 
   // x-01's open connection is closed by the relay, though it asks nothing (the idle timeout is 2 minutes).
   await waitFor("the relay to close x-01's open connection", () => xOpen.closed);

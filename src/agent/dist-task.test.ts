@@ -7,6 +7,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
+import { CanopyError } from '../errors/index.js';
 import { type CertAndKey, createCa, createKeyAndCsr, signCsr } from '../pki/index.js';
 import type { DistTask, PeerAddress } from '../protocol/index.js';
 import {
@@ -49,7 +50,10 @@ async function world(t: TestContext): Promise<World> {
   return { dir, ca, ids, file, data, manifest, blob: await manifestId(manifest) };
 }
 
-/** A peer serving the original file's chunks (as the distribution's source does); `mangle` corrupts some. */
+/**
+ * A peer serving the original file's chunks (as the distribution's source
+ * does); `mangle` corrupts some, or throws to refuse them.
+ */
 async function sourcePeer(t: TestContext, w: World, name: string, mangle?: (i: number, b: Buffer) => Buffer) {
   const server = new PeerServer({
     identity: w.ids.get(name) as CertAndKey,
@@ -65,7 +69,7 @@ async function sourcePeer(t: TestContext, w: World, name: string, mangle?: (i: n
   });
   const a = await server.listen(0, '127.0.0.1');
   t.after(() => server.close());
-  return { name, address: `127.0.0.1:${a.port}` };
+  return { name, address: `127.0.0.1:${a.port}`, server };
 }
 
 async function leaf(t: TestContext, w: World) {
@@ -191,6 +195,32 @@ test('no peer can serve: failed, naming what was tried; the destination is untou
   assert.equal(r.state, 'failed');
   assert.match(r.error ?? '', /no peer could serve .*; tried src: cannot reach peer src .*ECONNREFUSED/);
   assert.equal(readFileSync(dest, 'utf8'), 'old\n');
+});
+
+test('a source that can serve none of the blob any more fails the task at once with its own reason', {
+  timeout: 60_000,
+}, async (t) => {
+  const w = await world(t);
+  const refusal = 'agent "s1" no longer serves /srv/image.bin (blob 0123): it was modified';
+  const src = await sourcePeer(t, w, 'src', (i, b) => {
+    if (i < 3) return b;
+    throw new CanopyError('DIST_SOURCE_REFUSED', refusal);
+  });
+  const l = await leaf(t, w);
+  const dest = join(l.root, 'image.bin');
+  writeFileSync(dest, 'old\n');
+  // Twelve stall windows of 60 s would be 12 minutes: only the refusal can end the task within the timeout.
+  const r = await runDist(task(w, dest, [src], [], 60_000), l.ctx);
+  assert.equal(r.state, 'failed');
+  assert.match(r.error ?? '', /; tried src: peer src \(127\.0\.0\.1:\d+\) refused chunk \d+ of blob [0-9a-f]{64}: /);
+  assert.ok(r.error?.endsWith(`${refusal})`), r.error);
+  // The connection the stripe closed itself failed the other lanes' fetches; that is not the reason given.
+  assert.doesNotMatch(r.error ?? '', /closed by this agent/);
+  assert.equal(readFileSync(dest, 'utf8'), 'old\n');
+  // Every lane stopped and closed what it opened.
+  for (let waited = 0; src.server.connectionCount > 0 && waited < 5000; waited += 20)
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  assert.equal(src.server.connectionCount, 0, 'a connection to the source was left open');
 });
 
 test('a destination outside the roots is refused before anything is fetched', async (t) => {

@@ -211,7 +211,11 @@ export function candidatesFor(
  * fills from the top), later ones one. A candidate that is gone, stalls,
  * refuses us or sends a bad chunk is dropped for the next one. The last
  * candidate (the source) is never dropped: it is retried, backing off, until
- * the stripe has made no progress for twelve stall windows.
+ * the stripe has made no progress for twelve stall windows, unless it says it
+ * can serve none of the blob any more (DIST_SOURCE_REFUSED: a seed whose file
+ * changed), which fails the stripe at once. A fetch failing because this
+ * agent closed the connection itself (dropping its peer) is only retried:
+ * the peer's real failure is what the stripe reports.
  */
 async function fetchStripe(
   task: DistTask,
@@ -227,6 +231,8 @@ async function fetchStripe(
   const stallMs = task.spec.stallMs;
   /** Per candidate, the last reason it failed. */
   const tried = new Map<string, string>();
+  /** Connections this stripe closed itself: their fetches fail, and say nothing about the peer. */
+  const closedHere = new WeakSet<PeerClient>();
   let current = 0;
   let connecting: Promise<PeerClient> | undefined;
   let lastProgress = now();
@@ -251,25 +257,36 @@ async function fetchStripe(
       throw err;
     }
   };
+  const closeCurrent = async (): Promise<void> => {
+    const c = connecting;
+    connecting = undefined;
+    await c
+      ?.then((cl) => {
+        closedHere.add(cl);
+        return cl.close();
+      })
+      .catch(() => {});
+  };
   /** Gives up on candidate `at` (once, whichever lane saw it first). */
   const drop = (at: number, why: string) => {
     if (current !== at) return;
     const name = candidates[at]?.name ?? '?';
     tried.set(name, why);
-    const c = connecting;
-    connecting = undefined;
-    void c?.then((cl) => cl.close()).catch(() => {});
+    void closeCurrent();
     if (last()) return;
     stats.failedPeers.add(name);
     current++;
     lastProgress = now();
   };
   const queue = [...indexes];
-  const lane = async (): Promise<void> => {
+  /** The first error a lane hit: the stripe fails with it, and the other lanes stop at their next step. */
+  let failure: { err: unknown } | undefined;
+  const work = async (): Promise<void> => {
     let backoff = 0;
-    for (let i = queue.shift(); i !== undefined; i = queue.shift()) {
+    for (let i = queue.shift(); i !== undefined && !failure; i = queue.shift()) {
       const digest = manifest.chunks[i] ?? '';
       for (;;) {
+        if (failure) return;
         ctx.signal?.throwIfAborted();
         if (last() && now() - lastProgress > window()) throw giveUp();
         const t0 = now();
@@ -280,6 +297,7 @@ async function fetchStripe(
           data = await p.client.fetch(task.spec.blob, i, digest, { length: chunkRange(manifest, i).length });
         } catch (err) {
           if (ctx.signal?.aborted) throw ctx.signal.reason;
+          if (p && closedHere.has(p.client)) continue;
           const code = isCanopyError(err) ? err.code : '';
           const notYet = code === 'TRANSFER_CHUNK_MISSING' || code === 'TRANSFER_PEER_FORBIDDEN';
           if (notYet && now() - lastProgress < window()) {
@@ -290,7 +308,9 @@ async function fetchStripe(
             continue;
           }
           if (code === 'TRANSFER_DIGEST_MISMATCH' && p) stats.badPeers.add(p.name);
-          drop(p?.at ?? current, (err as Error).message.split('\n')[0] || code);
+          const at = p?.at ?? current;
+          drop(at, (err as Error).message.split('\n')[0] || code);
+          if (code === 'DIST_SOURCE_REFUSED' && at === candidates.length - 1) throw giveUp();
           if (last()) {
             backoff = Math.min(MAX_SOURCE_BACKOFF_MS, Math.max(250, backoff * 2));
             await sleep(backoff, ctx.signal);
@@ -306,13 +326,17 @@ async function fetchStripe(
       }
     }
   };
-  try {
-    await Promise.all(Array.from({ length: Math.min(ctx.window ?? 4, indexes.length) }, lane));
-  } finally {
-    const c = connecting;
-    connecting = undefined;
-    await c?.then((cl) => cl.close()).catch(() => {});
-  }
+  const lane = async (): Promise<void> => {
+    try {
+      await work();
+    } catch (err) {
+      failure ??= { err };
+      void closeCurrent(); // fails the other lanes' fetches at once
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(ctx.window ?? 4, indexes.length) }, lane));
+  await closeCurrent();
+  if (failure) throw failure.err;
 }
 
 /** Waits `ms`; an abort ends the wait early (the caller checks the signal). */

@@ -108,10 +108,9 @@ export function identityChange(was: FileIdentity, now: FileIdentity): string | u
 
 /**
  * The refusal a broken seed answers every chunk request with:
- * DIST_SOURCE_REFUSED, which the peer server sends as a refusal of the whole
- * connection, so every request waiting on it fails with this one message and
- * the receiver gives up on this source (after its stall windows) naming the
- * agent, the path and what changed, not a hang-up of its own.
+ * DIST_SOURCE_REFUSED. A receiver whose last candidate answers it gives up on
+ * the stripe at once (dist-task.ts), naming the agent, the path and what
+ * changed.
  */
 export function seedRefusal(seed: Seed): CanopyError {
   return new CanopyError(

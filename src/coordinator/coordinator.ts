@@ -235,6 +235,7 @@ export class Coordinator {
     await runs.load();
     await dists.resume();
     fleet.progress = (agent, p) => dists?.progress(agent, p);
+    fleet.revoked = (name) => dists?.dropRevoked(name);
 
     const client: ClientConfig = { url, token: identity.adminToken, ca: identity.ca.certPem };
     const clientPaths = [join(opts.dataDir, 'client.json')];

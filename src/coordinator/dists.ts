@@ -354,6 +354,16 @@ export class DistManager {
     return server ? server.stats.bytesServed + server.rsyncStats.bytesSent : 0;
   }
 
+  /** Hangs up the source's connections from agent `name`, just revoked (its next requests are refused). */
+  dropRevoked(name: string): void {
+    const server = this.source?.server;
+    if (!server) return;
+    server.dropRevoked().then(
+      (dropped) => this.opts.logger.info({ agent: name, dropped }, 'dist.source.dropped_revoked'),
+      (err: unknown) => this.opts.logger.warn({ err, agent: name }, 'dist.source.drop_revoked_failed'),
+    );
+  }
+
   /** A progress report from an agent's distribution task (task ids are RUN:HOST). */
   progress(agent: string, p: Progress): void {
     const run = p.taskId.slice(0, p.taskId.indexOf(':'));

@@ -94,6 +94,8 @@ export class Fleet implements Courier {
   content: ContentSource | undefined;
   /** Receives distribution tasks' progress. */
   progress: ((agent: string, p: Progress) => void) | undefined;
+  /** Told after an agent is revoked (its serials are then in isRevokedSerial). */
+  revoked: ((name: string) => void) | undefined;
 
   constructor(opts: FleetOptions) {
     this.store = opts.store;
@@ -242,6 +244,7 @@ export class Fleet implements Courier {
     }
     this.log.warn({ agent: name, by }, 'agent revoked');
     this.broadcastRevoked();
+    this.revoked?.(name);
     return revoked;
   }
 

@@ -82,6 +82,12 @@ export interface PutOptions {
 export interface GetOptions {
   /** Re-hash the data read from disk (catches bit rot; costs one BLAKE3 pass). */
   verify?: boolean;
+  /**
+   * A buffer the caller lends for the read: a packed chunk is read into it when
+   * it is big enough, and the result is then a view of it (so the caller must
+   * not reuse it while the result is in use). Other chunks ignore it.
+   */
+  into?: Buffer;
 }
 
 export interface AssembleOptions {
@@ -457,7 +463,7 @@ export class ChunkStore {
 
   private async getPacked(digest: string, pack: Pack, index: number, options: GetOptions): Promise<Buffer> {
     const cached = options.verify ? undefined : this.recent.get(digest);
-    const data = cached ?? (await pack.read(index));
+    const data = cached ?? (await pack.read(index, options.into));
     if (options.verify && this.hash(data) !== digest) {
       throw new CanopyError(
         'TRANSFER_DIGEST_MISMATCH',

@@ -134,10 +134,10 @@ export class Pack {
     return run;
   }
 
-  /** The bytes of a held chunk, read from the file. */
+  /** The bytes of a held chunk, read from the file (into `into` if it is big enough). */
   async read(index: number, into?: Buffer): Promise<Buffer> {
     const { offset, length } = chunkRange(this.manifest, index);
-    const buf = into?.subarray(0, length) ?? Buffer.allocUnsafe(length);
+    const buf = into && into.length >= length ? into.subarray(0, length) : Buffer.allocUnsafe(length);
     await readAt(this.fh, buf, offset);
     return buf;
   }

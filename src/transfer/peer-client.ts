@@ -21,6 +21,7 @@
  * on the event loop; a settled fetch is removed from `pending` first, so it
  * is settled once.
  */
+import type net from 'node:net';
 import tls from 'node:tls';
 import { createBLAKE3, type IHasher } from 'hash-wasm';
 import { CanopyError, isCanopyError } from '../errors/index.js';
@@ -101,6 +102,7 @@ export class PeerClient {
     private readonly socket: tls.TLSSocket,
     private readonly hasher: IHasher,
     private readonly options: PeerClientOptions,
+    inbox: Inbox,
   ) {
     this.where = `peer ${options.peer} (${options.host}:${options.port})`;
     const maxChunk = Math.min(options.maxChunkBytes ?? MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES);
@@ -115,7 +117,7 @@ export class PeerClient {
     );
     this.stallTimer = setTimeout(() => this.onStallTimer(), this.stallMs);
     this.stallTimer.unref();
-    socket.on('data', (data: Buffer) => this.onData(data));
+    inbox.deliver((data) => this.onData(data));
     socket.on('error', (err) => this.fail(this.socketError(err)));
     socket.on('end', () => this.fail(this.lost('hung up')));
     socket.on('close', () => this.fail(this.lost('closed the connection')));
@@ -129,8 +131,12 @@ export class PeerClient {
   static async connect(options: PeerClientOptions): Promise<PeerClient> {
     options.signal?.throwIfAborted();
     const hasher = await createBLAKE3();
-    const socket = await dialPeer(options, options.stallTimeoutMs ?? 30_000);
-    return new PeerClient(socket, hasher, options);
+    const inbox = new Inbox();
+    const socket = await dialPeer(
+      { ...options, onRead: (data) => inbox.push(data) },
+      options.stallTimeoutMs ?? 30_000,
+    );
+    return new PeerClient(socket, hasher, options, inbox);
   }
 
   /** Fetches in flight (sent, not yet answered). */
@@ -357,8 +363,41 @@ class ConnectionRefused extends Error {
   }
 }
 
-/** Where to dial a peer and as whom; shared by chunk clients and stream (rsync) clients. */
-export type DialOptions = Pick<PeerClientOptions, 'host' | 'port' | 'peer' | 'identity' | 'caPem' | 'signal'>;
+/**
+ * Where to dial a peer and as whom; shared by chunk clients and stream (rsync)
+ * clients. With `onRead`, the socket emits no 'data' events: every read is
+ * handed to it in one buffer the socket reuses, valid only during the call
+ * (no Buffer object per TLS record, which at 16 KiB a record is most of a
+ * relay's garbage).
+ */
+export type DialOptions = Pick<
+  PeerClientOptions,
+  'host' | 'port' | 'peer' | 'identity' | 'caPem' | 'signal'
+> & {
+  onRead?: (data: Buffer) => void;
+};
+
+/** The socket's buffer for `onRead`: a few TLS records (16 KiB each). */
+const READ_BUFFER_BYTES = 64 * 1024;
+
+/**
+ * Reads of a connection before its client exists (a refusal can come right
+ * after the handshake): copied and kept, then handed over in order.
+ */
+class Inbox {
+  private readonly early: Buffer[] = [];
+  private sink: ((data: Buffer) => void) | undefined;
+
+  push(data: Buffer): void {
+    if (this.sink) this.sink(data);
+    else this.early.push(Buffer.from(data));
+  }
+
+  deliver(sink: (data: Buffer) => void): void {
+    this.sink = sink;
+    for (const data of this.early.splice(0)) sink(data);
+  }
+}
 
 /**
  * A TLS socket to the peer, past the handshake and the checks that it is the
@@ -378,6 +417,7 @@ export async function dialPeer(options: DialOptions, timeoutMs: number): Promise
     checkServerIdentity: checkSan(agentSan(options.peer)),
     minVersion: 'TLSv1.3',
     ALPNProtocols: [PEER_ALPN],
+    ...(options.onRead ? { onread: onRead(options.onRead) } : {}),
   });
   await handshake(socket, options, timeoutMs);
   if (socket.alpnProtocol !== PEER_ALPN) {
@@ -390,6 +430,18 @@ export async function dialPeer(options: DialOptions, timeoutMs: number): Promise
     );
   }
   return socket;
+}
+
+function onRead(callback: (data: Buffer) => void): net.OnReadOpts {
+  const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+  // The socket hands back `buffer` itself; returning true keeps it reading (pause() still stops it).
+  return {
+    buffer,
+    callback: (n) => {
+      callback(buffer.subarray(0, n));
+      return true;
+    },
+  };
 }
 
 /** Waits for the handshake; turns its failures into errors naming the peer. */

@@ -15,8 +15,7 @@
  * distribution names both) and the chunk store, or else the `source`
  * callback (a seed reading its original file), has the chunk. A refused
  * request gets an `error` frame naming the blob and chunk, is logged, and the
- * connection carries on; except a DIST_SOURCE_REFUSED from the source (it can
- * serve none of the blob any more), sent as a refusal of the connection.
+ * connection carries on.
  *
  * Memory per connection is bounded whatever the blob's size: requests are
  * parsed only while fewer than MAX_QUEUED wait (the socket is paused
@@ -138,13 +137,26 @@ interface PeerIdentity {
   address: string;
 }
 
+/** A chunk's bytes, and the connection's buffer they were read into, if they were. */
+interface Payload {
+  data: Uint8Array;
+  pooled?: Buffer;
+}
+
 /** An answer prepared for one request: the chunk's bytes, or a refusal. */
-type Reply = { id: number; req: Get; data: Uint8Array } | { id: number; req: Get; error: ErrorReply };
+type Reply = ({ id: number; req: Get } & Payload) | { id: number; req: Get; error: ErrorReply };
 
 /** Requests parsed and waiting; past this the socket is paused until the loop catches up. */
 const MAX_QUEUED = 32;
 /** With a rate limit, payloads are written in slices this big, each taking its tokens. */
 const SLICE_BYTES = 64 * 1024;
+/**
+ * Without a cap, payloads are written in slices this big, waiting for a drain
+ * between them: few enough writes that the per-write cost (a promise, a TLS
+ * record batch, a wake-up) stays small, and little enough that the socket never
+ * holds a whole encrypted chunk.
+ */
+const UNLIMITED_SLICE_BYTES = 512 * 1024;
 /** How long a refused client has to read the refusal before the socket is destroyed. */
 const REFUSE_LINGER_MS = 2000;
 const AGENT_SUFFIX = agentSan('');
@@ -357,6 +369,12 @@ class PeerConnection {
   private closed = false;
   /** True while send() has written part of a frame: nothing else may be written until the rest is. */
   private writing = false;
+  /**
+   * Chunk buffers written out and free again: packed chunks are read into
+   * them, so a connection streaming a blob allocates readAhead + 1 buffers
+   * once instead of one per chunk (which the GC would reclaim only late).
+   */
+  private readonly spare: Buffer[] = [];
 
   constructor(
     private readonly socket: tls.TLSSocket,
@@ -571,13 +589,6 @@ class PeerConnection {
         const reply = await next;
         if (this.closed) break;
         this.fill(ready);
-        // A source that can serve none of the blob any more (a seed whose file changed: agent
-        // source-task.ts) refuses the connection: every request on it fails with that one reason.
-        if ('error' in reply && reply.error.code === 'DIST_SOURCE_REFUSED') {
-          this.stats.requestsRefused++;
-          this.hangUp(errorReply(reply.error.code, reply.error.message));
-          break;
-        }
         await this.send(reply);
         if ('error' in reply && reply.error.code === PEER_CODES.revoked) this.hangUp();
       }
@@ -602,7 +613,7 @@ class PeerConnection {
   /** The chunk for `req`, or a refusal; never rejects. */
   private async prepare(req: Get): Promise<Reply> {
     try {
-      return { id: req.id, req, data: await this.chunkFor(req) };
+      return { id: req.id, req, ...(await this.chunkFor(req)) };
     } catch (err) {
       const code: ErrorCode = isCanopyError(err) ? err.code : PEER_CODES.missing;
       const message = isCanopyError(err)
@@ -619,7 +630,7 @@ class PeerConnection {
     }
   }
 
-  private async chunkFor(req: Get): Promise<Uint8Array> {
+  private async chunkFor(req: Get): Promise<Payload> {
     const { name, serial } = this.peer;
     if (await this.options.isRevoked(serial)) {
       throw new CanopyError(PEER_CODES.revoked, revokedMessage(this.self, name, serial), {
@@ -649,18 +660,22 @@ class PeerConnection {
   }
 
   /** The chunk's bytes from the store, else from the source; checks their length against the manifest. */
-  private async readChunk(req: Get, manifest: Manifest): Promise<Uint8Array> {
+  private async readChunk(req: Get, manifest: Manifest): Promise<Payload> {
     const digest = manifest.chunks[req.chunk] as string;
     const { length } = chunkRange(manifest, req.chunk);
     const { store, source } = this.options;
     let data: Uint8Array | undefined;
+    let pooled: Buffer | undefined;
     let storeError: unknown;
     if (store?.has(digest)) {
+      const into = this.takeBuffer(length);
       try {
-        data = await store.get(digest);
+        data = await store.get(digest, { into });
       } catch (err) {
         storeError = err;
       }
+      if (data && data.buffer === into.buffer) pooled = into;
+      else this.recycle(into);
     }
     if (!data && source) data = await source(req.blob, req.chunk, manifest);
     if (!data && storeError) {
@@ -687,7 +702,18 @@ class PeerConnection {
         { peer: this.peer.name, blob: req.blob, chunk: req.chunk, digest },
       );
     }
-    return data;
+    return pooled ? { data, pooled } : { data };
+  }
+
+  /** A spare buffer of at least `length` bytes, else a new one. */
+  private takeBuffer(length: number): Buffer {
+    const spare = this.spare.pop();
+    return spare && spare.length >= length ? spare : Buffer.allocUnsafe(length);
+  }
+
+  /** Keeps a buffer no reply uses any more, up to the most the connection can have in use at once. */
+  private recycle(buf: Buffer): void {
+    if (this.spare.length <= this.readAhead && !this.closed) this.spare.push(buf);
   }
 
   /** Writes one answer, then waits until the socket has taken it all (or closed). */
@@ -698,7 +724,7 @@ class PeerConnection {
       } else {
         this.writing = true;
         this.socket.write(encodeFrame({ type: 'chunk', id: reply.id }, reply.data.length));
-        await this.writePayload(reply.data);
+        await this.writePayload(reply);
         this.writing = false;
       }
       if (this.socket.writableNeedDrain) await once(this.socket, 'drain', { signal: this.aborted.signal });
@@ -720,16 +746,27 @@ class PeerConnection {
     }
   }
 
-  private async writePayload(data: Uint8Array): Promise<void> {
+  /**
+   * Writes a reply's bytes. A pooled buffer goes back to the spares only in
+   * the last write's callback: until then the socket may still read it.
+   */
+  private async writePayload({ data, pooled }: Payload): Promise<void> {
     const { limiter } = this.options;
-    if (!limiter) {
-      this.socket.write(data);
-      return;
-    }
-    for (let at = 0; at < data.length && !this.closed; at += SLICE_BYTES) {
-      const slice = data.subarray(at, Math.min(at + SLICE_BYTES, data.length));
-      await limiter.take(slice.length, this.aborted.signal);
-      if (!this.socket.write(slice)) await once(this.socket, 'drain', { signal: this.aborted.signal });
+    // The agent always passes its limiter; uncapped (rate Infinity) it would only cost a promise per slice.
+    const capped = limiter !== undefined && Number.isFinite(limiter.bytesPerSecond);
+    const step = capped ? SLICE_BYTES : UNLIMITED_SLICE_BYTES;
+    for (let at = 0; at < data.length && !this.closed; at += step) {
+      const last = at + step >= data.length;
+      const slice = data.subarray(at, Math.min(at + step, data.length));
+      if (capped) await limiter.take(slice.length, this.aborted.signal);
+      const flushed =
+        pooled && last
+          ? (err?: Error | null) => {
+              if (!err) this.recycle(pooled);
+            }
+          : undefined;
+      if (!this.socket.write(slice, flushed) && !last)
+        await once(this.socket, 'drain', { signal: this.aborted.signal });
     }
   }
 }

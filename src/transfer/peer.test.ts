@@ -256,6 +256,34 @@ test('a client fetches several chunks pipelined on one connection and each match
   assert.equal(client.pendingCount, 0);
 });
 
+test('chunks served from a pack reuse the connection buffers only after each is written, and all arrive intact', async (t) => {
+  // readAhead 2: answers are read ahead of the one being written, so a buffer recycled while its
+  // answer still waits or is being written (1 MiB chunks go out in slices) is overwritten by a later
+  // read, and the client's digest check fails.
+  const blob = await makeBlob(t, 12 * 1024 * 1024 + 777, 1024 * 1024);
+  const store = await ChunkStore.open(tempDir(t), { quotaBytes: 1 << 30 });
+  t.after(() => store.close());
+  const pack = await store.openPack('test', blob.id, blob.manifest);
+  for (let i = 0; i < blob.manifest.chunks.length; i++) await store.putInPack(pack, i, chunkOf(blob, i));
+  const lent = new Set<Buffer>();
+  const get = store.get.bind(store);
+  store.get = (digest, options) => {
+    if (options?.into) lent.add(options.into);
+    return get(digest, options);
+  };
+  const { server, port } = await startServer(t, [blob], { store, readAhead: 2 });
+  const client = await connect(t, port);
+  for (let round = 0; round < 2; round++) {
+    const fetches = blob.manifest.chunks.map((d, i) => client.fetch(blob.id, i, d));
+    const chunks = await Promise.all(fetches);
+    for (const [i, c] of chunks.entries())
+      assert.deepEqual(c, chunkOf(blob, i), `round ${round}, chunk ${i}`);
+  }
+  assert.equal(server.stats.chunksServed, 2 * blob.manifest.chunks.length);
+  // readAhead 2 + the one being written: three buffers at most, for 26 chunks read from the pack.
+  assert.ok(lent.size >= 1 && lent.size <= 3, `${lent.size} buffers lent for 26 reads`);
+});
+
 test('a seed serves chunks from its source callback when it has no store', async (t) => {
   const blob = await makeBlob(t, 3 * CS);
   const reads: number[] = [];
