@@ -15,7 +15,7 @@ import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
-import { apiOf, startFleet, type TestFleet, waitFor } from './helpers/fleet.js';
+import { apiOf, startFleet, type TestAgent, type TestFleet, waitFor } from './helpers/fleet.js';
 
 const MiB = 1024 * 1024;
 
@@ -38,8 +38,9 @@ const rootOf = (fleet: TestFleet, host: string) => join(fleet.dir, 'agents', hos
 test('--source a1: a file only a1 has reaches a2..a4 from a1, the coordinator serving nothing', async (t) => {
   const names = ['a1', 'a2', 'a3', 'a4'];
   const fleet = await startFleet(t);
+  const agents: Record<string, TestAgent> = {};
   for (const name of names)
-    await fleet.addAgent(name, { wait: false, extra: ['--peer-listen', '127.0.0.1:0'] });
+    agents[name] = await fleet.addAgent(name, { wait: false, extra: ['--peer-listen', '127.0.0.1:0'] });
   await fleet.waitPeers(names);
   const data = randomBytes(8 * MiB + 12345);
   const src = join(rootOf(fleet, 'a1'), 'build.bin');
@@ -82,6 +83,19 @@ test('--source a1: a file only a1 has reaches a2..a4 from a1, the coordinator se
   }
   assert.ok(fromA1 >= data.length, `only ${fromA1} bytes came from a1`);
   assert.equal(existsSync(join(rootOf(fleet, 'a1'), 'app.bin')), false, 'a1 is no target');
+  // The distribution ended, so a1's seed ends now (record removed), not at its serve deadline,
+  // and the relays stop serving the blob.
+  const seeds = join(fleet.dir, 'agents', 'a1', 'seeds');
+  await waitFor('a1 to end its seed', () => readdirSync(seeds).length === 0);
+  await waitFor(
+    "a1's log to say so",
+    () => /"msg":"dist\.source\.ended"/.test(agents.a1?.log() ?? '') || undefined,
+  );
+  for (const h of ['a2', 'a3', 'a4'])
+    await waitFor(
+      `${h} to stop serving`,
+      () => /"msg":"dist\.ended"/.test(agents[h]?.log() ?? '') || undefined,
+    );
 
   // a1 among the targets (all) counts as holding the file; with --activate together the others switch.
   const again = await fleet.cli([

@@ -416,6 +416,9 @@ export class Agent {
       case 'revoked':
         await this.onRevoked(m.serials);
         return;
+      case 'ended':
+        await this.onEnded(m.blobs);
+        return;
       default:
         assertNeverMessage(m);
     }
@@ -764,6 +767,21 @@ export class Agent {
         'the peer server keeps its old certificate; restart the agent before it expires',
       );
     }
+  }
+
+  /**
+   * Distributions that ended: their blobs and trees are no longer served (new
+   * requests are refused as not authorized), and seeds of them end.
+   */
+  private async onEnded(ids: string[]): Promise<void> {
+    let stopped = 0;
+    for (const id of ids) {
+      const blob = this.serving.delete(id);
+      const tree = this.trees.delete(id);
+      if ((await this.seeds.stop(id)) || blob || tree) stopped++;
+    }
+    this.applyUploadLimit();
+    if (stopped > 0) this.log.info({ blobs: ids, stopped }, 'dist.ended');
   }
 
   /** Takes the coordinator's revoked serials; hangs up peer connections made with one newly revoked. */

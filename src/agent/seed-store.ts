@@ -219,6 +219,15 @@ export class SeedStore {
     this.arm(seed);
   }
 
+  /** Ends seed `blob` now (its distribution ended): no longer served, its record removed. False if there is none. */
+  async stop(blob: string): Promise<boolean> {
+    const seed = this.seeds.get(blob);
+    if (!seed) return false;
+    clearTimeout(this.timers.get(blob));
+    await this.end(seed);
+    return true;
+  }
+
   /** Ends the seed once its time is up (re-armed while a timer cannot reach that far). */
   private arm(seed: Seed): void {
     clearTimeout(this.timers.get(seed.blob));

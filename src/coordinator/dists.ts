@@ -117,6 +117,8 @@ export interface DistProgress {
 }
 
 interface Tracker {
+  /** The blob (or tree id) the run distributes. */
+  blob: string;
   startedAt: number;
   size: number;
   hosts: string[];
@@ -451,10 +453,15 @@ export class DistManager {
     }
   }
 
-  /** A distribution finished: its blob is no longer served (once no other run distributes it). */
+  /**
+   * A distribution finished: once no other run distributes its blob, the
+   * source stops serving it, and so do its hosts (an `ended` message).
+   */
   finished(run: RunRecord): void {
     if (run.spec.kind !== 'dist') return;
     this.untrack(run.id);
+    const blob = run.spec.blob;
+    if (![...this.trackers.values()].some((t) => t.blob === blob)) this.tellEnded(run, blob);
     const tree = this.trees.get(run.spec.blob);
     if (tree) {
       tree.runs.delete(run.id);
@@ -465,6 +472,19 @@ export class DistManager {
     if (!a?.runs.delete(run.id) || a.runs.size > 0) return;
     this.active.delete(run.spec.blob);
     void a.file?.then((fh) => fh.close()).catch(() => {});
+  }
+
+  /**
+   * Tells the run's online hosts (and its --source agent) to stop serving the
+   * blob now; one offline stops at its serve deadline, as before.
+   */
+  private tellEnded(run: RunRecord, blob: string): void {
+    if (run.spec.kind !== 'dist') return;
+    const to = new Set(run.hosts);
+    if (run.spec.source) to.add(run.spec.source);
+    let told = 0;
+    for (const host of to) if (this.opts.fleet.send(host, { type: 'ended', blobs: [blob] })) told++;
+    this.opts.logger.info({ dist: run.id, blob, hosts: to.size, told }, 'dist.ended');
   }
 
   async close(): Promise<void> {
@@ -544,6 +564,7 @@ export class DistManager {
   private track(run: string, spec: DistRunSpec, hosts: string[], sourceAtStart: number): void {
     const labels = new Map(this.opts.fleet.list().map((a) => [a.name, a.facts?.labels ?? {}] as const));
     const t: Tracker = {
+      blob: spec.blob,
       startedAt: Date.now(),
       size: spec.size,
       hosts,

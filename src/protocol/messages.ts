@@ -426,6 +426,18 @@ export const MAX_REVOKED_SERIALS = 200_000;
 export const RevokedSchema = message('revoked', {
   serials: Type.Array(Type.String({ pattern: '^[0-9a-f]{1,64}$' }), { maxItems: MAX_REVOKED_SERIALS }),
 });
+/**
+ * Distributions that ended: the agent stops serving these blobs (and
+ * directory trees, by tree id) at once instead of at their serve deadline,
+ * and a --source agent ends its seed (and removes its record). Sent only once
+ * no running distribution serves the blob any more.
+ */
+export const EndedSchema = message('ended', {
+  blobs: Type.Array(Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$' }), {
+    minItems: 1,
+    maxItems: 1024,
+  }),
+});
 export const RefuseSchema = message('refuse', {
   code: Type.String({ maxLength: 64 }),
   message: Type.String({ maxLength: 4096 }),
@@ -446,9 +458,18 @@ export type ResultAck = Static<typeof ResultAckSchema>;
 export type Renewed = Static<typeof RenewedSchema>;
 export type Refuse = Static<typeof RefuseSchema>;
 export type Revoked = Static<typeof RevokedSchema>;
+export type Ended = Static<typeof EndedSchema>;
 
 export type AgentMessage = Hello | Heartbeat | Ack | ResultMessage | Pull | Renew | Fetch | Progress;
-export type CoordinatorMessage = Welcome | TaskMessage | ResultAck | Renewed | Refuse | Content | Revoked;
+export type CoordinatorMessage =
+  | Welcome
+  | TaskMessage
+  | ResultAck
+  | Renewed
+  | Refuse
+  | Content
+  | Revoked
+  | Ended;
 
 const AGENT_SCHEMAS = {
   hello: HelloSchema,
@@ -468,6 +489,7 @@ const COORDINATOR_SCHEMAS = {
   refuse: RefuseSchema,
   content: ContentSchema,
   revoked: RevokedSchema,
+  ended: EndedSchema,
 } as const;
 
 /** Validators compile on first use: an agent never pays for the schemas only the coordinator checks. */

@@ -1,4 +1,5 @@
-// The `revoked` message: the coordinator's whole set of revoked serials, as agents decode it.
+// The `revoked` and `ended` messages as agents decode them: the coordinator's whole set of revoked
+// serials, and the distributions that ended.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { decodeAgentMessage, decodeCoordinatorMessage, encode, MAX_REVOKED_SERIALS } from './messages.js';
@@ -28,4 +29,17 @@ test('a revoked message with a serial that is not lowercase hex, or too many, is
   assert.match(reason(raw(Array(MAX_REVOKED_SERIALS + 1).fill('1'))), /invalid at \/serials/);
   // Only the coordinator sends it.
   assert.equal(decodeAgentMessage(raw([])).ok, false);
+});
+
+test('an ended message names blob or tree ids; an empty list, a path or a foreign id is refused', () => {
+  const blobs = ['ab'.repeat(32), 'c0ffee'.repeat(10)];
+  assert.deepEqual(decodeCoordinatorMessage(encode({ type: 'ended', blobs })), {
+    ok: true,
+    message: { v: 1, type: 'ended', blobs },
+  });
+  const raw = (ids: unknown) => JSON.stringify({ v: 1, type: 'ended', blobs: ids });
+  assert.match(reason(raw([])), /ended message invalid at \/blobs/);
+  assert.match(reason(raw(['../etc/passwd'])), /invalid at \/blobs\/0/);
+  assert.match(reason(raw(['a'.repeat(129)])), /invalid at \/blobs\/0/);
+  assert.equal(decodeAgentMessage(raw(blobs)).ok, false);
 });
