@@ -49,6 +49,7 @@ import { type ExecPolicy, runCommand } from './executor.js';
 import { gatherFacts } from './facts.js';
 import { type AgentIdentity, saveIdentity } from './identity.js';
 import { Journal } from './journal.js';
+import { MemoryGovernor } from './memory.js';
 import { runPush } from './push-task.js';
 import { SeedStore } from './seed-store.js';
 import { runSource } from './source-task.js';
@@ -141,6 +142,8 @@ export class Agent {
   private readonly trees = new Map<string, { root: string; until: number; rateLimit?: number }>();
   /** Blobs whose source is a file on this host (canopy dist --source): served from the file. */
   private readonly seeds: SeedStore;
+  /** Collects dead chunk buffers while distributions fetch (memory.ts). */
+  private readonly memory = new MemoryGovernor();
   /** Blobs a running distribution task is fetching (with how many tasks). */
   private readonly fetching = new Map<string, number>();
   /** The peer server's upload cap: the lowest --rate-limit of the distributions served. */
@@ -545,6 +548,7 @@ export class Agent {
     let lastReport = 0;
     let pendingReport: NodeJS.Timeout | undefined;
     let latest: DistProgress | undefined;
+    let fetched = 0;
     const report = () => {
       pendingReport = undefined;
       lastReport = this.now();
@@ -581,6 +585,8 @@ export class Agent {
         },
         progress: (p) => {
           latest = p;
+          this.memory.received(p.fetchedBytes - fetched);
+          fetched = p.fetchedBytes;
           if (pendingReport) return;
           const wait = PROGRESS_EVERY_MS - (this.now() - lastReport);
           if (wait <= 0) report();

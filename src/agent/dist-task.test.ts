@@ -212,7 +212,10 @@ test('a source that can serve none of the blob any more fails the task at once w
   // Twelve stall windows of 60 s would be 12 minutes: only the refusal can end the task within the timeout.
   const r = await runDist(task(w, dest, [src], [], 60_000), l.ctx);
   assert.equal(r.state, 'failed');
-  assert.match(r.error ?? '', /; tried src: peer src \(127\.0\.0\.1:\d+\) refused chunk \d+ of blob [0-9a-f]{64}: /);
+  assert.match(
+    r.error ?? '',
+    /; tried src: peer src \(127\.0\.0\.1:\d+\) refused chunk \d+ of blob [0-9a-f]{64}: /,
+  );
   assert.ok(r.error?.endsWith(`${refusal})`), r.error);
   // The connection the stripe closed itself failed the other lanes' fetches; that is not the reason given.
   assert.doesNotMatch(r.error ?? '', /closed by this agent/);
