@@ -66,6 +66,20 @@ function dial(where: { host: string; port: number }, peer: string, as: Identity)
 const BLOB = 'ab'.repeat(32);
 const DIGEST = 'cd'.repeat(32);
 
+/** A new connection and one fetch on it (either may be refused), then closed. */
+async function dialAndFetch(
+  where: { host: string; port: number },
+  peer: string,
+  as: Identity,
+): Promise<void> {
+  const c = await dial(where, peer, as);
+  try {
+    await c.fetch(BLOB, 0, DIGEST);
+  } finally {
+    await c.close();
+  }
+}
+
 /** A fetch no distribution allows: TRANSFER_PEER_FORBIDDEN proves the connection is admitted and live. */
 async function assertAdmitted(client: PeerClient, who: string): Promise<void> {
   await assert.rejects(client.fetch(BLOB, 0, DIGEST), (err: unknown) => {
@@ -132,34 +146,14 @@ test('an agent revoked while the fleet runs is refused by the peer servers, and 
   assert.equal(r.code, 0, r.stderr);
   // The source hangs up on x-01 as well, and refuses it from then on.
   await waitFor("the source to close x-01's open connection", () => xSource.closed);
-  await assert.rejects(
-    (async () => {
-      const c = await dial(source, 'canopy-source', x);
-      try {
-        await c.fetch(BLOB, 0, DIGEST);
-      } finally {
-        await c.close();
-      }
-    })(),
-    assertRevoked(xSerial),
-  );
+  await assert.rejects(dialAndFetch(source, 'canopy-source', x), assertRevoked(xSerial));
 
   // x-01's open connection is closed by the relay, though it asks nothing (the idle timeout is 2 minutes).
   await waitFor("the relay to close x-01's open connection", () => xOpen.closed);
   await assert.rejects(xOpen.fetch(BLOB, 0, DIGEST), assertRevoked(xSerial));
   assert.match(relay.log(), /transfer\.peer\.revoked_closed/);
   // A new connection from x-01 is refused; y-01's open connection and a new one are still served.
-  await assert.rejects(
-    (async () => {
-      const c = await dial(where, 'relay-01', x);
-      try {
-        await c.fetch(BLOB, 0, DIGEST);
-      } finally {
-        await c.close();
-      }
-    })(),
-    assertRevoked(xSerial),
-  );
+  await assert.rejects(dialAndFetch(where, 'relay-01', x), assertRevoked(xSerial));
   await assertAdmitted(yOpen, 'y-01');
   const yNew = await dial(where, 'relay-01', y);
   t.after(() => yNew.close());
@@ -175,17 +169,7 @@ test('an agent revoked while the fleet runs is refused by the peer servers, and 
     'the restarted relay to learn the revoked serials',
     () => count(relay.log(), 'peer server took the revoked serials') > learned,
   );
-  await assert.rejects(
-    (async () => {
-      const c = await dial(again, 'relay-01', x);
-      try {
-        await c.fetch(BLOB, 0, DIGEST);
-      } finally {
-        await c.close();
-      }
-    })(),
-    assertRevoked(xSerial),
-  );
+  await assert.rejects(dialAndFetch(again, 'relay-01', x), assertRevoked(xSerial));
   const yAgain = await dial(again, 'relay-01', y);
   t.after(() => yAgain.close());
   await assertAdmitted(yAgain, 'y-01');

@@ -142,6 +142,8 @@ export class Agent {
   private readonly trees = new Map<string, { root: string; until: number; rateLimit?: number }>();
   /** Blobs whose source is a file on this host (canopy dist --source): served from the file. */
   private readonly seeds: SeedStore;
+  /** Peers' manifest requests waiting for a blob this agent is still getting the manifest of. */
+  private readonly manifestWaiters = new Map<string, Set<() => void>>();
   /** Collects dead chunk buffers while distributions fetch (memory.ts). */
   private readonly memory = new MemoryGovernor();
   /** Blobs a running distribution task is fetching (with how many tasks). */
@@ -257,6 +259,7 @@ export class Agent {
         const t = this.trees.get(id);
         return t && t.until > this.now() ? { root: t.root } : undefined;
       },
+      awaitManifest: (_peer, blob) => this.awaitServing(blob),
       isRevoked: (serial) => this.revokedSerials.has(normalizeSerial(serial)),
       log: this.log,
       store,
@@ -582,6 +585,8 @@ export class Agent {
             ...(task.spec.rateLimit ? { rateLimit: task.spec.rateLimit } : {}),
           });
           this.applyUploadLimit();
+          for (const wake of this.manifestWaiters.get(b) ?? []) wake();
+          this.manifestWaiters.delete(b);
         },
         progress: (p) => {
           latest = p;
@@ -646,6 +651,30 @@ export class Agent {
     }, task.spec.serveForMs + 1_000);
     release.unref();
     return r;
+  }
+
+  /**
+   * The manifest of `blob` once this agent serves it, if a distribution of it
+   * runs here (it is getting the manifest from its own parent); undefined
+   * after CHUNK_WAIT_MS or if none runs (the peer asks again).
+   */
+  private async awaitServing(blob: string): Promise<Manifest | undefined> {
+    if (!this.fetching.has(blob)) return undefined;
+    await new Promise<void>((resolve) => {
+      const waiters = this.manifestWaiters.get(blob) ?? new Set<() => void>();
+      const done = () => {
+        clearTimeout(timer);
+        waiters.delete(done);
+        if (waiters.size === 0 && this.manifestWaiters.get(blob) === waiters)
+          this.manifestWaiters.delete(blob);
+        resolve();
+      };
+      const timer = setTimeout(done, CHUNK_WAIT_MS);
+      waiters.add(done);
+      this.manifestWaiters.set(blob, waiters);
+    });
+    const s = this.serving.get(blob);
+    return s && s.until > this.now() ? s.manifest : undefined;
   }
 
   /** The upload cap is the lowest rate limit among the blobs and trees served now; none: no cap. */

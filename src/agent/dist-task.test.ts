@@ -146,6 +146,53 @@ test('fetches every chunk over two stripes, verifies, installs atomically, and s
   assert.equal(again.transfer?.reusedChunks, w.manifest.chunks.length);
 });
 
+test('a task without the manifest gets it from its peers: a wrong one is refused, the next candidate serves', async (t) => {
+  const w = await world(t);
+  const src = await sourcePeer(t, w, 'src');
+  // 'bad' serves a manifest that is not the blob's (another file's): its bytes do not hash to the blob id.
+  const other = await buildManifest(w.file, { chunkSize: 2 * CHUNK });
+  const bad = new PeerServer({
+    identity: w.ids.get('bad') as CertAndKey,
+    caPem: w.ca.certPem,
+    authorize: () => other,
+    isRevoked: () => false,
+    log: quiet,
+  });
+  const a = await bad.listen(0, '127.0.0.1');
+  t.after(() => bad.close());
+  const l = await leaf(t, w);
+  const dest = join(l.root, 'image.bin');
+  const { manifest: _, ...bare } = task(
+    w,
+    dest,
+    [{ name: 'bad', address: `127.0.0.1:${a.port}` }],
+    [src],
+  ).spec;
+  const r = await runDist({ ...task(w, dest, [src]), spec: { ...bare, md5: w.manifest.md5 } }, l.ctx);
+  assert.equal(r.state, 'ok', r.error);
+  assert.deepEqual(readFileSync(dest), w.data);
+  assert.equal(r.files?.[0]?.newMd5, w.manifest.md5);
+
+  // Nobody serves it: failed naming each candidate, the file's MD5 still in the report.
+  const l2 = await leaf(t, { ...w, dir: join(w.dir, 'second') });
+  const dest2 = join(l2.root, 'image.bin');
+  const none = {
+    ...bare,
+    dest: dest2,
+    parents: [{ name: 'src', address: '127.0.0.1:1' }],
+    fallbacks: [],
+    stallMs: 100,
+    md5: w.manifest.md5,
+  };
+  const r2 = await runDist({ ...task(w, dest2, [src]), spec: none }, l2.ctx);
+  assert.equal(r2.state, 'failed');
+  assert.match(
+    r2.error ?? '',
+    /no peer could serve the manifest of blob [0-9a-f]{64} .*tried src: cannot reach peer src/,
+  );
+  assert.equal(r2.files?.[0]?.newMd5, w.manifest.md5);
+});
+
 test('resumes from verified chunks: only the missing ones are fetched', async (t) => {
   const w = await world(t);
   const src = await sourcePeer(t, w, 'src');

@@ -31,6 +31,7 @@ import {
   validateManifest,
 } from '../transfer/index.js';
 import { resolveOwner, stageFile } from './activation-task.js';
+import { fetchManifest } from './dist-manifest.js';
 import type { ExecPolicy } from './executor.js';
 import { output } from './task-output.js';
 
@@ -85,7 +86,7 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
         dest: spec.dest,
         state: 'failed',
         oldMd5: null,
-        newMd5: spec.manifest.md5,
+        newMd5: spec.manifest?.md5 ?? spec.md5 ?? '',
         content: false,
         error,
         ...(code ? { code } : {}),
@@ -95,10 +96,9 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
   if (!dest.ok) return fail(dest.reason, 'refused', 'PUSH_DEST_REFUSED');
   let manifest: Manifest;
   try {
-    manifest = await validateManifest(spec.manifest, {
-      id: spec.blob,
-      source: `the distribution of ${spec.dest}`,
-    });
+    manifest = spec.manifest
+      ? await validateManifest(spec.manifest, { id: spec.blob, source: `the distribution of ${spec.dest}` })
+      : await fetchManifest(task, manifestCandidates(task), ctx);
   } catch (err) {
     return fail((err as Error).message);
   }
@@ -185,6 +185,13 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
   } finally {
     ctx.serve(spec.blob, manifest, now() + spec.serveForMs);
   }
+}
+
+/** Where the manifest is asked for: every stripe's parent and re-parenting, then the fallbacks; each once. */
+function manifestCandidates(task: DistTask): PeerAddress[] {
+  const { parents, alternates, fallbacks } = task.spec;
+  const firsts = parents.flatMap((p, s) => [p, alternates?.[s]]).filter((p): p is PeerAddress => !!p);
+  return candidatesFor(firsts[0] as PeerAddress, undefined, [...firsts.slice(1), ...fallbacks]);
 }
 
 /**

@@ -99,7 +99,7 @@ export async function runTree(task: DistTask, ctx: TreeContext): Promise<TreeOut
   const sync = ctx.sync ?? syncFromPeer;
   const failures: string[] = [];
   const failedPeers: string[] = [];
-  const size = spec.manifest.size;
+  const size = spec.manifest?.size ?? 0; // a tree's task always carries its manifest (its size)
   /** rsync's count of file data done, the best of the attempts (a resumed pull counts again from 0). */
   let done = 0;
   const reports = new Throttle<DistProgress>(

@@ -221,7 +221,7 @@ test('activation specs carry what the agent checks; steps get time to read the f
     stallMs: 100,
     activate: 'together',
   } satisfies DistSpec;
-  assert.deepEqual(activationSpec('verify', plan), {
+  assert.deepEqual(activationSpec('verify', plan, plan.manifest), {
     step: 'verify',
     blob: 'c'.repeat(64),
     dest: '/srv/app.bin',

@@ -85,14 +85,18 @@ export function stepDone(
   return false;
 }
 
-/** The task spec of a step for one host, from its distribution spec. */
-export function activationSpec(step: ActivationStep, plan: DistSpec): ActivationSpec {
+/** The task spec of a step for one host, from its distribution spec and the blob's manifest. */
+export function activationSpec(
+  step: ActivationStep,
+  plan: Pick<DistSpec, 'blob' | 'dest' | 'mode' | 'owner' | 'group'>,
+  manifest: { size: number; md5: string },
+): ActivationSpec {
   return {
     step,
     blob: plan.blob,
     dest: plan.dest,
-    size: plan.manifest.size,
-    md5: plan.manifest.md5,
+    size: manifest.size,
+    md5: manifest.md5,
     ...(plan.mode !== undefined ? { mode: plan.mode } : {}),
     ...(plan.owner ? { owner: plan.owner } : {}),
     ...(plan.group ? { group: plan.group } : {}),

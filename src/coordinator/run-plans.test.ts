@@ -116,7 +116,7 @@ async function world(t: TestContext) {
 
 const hostNames = (n: number, prefix = 'h') => Array.from({ length: n }, (_, i) => `${prefix}${i + 1}`);
 
-test('a distribution to 200 hosts stores its manifest once, and every task sent still carries it whole', async (t) => {
+test('a distribution to 200 hosts stores its manifest once, and sends none: each task carries the blob id and MD5', async (t) => {
   const w = await world(t);
   const hosts = hostNames(200);
   const manifest = manifestOf(CHUNKS);
@@ -127,11 +127,15 @@ test('a distribution to 200 hosts stores its manifest once, and every task sent 
 
   assert.equal(courier.sent.length, 200);
   for (const task of courier.sent) {
-    // What the agent decodes: a valid dist task with the whole manifest.
-    const decoded = decodeCoordinatorMessage(encode({ type: 'task', task }));
+    // What the agent decodes: a valid dist task, small whatever the manifest (the agent gets it from its peers).
+    const raw = encode({ type: 'task', task });
+    const decoded = decodeCoordinatorMessage(raw);
     assert.ok(decoded.ok, decoded.ok ? '' : decoded.reason);
-    assert.equal(task.kind, 'dist');
-    assert.deepEqual(task.kind === 'dist' && task.spec.manifest, manifest);
+    assert.ok(task.kind === 'dist');
+    assert.equal(task.spec.manifest, undefined);
+    assert.equal(task.spec.blob, BLOB);
+    assert.equal(task.spec.md5, manifest.md5);
+    assert.ok(raw.length < 2048, `a task of ${raw.length} bytes for a ${manifestBytes}-byte manifest`);
   }
 
   const stored = await w.dump();
@@ -147,16 +151,16 @@ test('a distribution to 200 hosts stores its manifest once, and every task sent 
   assert.equal(stored.filter(([k]) => k.startsWith('!plans!')).length, 200);
   assert.equal(stored.filter(([k]) => k.startsWith('!queue!')).length, 200);
 
-  // A restarted coordinator holds the manifest once and re-sends whole tasks.
+  // A restarted coordinator holds the manifest once (its source serves it) and re-sends the tasks.
   runs.stop();
   const again = w.manager(new FakeCourier());
   await again.load();
   const [a, b] = [again.queuedFor('h1')[0], again.queuedFor('h200')[0]];
   assert.ok(a?.kind === 'dist' && b?.kind === 'dist');
-  assert.deepEqual(a.spec.manifest, manifest);
-  assert.equal(a.spec.manifest, b.spec.manifest, 'one manifest object shared by every host after a restart');
+  assert.equal(a.spec.manifest, undefined);
+  assert.equal(b.spec.md5, manifest.md5);
   assert.equal(a.spec.dest, '/srv/h1/image.bin');
-  assert.equal(again.manifestOf(record.id), a.spec.manifest);
+  assert.deepEqual(again.manifestOf(record.id), manifest);
 
   for (const h of hosts) {
     assert.equal(await again.onResult(h, done(`${record.id}:${h}`, `/srv/${h}/image.bin`)), true);
@@ -188,7 +192,8 @@ test('runs of the same blob share one stored manifest until the last one finishe
   await again.load();
   const task = again.queuedFor('b2')[0];
   assert.ok(task?.kind === 'dist');
-  assert.deepEqual(task.spec.manifest, manifest);
+  assert.equal(task.spec.md5, manifest.md5);
+  assert.deepEqual(again.manifestOf(second.id), manifest);
   for (const h of ['b1', 'b2']) await again.onResult(h, done(`${second.id}:${h}`, `/srv/${h}/image.bin`));
   assert.deepEqual(await manifests(), []);
 
@@ -200,7 +205,7 @@ test('runs of the same blob share one stored manifest until the last one finishe
   assert.deepEqual(await manifests(), []);
 });
 
-test('plans stored with their manifest inline (before it was stored once) still resume whole', async (t) => {
+test('plans stored with their manifest inline (before it was stored once) still resume', async (t) => {
   const w = await world(t);
   const manifest = manifestOf(8);
   const hosts = ['o1', 'o2'];
@@ -221,9 +226,10 @@ test('plans stored with their manifest inline (before it was stored once) still 
   const runs = w.manager(courier);
   await runs.load();
   assert.deepEqual(
-    courier.sent.map((task) => [task.id, task.kind === 'dist' && task.spec.manifest]),
-    hosts.map((h) => [`${id}:${h}`, manifest]),
+    courier.sent.map((task) => [task.id, task.kind === 'dist' && task.spec.md5]),
+    hosts.map((h) => [`${id}:${h}`, manifest.md5]),
   );
+  assert.deepEqual(runs.manifestOf(id), manifest);
   const queued = (await w.dump()).filter(([k]) => k.startsWith('!queue!'));
   assert.equal(queued.length, 2);
   assert.ok(

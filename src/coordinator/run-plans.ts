@@ -120,11 +120,17 @@ export class RunPlans {
   }
 }
 
-/** The spec a host's task carries: a distribution's with its manifest put back (shared, not copied). */
+/**
+ * The spec a host's task carries: a file distribution's with the file's MD5
+ * (the agent fetches the manifest from its peers), a tree's with its manifest
+ * put back (shared, not copied: it only carries the tree's size).
+ */
 export function specFor(held: HostPlans, host: string): PushSpec | DistSpec | undefined {
   const spec = held.specs.get(host);
   if (!spec || !('blob' in spec)) return spec;
-  return held.manifest ? { ...spec, manifest: held.manifest.manifest } : undefined;
+  if (!held.manifest) return undefined;
+  const { manifest } = held.manifest;
+  return spec.tree ? { ...spec, manifest } : { ...spec, md5: manifest.md5 };
 }
 
 /**
@@ -155,8 +161,12 @@ export function taskFor(record: RunRecord, plans: HostPlans, host: string, expir
   if (spec.kind === 'push' || spec.kind === 'dist') {
     const plan = specFor(plans, host);
     if (!plan) throw new Error(`${spec.kind} run ${record.id} has no plan for ${host}`);
-    if (phase && spec.kind === 'dist') {
-      return { ...common, kind: 'activation', spec: activationSpec(phase.step, plan as DistSpec) };
+    if (phase && spec.kind === 'dist' && plans.manifest) {
+      return {
+        ...common,
+        kind: 'activation',
+        spec: activationSpec(phase.step, plan as DistSpec, plans.manifest.manifest),
+      };
     }
     return spec.kind === 'push'
       ? { ...common, kind: 'push', spec: plan as PushSpec }
@@ -198,6 +208,7 @@ function split(runId: string, plans: ReadonlyMap<string, PushSpec | DistSpec>): 
     if (manifest && manifest.blob !== spec.blob) {
       throw new Error(`run ${runId}: its plans name two blobs (${manifest.blob}, ${spec.blob})`);
     }
+    if (!spec.manifest) throw new Error(`run ${runId}: the plan for ${host} has no manifest`);
     manifest ??= { blob: spec.blob, manifest: spec.manifest };
     specs.set(host, stripped(spec));
   }

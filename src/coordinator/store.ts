@@ -222,7 +222,7 @@ export function resultFields(r: TaskResult): Omit<HostResult, 'host' | 'received
 }
 
 /** A distribution's manifest as the protocol carries it (the chunk digests, size, MD5). */
-export type WireManifest = DistSpec['manifest'];
+export type WireManifest = NonNullable<DistSpec['manifest']>;
 
 /**
  * A distribution's spec for one host as stored and held: without the manifest,

@@ -108,7 +108,15 @@ function DistTreeSchema() {
 export const DistSpecSchema = Type.Object(
   {
     blob: Type.String({ pattern: '^[0-9a-f]{64}$' }),
-    manifest: ManifestSchema,
+    /**
+     * A directory tree's (its size only). A file's is not sent: the agent
+     * fetches it from its candidates (its parent first) over the peer channel
+     * and checks that it hashes to `blob`, so the coordinator never queues a
+     * copy of a large manifest per host.
+     */
+    manifest: Type.Optional(ManifestSchema),
+    /** The file's MD5 (for the report when the manifest cannot be had); required without `manifest`. */
+    md5: Type.Optional(Md5),
     dest: Type.String({ minLength: 2, maxLength: 4096, pattern: '^/' }),
     mode: Type.Optional(Type.Integer({ minimum: 0, maximum: 0o7777 })),
     owner: Type.Optional(AccountName),

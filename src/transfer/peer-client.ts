@@ -70,7 +70,10 @@ export interface FetchOptions {
 interface Pending {
   id: number;
   blob: string;
-  chunk: number;
+  /** The chunk's index; undefined for the manifest. */
+  chunk: number | undefined;
+  /** What was asked for, for messages: "chunk 3 of blob B" or "the manifest of blob B". */
+  what: string;
   digest: string;
   length: number | undefined;
   resolve: (data: Buffer) => void;
@@ -157,8 +160,27 @@ export class PeerClient {
    * fails, and the signal's reason when aborted.
    */
   fetch(blobId: string, index: number, expectedDigest: string, options: FetchOptions = {}): Promise<Buffer> {
+    checkRequest(blobId, index, expectedDigest);
+    return this.request(blobId, index, expectedDigest, options);
+  }
+
+  /**
+   * The canonical JSON bytes of blob `blobId`'s manifest, checked to hash to
+   * the blob id (parse them with parseManifest). Fails as fetch() does; a
+   * peer that does not serve the blob (yet) refuses with TRANSFER_PEER_FORBIDDEN.
+   */
+  fetchManifest(blobId: string, options: Omit<FetchOptions, 'length'> = {}): Promise<Buffer> {
+    checkRequest(blobId, 0, blobId);
+    return this.request(blobId, undefined, blobId, options);
+  }
+
+  private request(
+    blob: string,
+    chunk: number | undefined,
+    digest: string,
+    options: FetchOptions,
+  ): Promise<Buffer> {
     return new Promise<Buffer>((resolve, reject) => {
-      checkRequest(blobId, index, expectedDigest);
       if (this.failure) throw this.failure;
       const { signal } = options;
       signal?.throwIfAborted();
@@ -166,9 +188,10 @@ export class PeerClient {
       const onAbort = () => this.abort(id, signal?.reason);
       const p: Pending = {
         id,
-        blob: blobId,
-        chunk: index,
-        digest: expectedDigest,
+        blob,
+        chunk,
+        what: chunk === undefined ? `the manifest of blob ${blob}` : `chunk ${chunk} of blob ${blob}`,
+        digest,
         length: options.length,
         resolve,
         reject,
@@ -177,7 +200,9 @@ export class PeerClient {
       signal?.addEventListener('abort', onAbort, { once: true });
       if (this.pending.size === 0) this.stallTimer.refresh();
       this.pending.set(id, p);
-      this.socket.write(encodeFrame({ type: 'get', id, blob: blobId, chunk: index }));
+      this.socket.write(
+        encodeFrame(chunk === undefined ? { type: 'manifest', id, blob } : { type: 'get', id, blob, chunk }),
+      );
     });
   }
 
@@ -304,18 +329,19 @@ export class PeerClient {
   }
 
   private refused(p: Pending, code: string, message: string): CanopyError {
-    return new CanopyError(
-      knownCode(code),
-      `${this.where} refused chunk ${p.chunk} of blob ${p.blob}: ${message}`,
-      { peer: this.options.peer, blob: p.blob, chunk: p.chunk, remoteCode: code },
-    );
+    return new CanopyError(knownCode(code), `${this.where} refused ${p.what}: ${message}`, {
+      peer: this.options.peer,
+      blob: p.blob,
+      chunk: p.chunk,
+      remoteCode: code,
+    });
   }
 
   private mismatch(p: Pending, what: string, actual: string): CanopyError {
     return new CanopyError(
       PEER_CODES.mismatch,
-      `chunk ${p.chunk} of blob ${p.blob} from ${this.where} ${what}, expected digest ${p.digest}: the peer's ` +
-        `copy or the link is bad; report the peer and fetch the chunk from another peer or the source`,
+      `${p.what} from ${this.where} ${what}, expected digest ${p.digest}: the peer's ` +
+        `copy or the link is bad; report the peer and fetch it from another peer or the source`,
       { peer: this.options.peer, blob: p.blob, chunk: p.chunk, expected: p.digest, actual },
     );
   }

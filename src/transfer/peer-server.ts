@@ -13,7 +13,9 @@
  * those is answered with one `error` frame and a hang-up. What is served: chunk i of
  * blob B only if authorize(peer, B) returns B's manifest (a running
  * distribution names both) and the chunk store, or else the `source`
- * callback (a seed reading its original file), has the chunk. A refused
+ * callback (a seed reading its original file), has the chunk; blob B's
+ * manifest (its canonical bytes) on the same terms, or once `awaitManifest`
+ * has it (a relay still getting it from its own parent). A refused
  * request gets an `error` frame naming the blob and chunk, is logged, and the
  * connection carries on.
  *
@@ -43,7 +45,7 @@ import tls from 'node:tls';
 import { CanopyError, type ErrorCode, isCanopyError } from '../errors/index.js';
 import { agentSan, type CertAndKey, certInfo, checkSan } from '../pki/index.js';
 import type { ChunkStore } from './chunk-store.js';
-import { chunkRange, type Manifest } from './manifest.js';
+import { chunkRange, encodeManifest, type Manifest } from './manifest.js';
 import { RsyncSession, type RsyncStats } from './peer-stream.js';
 import {
   decodeRequest,
@@ -54,6 +56,7 @@ import {
   FrameDecoder,
   type Get,
   MAX_STREAM_PAYLOAD_BYTES,
+  type ManifestGet,
   PEER_ALPN,
   PEER_CODES,
   type PeerRequest,
@@ -88,6 +91,13 @@ export interface PeerServerOptions {
    * fetch it from this agent, else undefined. Called for every request.
    */
   authorize: (peer: string, blobId: string) => Manifest | undefined | Promise<Manifest | undefined>;
+  /**
+   * For a manifest request `authorize` refused: the manifest once this agent
+   * may serve the blob (it is still getting the manifest itself), else
+   * undefined; a long poll, so a chain of relays passes the manifest down
+   * without each child asking again and again.
+   */
+  awaitManifest?: (peer: string, blobId: string) => Promise<Manifest | undefined>;
   /** True if the certificate with this serial (lowercase hex) is revoked. Called per connection and request. */
   isRevoked: (serial: string) => boolean | Promise<boolean>;
   log: PeerLog;
@@ -144,7 +154,17 @@ interface Payload {
 }
 
 /** An answer prepared for one request: the chunk's bytes, or a refusal. */
-type Reply = ({ id: number; req: Get } & Payload) | { id: number; req: Get; error: ErrorReply };
+type Reply = ({ id: number; req: Asked } & Payload) | { id: number; req: Asked; error: ErrorReply };
+
+/** A request answered with a payload: a chunk, or a blob's manifest. */
+type Asked = Get | ManifestGet;
+
+/** What a request asks for, as messages name it. */
+function asked(req: Asked): string {
+  return req.type === 'manifest'
+    ? `the manifest of blob ${req.blob}`
+    : `chunk ${req.chunk} of blob ${req.blob}`;
+}
 
 /** Requests parsed and waiting; past this the socket is paused until the loop catches up. */
 const MAX_QUEUED = 32;
@@ -357,7 +377,7 @@ export class PeerServer {
  */
 class PeerConnection {
   readonly done: Promise<void>;
-  private readonly queue: Get[] = [];
+  private readonly queue: Asked[] = [];
   private readonly aborted = new AbortController();
   private readonly decoder: FrameDecoder<PeerRequest | StreamInput>;
   private readonly readAhead: number;
@@ -437,7 +457,7 @@ class PeerConnection {
       return;
     }
     this.requests++;
-    if (req.type === 'get') {
+    if (req.type === 'get' || req.type === 'manifest') {
       this.queue.push(req);
       return;
     }
@@ -602,7 +622,7 @@ class PeerConnection {
   /** Starts preparing queued requests until `readAhead` answers are ready or being read. */
   private fill(ready: Promise<Reply>[]): void {
     while (ready.length < this.readAhead && this.queue.length > 0) {
-      ready.push(this.prepare(this.queue.shift() as Get));
+      ready.push(this.prepare(this.queue.shift() as Asked));
     }
     if (this.paused && this.queue.length < MAX_QUEUED / 2 && !this.closed) {
       this.paused = false;
@@ -610,27 +630,39 @@ class PeerConnection {
     }
   }
 
-  /** The chunk for `req`, or a refusal; never rejects. */
-  private async prepare(req: Get): Promise<Reply> {
+  /** The chunk or manifest for `req`, or a refusal; never rejects. */
+  private async prepare(req: Asked): Promise<Reply> {
     try {
-      return { id: req.id, req, ...(await this.chunkFor(req)) };
+      const payload = req.type === 'manifest' ? await this.manifestFor(req) : await this.chunkFor(req);
+      return { id: req.id, req, ...payload };
     } catch (err) {
       const code: ErrorCode = isCanopyError(err) ? err.code : PEER_CODES.missing;
       const message = isCanopyError(err)
         ? err.message
-        : `${this.self} could not read chunk ${req.chunk} of blob ${req.blob}: ${(err as Error).message}; ` +
+        : `${this.self} could not read ${asked(req)}: ${(err as Error).message}; ` +
           `fetch it from another peer or the source`;
       // A chunk not here yet is routine in a pipelined relay; anything else deserves attention.
-      const level = code === PEER_CODES.missing && !(isCanopyError(err) && err.cause) ? 'info' : 'warn';
+      const level =
+        (code === PEER_CODES.missing || (code === PEER_CODES.forbidden && req.type === 'manifest')) &&
+        !(isCanopyError(err) && err.cause)
+          ? 'info'
+          : 'warn';
       this.options.log[level](
-        { peer: this.peer.name, blob: req.blob, chunk: req.chunk, code, err },
+        {
+          peer: this.peer.name,
+          blob: req.blob,
+          chunk: req.type === 'get' ? req.chunk : 'manifest',
+          code,
+          err,
+        },
         'transfer.peer.request_refused',
       );
       return { id: req.id, req, error: errorReply(code, message, req.id) };
     }
   }
 
-  private async chunkFor(req: Get): Promise<Payload> {
+  /** The blob's manifest (authorized, or awaited while this agent is still getting it) for `peer`. */
+  private async authorized(req: Asked): Promise<Manifest> {
     const { name, serial } = this.peer;
     if (await this.options.isRevoked(serial)) {
       throw new CanopyError(PEER_CODES.revoked, revokedMessage(this.self, name, serial), {
@@ -638,16 +670,29 @@ class PeerConnection {
         serial,
       });
     }
-    const manifest = await this.options.authorize(name, req.blob);
+    const manifest =
+      (await this.options.authorize(name, req.blob)) ??
+      (req.type === 'manifest' ? await this.options.awaitManifest?.(name, req.blob) : undefined);
     if (!manifest) {
       throw new CanopyError(
         PEER_CODES.forbidden,
-        `${this.self} refuses chunk ${req.chunk} of blob ${req.blob} to agent ${name}: no running ` +
+        `${this.self} refuses ${asked(req)} to agent ${name}: no running ` +
           `distribution lets ${name} fetch that blob from ${this.self}; fetch from the peer the current plan ` +
           `names (the coordinator re-plans a host whose parent refuses it)`,
-        { peer: name, blob: req.blob, chunk: req.chunk },
+        { peer: name, blob: req.blob, ...(req.type === 'get' ? { chunk: req.chunk } : {}) },
       );
     }
+    return manifest;
+  }
+
+  /** The manifest's canonical bytes (they hash to the blob id: the client checks that). */
+  private async manifestFor(req: ManifestGet): Promise<Payload> {
+    return { data: Buffer.from(encodeManifest(await this.authorized(req))) };
+  }
+
+  private async chunkFor(req: Get): Promise<Payload> {
+    const { name } = this.peer;
+    const manifest = await this.authorized(req);
     if (req.chunk >= manifest.chunks.length) {
       throw new CanopyError(
         PEER_CODES.missing,
@@ -734,7 +779,12 @@ class PeerConnection {
         this.stats.chunksServed++;
         this.stats.bytesServed += reply.data.length;
         this.options.log.debug(
-          { peer: this.peer.name, blob: reply.req.blob, chunk: reply.req.chunk, bytes: reply.data.length },
+          {
+            peer: this.peer.name,
+            blob: reply.req.blob,
+            chunk: reply.req.type === 'get' ? reply.req.chunk : 'manifest',
+            bytes: reply.data.length,
+          },
           'transfer.peer.served',
         );
       }

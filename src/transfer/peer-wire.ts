@@ -105,6 +105,17 @@ export const GetSchema = Type.Object(
 );
 export type Get = Static<typeof GetSchema>;
 
+/**
+ * The blob's manifest, answered like a chunk (`chunk {id}` + its canonical
+ * JSON bytes, which hash to the blob id): agents get a distribution's
+ * manifest from their parents, not each from the coordinator.
+ */
+export const ManifestGetSchema = Type.Object(
+  { type: Type.Literal('manifest'), id: Id, blob: BlobId },
+  { additionalProperties: false },
+);
+export type ManifestGet = Static<typeof ManifestGetSchema>;
+
 export const CancelSchema = Type.Object(
   { type: Type.Literal('cancel'), id: Id },
   { additionalProperties: false },
@@ -159,7 +170,7 @@ export const ExitSchema = Type.Object(
 );
 export type ExitReply = Static<typeof ExitSchema>;
 
-export type PeerRequest = Get | Cancel | RsyncRequest;
+export type PeerRequest = Get | ManifestGet | Cancel | RsyncRequest;
 export type PeerReply = ChunkReply | ErrorReply;
 /** What a client sends on a stream connection after its `rsync` request. */
 export type StreamInput = Static<typeof StdinSchema> | Static<typeof EofSchema>;
@@ -187,7 +198,12 @@ function lazyChecks(schemas: Record<string, TSchema>): Checks {
   );
 }
 
-const requestChecks = lazyChecks({ get: GetSchema, cancel: CancelSchema, rsync: RsyncSchema });
+const requestChecks = lazyChecks({
+  get: GetSchema,
+  manifest: ManifestGetSchema,
+  cancel: CancelSchema,
+  rsync: RsyncSchema,
+});
 const replyChecks = lazyChecks({ chunk: ChunkSchema, error: ErrorReplySchema });
 const streamInputChecks = lazyChecks({ stdin: StdinSchema, eof: EofSchema });
 const streamOutputChecks = lazyChecks({

@@ -32,7 +32,14 @@ import {
   signCsr,
 } from '../pki/index.js';
 import { ChunkStore } from './chunk-store.js';
-import { buildManifest, chunkRange, type Manifest, manifestId } from './manifest.js';
+import {
+  buildManifest,
+  chunkRange,
+  encodeManifest,
+  type Manifest,
+  manifestId,
+  parseManifest,
+} from './manifest.js';
 import { PeerClient, type PeerClientOptions } from './peer-client.js';
 import { type PeerLog, PeerServer, type PeerServerOptions } from './peer-server.js';
 import {
@@ -282,6 +289,46 @@ test('chunks served from a pack reuse the connection buffers only after each is 
   assert.equal(server.stats.chunksServed, 2 * blob.manifest.chunks.length);
   // readAhead 2 + the one being written: three buffers at most, for 26 chunks read from the pack.
   assert.ok(lent.size >= 1 && lent.size <= 3, `${lent.size} buffers lent for 26 reads`);
+});
+
+test("a blob's manifest is served as its canonical bytes, on the same terms as its chunks, or once awaited", async (t) => {
+  const blob = await makeBlob(t, 3 * CS + 5);
+  const other = await makeBlob(t, CS);
+  let late: Manifest | undefined;
+  const { port, log } = await startServer(t, [blob], {
+    awaitManifest: async (_peer, id) => {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      return id === other.id ? late : undefined;
+    },
+  });
+  const client = await connect(t, port);
+  const bytes = await client.fetchManifest(blob.id);
+  assert.equal(bytes.toString('utf8'), encodeManifest(blob.manifest));
+  assert.deepEqual(await parseManifest(bytes.toString('utf8'), { id: blob.id }), blob.manifest);
+  // Not authorized, and nothing awaited: refused naming the manifest; the connection carries on.
+  await assert.rejects(
+    client.fetchManifest(other.id),
+    assertCanopy('TRANSFER_PEER_FORBIDDEN', /refuses the manifest of blob [0-9a-f]{64} to agent web02/),
+  );
+  assert.equal(log.events('transfer.peer.request_refused')[0]?.level, 'info');
+  // A relay still getting it answers once it has it.
+  late = other.manifest;
+  assert.equal((await client.fetchManifest(other.id)).toString('utf8'), encodeManifest(other.manifest));
+  assert.equal(client.closed, false);
+});
+
+test('a manifest whose bytes do not hash to the blob id is refused by the client', async (t) => {
+  const blob = await makeBlob(t, 2 * CS);
+  const forged = { ...blob.manifest, size: blob.manifest.size - 1 };
+  const { port } = await startServer(t, [], { authorize: () => forged });
+  const client = await connect(t, port);
+  await assert.rejects(
+    client.fetchManifest(blob.id),
+    assertCanopy(
+      'TRANSFER_DIGEST_MISMATCH',
+      /^the manifest of blob [0-9a-f]{64} from peer web01 .* hashes to /,
+    ),
+  );
 });
 
 test('a seed serves chunks from its source callback when it has no store', async (t) => {
