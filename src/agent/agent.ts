@@ -575,6 +575,8 @@ export class Agent {
             // Answers are long polls of up to CHUNK_WAIT_MS: silence means a dead link only well past that.
             stallTimeoutMs: Math.max(2 * task.spec.stallMs, 3 * CHUNK_WAIT_MS),
             ...(download ? { limiter: download } : {}),
+            // A revoked agent is not served by our peer server, nor fetched from.
+            isRevoked: (serial) => this.revokedSerials.has(serial),
             signal,
           });
         },

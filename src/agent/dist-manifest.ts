@@ -7,7 +7,9 @@
  * bytes only if they hash to the blob id. A candidate that does not serve
  * the blob yet (a relay still getting the manifest from its own parent
  * answers once it has it, a long poll) is asked again until its stall
- * windows pass (three; twelve for the last candidate), then the next one.
+ * windows pass (three; twelve for the last candidate), then the next one;
+ * one that cannot be reached is left at once (the last one is retried), and
+ * one whose bytes are wrong is never asked again.
  */
 import { setTimeout as wait } from 'node:timers/promises';
 import { CanopyError, isCanopyError } from '../errors/index.js';
@@ -52,9 +54,11 @@ export async function fetchManifest(
           why = (err as Error).message.split('\n')[0] ?? String(err);
           const code = isCanopyError(err) ? err.code : '';
           if (client?.closed) client = undefined;
-          // Not serving the blob yet (a refusal), or gone for now: ask again while the window lasts.
-          const again = code !== 'TRANSFER_DIGEST_MISMATCH' && code !== 'TRANSFER_MANIFEST_INVALID';
-          if (!again || now() >= until) break;
+          // Not serving the blob yet: ask again while the window lasts. Unreachable or stalled: the
+          // next candidate at once, but the last one (the source) is retried. Wrong bytes: never again.
+          const notYet = code === 'TRANSFER_PEER_FORBIDDEN' || code === 'TRANSFER_CHUNK_MISSING';
+          const wrong = code === 'TRANSFER_DIGEST_MISMATCH' || code === 'TRANSFER_MANIFEST_INVALID';
+          if (wrong || !(notYet || last) || now() >= until) break;
           backoff = Math.min(MAX_BACKOFF_MS, Math.max(50, backoff * 2));
           await wait(backoff, undefined, { signal: ctx.signal }).catch(() => {}); // an abort: checked above
         }

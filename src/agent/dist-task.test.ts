@@ -146,7 +146,9 @@ test('fetches every chunk over two stripes, verifies, installs atomically, and s
   assert.equal(again.transfer?.reusedChunks, w.manifest.chunks.length);
 });
 
-test('a task without the manifest gets it from its peers: a wrong one is refused, the next candidate serves', async (t) => {
+test('a task without the manifest gets it from its peers: a wrong one is refused, the next candidate serves', {
+  timeout: 60_000,
+}, async (t) => {
   const w = await world(t);
   const src = await sourcePeer(t, w, 'src');
   // 'bad' serves a manifest that is not the blob's (another file's): its bytes do not hash to the blob id.
@@ -191,6 +193,22 @@ test('a task without the manifest gets it from its peers: a wrong one is refused
     /no peer could serve the manifest of blob [0-9a-f]{64} .*tried src: cannot reach peer src/,
   );
   assert.equal(r2.files?.[0]?.newMd5, w.manifest.md5);
+
+  // A parent that cannot be reached is left at once, not after its stall windows (3 x 60 s here).
+  const l3 = await leaf(t, { ...w, dir: join(w.dir, 'third') });
+  const dest3 = join(l3.root, 'image.bin');
+  const gone = { name: 'gone', address: '127.0.0.1:1' };
+  const dead = {
+    ...bare,
+    dest: dest3,
+    parents: [gone],
+    fallbacks: [src],
+    stallMs: 60_000,
+    md5: w.manifest.md5,
+  };
+  const r3 = await runDist({ ...task(w, dest3, [src]), spec: dead }, l3.ctx);
+  assert.equal(r3.state, 'ok', r3.error);
+  assert.deepEqual(readFileSync(dest3), w.data);
 });
 
 test('resumes from verified chunks: only the missing ones are fetched', async (t) => {

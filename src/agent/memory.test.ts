@@ -52,7 +52,12 @@ test("V8's collector is exposed at run time and really collects dead ArrayBuffer
     dead >= before + 36 * MiB,
     `V8 collected on its own (${before} -> ${dead}): this test proves nothing`,
   );
-  await collect();
-  const after = process.memoryUsage().arrayBuffers;
+  // The backing stores are freed by a sweeper that may finish after the collection: look a few times.
+  let after = dead;
+  for (let i = 0; i < 5 && after >= before + 8 * MiB; i++) {
+    await collect();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    after = process.memoryUsage().arrayBuffers;
+  }
   assert.ok(after < before + 8 * MiB, `ArrayBuffers ${before} -> ${after} bytes: not collected`);
 });

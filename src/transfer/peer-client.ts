@@ -25,7 +25,7 @@ import type net from 'node:net';
 import tls from 'node:tls';
 import { createBLAKE3, type IHasher } from 'hash-wasm';
 import { CanopyError, isCanopyError } from '../errors/index.js';
-import { agentSan, type CertAndKey, checkSan } from '../pki/index.js';
+import { agentSan, type CertAndKey, checkSan, normalizeSerial } from '../pki/index.js';
 import { isChunkDigest } from './manifest.js';
 import {
   decodeReply,
@@ -59,6 +59,8 @@ export interface PeerClientOptions {
   limiter?: RateLimiter;
   /** Aborts connecting. */
   signal?: AbortSignal;
+  /** True if a certificate serial (lowercase hex, no leading zeros) is revoked: such a server is hung up on. */
+  isRevoked?: (serial: string) => boolean;
 }
 
 export interface FetchOptions {
@@ -398,7 +400,7 @@ class ConnectionRefused extends Error {
  */
 export type DialOptions = Pick<
   PeerClientOptions,
-  'host' | 'port' | 'peer' | 'identity' | 'caPem' | 'signal'
+  'host' | 'port' | 'peer' | 'identity' | 'caPem' | 'signal' | 'isRevoked'
 > & {
   onRead?: (data: Buffer) => void;
 };
@@ -446,6 +448,16 @@ export async function dialPeer(options: DialOptions, timeoutMs: number): Promise
     ...(options.onRead ? { onread: onRead(options.onRead) } : {}),
   });
   await handshake(socket, options, timeoutMs);
+  const serial = normalizeSerial(socket.getPeerX509Certificate()?.serialNumber ?? '');
+  if (options.isRevoked?.(serial)) {
+    socket.destroy();
+    throw new CanopyError(
+      PEER_CODES.revoked,
+      `peer ${options.peer} (${options.host}:${options.port}) presented a revoked certificate (serial ${serial}); ` +
+        `nothing was sent: that agent was revoked, fetch from another peer`,
+      { peer: options.peer, serial },
+    );
+  }
   if (socket.alpnProtocol !== PEER_ALPN) {
     socket.destroy();
     throw new CanopyError(

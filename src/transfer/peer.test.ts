@@ -29,6 +29,7 @@ import {
   createCa,
   createKeyAndCsr,
   issueServerCert,
+  normalizeSerial,
   signCsr,
 } from '../pki/index.js';
 import { ChunkStore } from './chunk-store.js';
@@ -370,6 +371,24 @@ test('the server refuses a client certificate from another CA and serves nothing
   assert.deepEqual(asked, []);
   assert.equal(server.stats.chunksServed, 0);
   assert.equal(server.stats.connectionsRefused, 1);
+});
+
+test('the client hangs up on a server whose certificate serial it knows revoked, and sends nothing', async (t) => {
+  const blob = await makeBlob(t, CS);
+  const { port, asked } = await startServer(t, [blob], { store: await storeWith(t, blob) });
+  const revoked = normalizeSerial(web01.serial);
+  await assert.rejects(
+    connect(t, port, { isRevoked: (serial) => serial === revoked }),
+    assertCanopy(
+      'AGENT_REVOKED',
+      /peer web01 \(127\.0\.0\.1:\d+\) presented a revoked certificate/,
+      new RegExp(`serial ${revoked}`),
+    ),
+  );
+  assert.deepEqual(asked, []);
+  // Another revoked serial does not matter.
+  const client = await connect(t, port, { isRevoked: (serial) => serial === normalizeSerial(web03.serial) });
+  assert.deepEqual(await client.fetch(blob.id, 0, blob.manifest.chunks[0] as string), chunkOf(blob, 0));
 });
 
 test("the coordinator's server certificate is refused as a client certificate", async (t) => {
