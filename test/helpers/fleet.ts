@@ -155,7 +155,14 @@ export async function startFleet(
   opts: { inventory?: string; extra?: string[] } = {},
 ): Promise<TestFleet> {
   const dir = mkdtempSync(join(tmpdir(), 'canopy-fleet-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const agents = new Map<string, TestAgent>();
+  const procs: Proc[] = [];
+  // Every process is gone before its directory goes (the runner may call after-hooks in the order
+  // they were added): one still writing its journal or chunks would make rmSync fail with ENOTEMPTY.
+  t.after(async () => {
+    await Promise.all(procs.map((p) => p.kill('SIGKILL')));
+    rmSync(dir, { recursive: true, force: true });
+  });
   const env = { CANOPY_CONFIG: join(dir, 'client.json'), HOME: dir };
   const sink = { log: '', out: '' };
   let args = [
@@ -175,6 +182,7 @@ export async function startFleet(
     },
     sink,
   );
+  procs.push(coordinator);
   const url = await waitFor(
     'the coordinator to listen',
     () => /listening on (https:\/\/\S+)/.exec(sink.out)?.[1],
@@ -182,7 +190,6 @@ export async function startFleet(
   // A restart must come back on the same port (agents and tokens know it).
   args = args.map((a) => (a === '127.0.0.1:0' ? url.replace('https://', '') : a));
 
-  const agents = new Map<string, TestAgent>();
   const fleet: TestFleet = {
     dir,
     env,
@@ -234,6 +241,7 @@ export async function startFleet(
       );
       const agent: TestAgent = Object.assign(p, { name, dataDir });
       agents.set(name, agent);
+      procs.push(agent);
       if (o.wait !== false) await fleet.waitOnline([name]);
       return agent;
     },
