@@ -177,6 +177,8 @@ const SLICE_BYTES = 64 * 1024;
  * holds a whole encrypted chunk.
  */
 const UNLIMITED_SLICE_BYTES = 512 * 1024;
+/** Manifests' canonical bytes, kept while the manifest object lives (every child of a relay asks for it). */
+const ENCODED_MANIFESTS = new WeakMap<Manifest, Buffer>();
 /** How long a refused client has to read the refusal before the socket is destroyed. */
 const REFUSE_LINGER_MS = 2000;
 const AGENT_SUFFIX = agentSan('');
@@ -685,9 +687,15 @@ class PeerConnection {
     return manifest;
   }
 
-  /** The manifest's canonical bytes (they hash to the blob id: the client checks that). */
+  /** The manifest's canonical bytes (they hash to the blob id: the client checks that), encoded once per manifest. */
   private async manifestFor(req: ManifestGet): Promise<Payload> {
-    return { data: Buffer.from(encodeManifest(await this.authorized(req))) };
+    const manifest = await this.authorized(req);
+    let data = ENCODED_MANIFESTS.get(manifest);
+    if (!data) {
+      data = Buffer.from(encodeManifest(manifest));
+      ENCODED_MANIFESTS.set(manifest, data);
+    }
+    return { data };
   }
 
   private async chunkFor(req: Get): Promise<Payload> {
