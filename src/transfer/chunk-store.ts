@@ -33,18 +33,34 @@
  *  - at most one put or eviction per digest runs at a time (`busy`).
  * The store never returns bytes of the wrong length; get() re-hashes on
  * request, and assemble() checks the whole-file MD5 of what it wrote.
+ *
+ * Helpers beside it: chunk-index.ts (the index log), chunk-recovery.ts
+ * (open()'s reconciliation) and chunk-files.ts (chunk paths, durable
+ * writes, exact reads, assemble()'s sinks).
  */
-import { randomBytes } from 'node:crypto';
-import { constants, ftruncate, write } from 'node:fs';
+import { constants } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { mkdir, open, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { createBLAKE3, createMD5, type IHasher } from 'hash-wasm';
 import { CanopyError } from '../errors/index.js';
-import { syncDir, writeSynced } from './durable.js';
+import {
+  type AssembleTarget,
+  chunkPath,
+  openSink,
+  readExactly,
+  SHARDS,
+  type Sink,
+  unlinkIfPresent,
+  writeChunk,
+} from './chunk-files.js';
+import { type Entry, IndexLog, PACK_KEY } from './chunk-index.js';
+import { type RecoveryReport, reconcile } from './chunk-recovery.js';
 import { chunkRange, isChunkDigest, type Manifest } from './manifest.js';
 import { Pack, removePack } from './pack.js';
+
+export type { AssembleTarget } from './chunk-files.js';
+export type { RecoveryReport } from './chunk-recovery.js';
 
 export interface ChunkStoreOptions {
   /** Most bytes of chunk data the store keeps on disk. */
@@ -60,15 +76,6 @@ export interface ChunkStoreOptions {
   durable?: boolean;
   /** Keeps the most recently stored chunks in memory, up to this many bytes, for get() (default 0). */
   cacheBytes?: number;
-}
-
-/** What open() found and repaired after an unclean stop. */
-export interface RecoveryReport {
-  tempFilesRemoved: number;
-  entriesDropped: number;
-  orphansAdopted: number;
-  orphansRemoved: number;
-  evictedOverQuota: number;
 }
 
 export interface PutOptions {
@@ -100,26 +107,7 @@ export interface AssembleOptions {
   verify?: boolean;
 }
 
-/**
- * A path (created or truncated, fsynced and closed), or a file the caller
- * opened for writing, not appending (an fd or FileHandle, left open and not
- * fsynced). assemble() writes at positions and truncates to the blob's size.
- */
-export type AssembleTarget = string | number | FileHandle;
-
-interface Entry {
-  size: number;
-  lastUse: number;
-}
-
-const INDEX_HEADER = 'canopy-chunk-index 1';
-const TEMP_NAME = /^\..*\.tmp$/;
-const PACK_KEY = 'p:';
-const PACK_NAME = /^([0-9a-f]{64})\.(pack|have)$/;
-const SHARDS = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
 const FETCH_AGAIN = 'it was removed from the store; fetch the chunk again (retrying the transfer does)';
-const writeFd = promisify(write);
-const ftruncateFd = promisify(ftruncate);
 
 export class ChunkStore {
   /** Index records buffered past this many are written even without a put. */
@@ -759,300 +747,6 @@ export class ChunkStore {
       },
     );
   }
-}
-
-/**
- * The chunk index, an append-only text log after a header line:
- *
- *   + DIGEST SIZE LASTUSE_MS   a chunk was stored
- *   u DIGEST LASTUSE_MS        a chunk was used (moves it to the end of the LRU order)
- *   - DIGEST                   a chunk was removed
- *
- * Replaying it in order gives the chunks in use order. Records are buffered
- * and written by flush() (a put waits for it; uses are written lazily, so a
- * crash may forget recent uses, never a chunk). A torn or unreadable line
- * makes open() rewrite the log; so does a log much longer than the store
- * (compaction: temp file, fsync, rename). Writes run one at a time.
- */
-class IndexLog {
-  private buffered: string[] = [];
-  private tail: Promise<void> = Promise.resolve();
-  private closed = false;
-
-  private constructor(
-    private readonly path: string,
-    private fh: FileHandle,
-    private records: number,
-  ) {}
-
-  static async read(path: string): Promise<{ entries: Map<string, Entry>; records: number; clean: boolean }> {
-    const entries = new Map<string, Entry>();
-    let text: string;
-    try {
-      text = await readFile(path, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      return { entries, records: 0, clean: false };
-    }
-    const lines = text.split('\n');
-    const torn = lines.pop() !== '';
-    if (lines.shift() !== INDEX_HEADER) return { entries, records: 0, clean: false };
-    const applied = lines.filter((line) => applyRecord(entries, line)).length;
-    return { entries, records: lines.length, clean: !torn && applied === lines.length };
-  }
-
-  static async open(path: string, records: number): Promise<IndexLog> {
-    return new IndexLog(path, await open(path, 'a', 0o600), records);
-  }
-
-  get pending(): number {
-    return this.buffered.length;
-  }
-
-  record(line: string): void {
-    this.buffered.push(line);
-  }
-
-  /** True when the log has many more records than the store has chunks. */
-  bloated(live: number): boolean {
-    return this.records > 2 * live + 1024;
-  }
-
-  flush(): Promise<void> {
-    return this.serial(async () => {
-      if (this.buffered.length === 0 || this.closed) return;
-      const text = `${this.buffered.join('\n')}\n`;
-      this.records += this.buffered.length;
-      this.buffered = [];
-      await this.fh.write(text);
-    });
-  }
-
-  /** Replaces the log with one `+` record per entry; `snapshot` is read when the rewrite starts. */
-  rewrite(snapshot: () => Map<string, Entry>): Promise<void> {
-    return this.serial(async () => {
-      const entries = snapshot();
-      this.buffered = [];
-      const lines = [INDEX_HEADER];
-      for (const [d, e] of entries) lines.push(`+ ${d} ${e.size} ${e.lastUse}`);
-      await replaceFile(this.path, `${lines.join('\n')}\n`);
-      await this.fh.close();
-      this.fh = await open(this.path, 'a', 0o600);
-      this.records = entries.size;
-    });
-  }
-
-  async close(): Promise<void> {
-    await this.flush();
-    await this.serial(async () => {
-      this.closed = true;
-      await this.fh.close();
-    });
-  }
-
-  private serial(fn: () => Promise<void>): Promise<void> {
-    const run = this.tail.then(fn);
-    this.tail = run.catch(() => {});
-    return run;
-  }
-}
-
-/** Applies one index record to `entries`; false when the line is not a valid record. */
-function applyRecord(entries: Map<string, Entry>, line: string): boolean {
-  const [op, digest, a, b, ...rest] = line.split(' ');
-  if (!isEntryKey(digest) || rest.length > 0) return false;
-  if (op === '+' && isCount(a) && isCount(b)) {
-    entries.delete(digest);
-    entries.set(digest, { size: Number(a), lastUse: Number(b) });
-  } else if (op === 'u' && isCount(a) && b === undefined) {
-    const e = entries.get(digest);
-    if (!e) return true;
-    entries.delete(digest);
-    entries.set(digest, { ...e, lastUse: Number(a) });
-  } else if (op === '-' && a === undefined) {
-    entries.delete(digest);
-  } else {
-    return false;
-  }
-  return true;
-}
-
-/** A chunk digest, or `p:` and a blob id (a pack). */
-function isEntryKey(key: string | undefined): key is string {
-  const k: string = key ?? '';
-  if (k.startsWith(PACK_KEY)) return isChunkDigest(k.slice(PACK_KEY.length));
-  return isChunkDigest(k);
-}
-
-function isCount(s: string | undefined): boolean {
-  return s !== undefined && /^\d{1,15}$/.test(s);
-}
-
-/**
- * Makes `entries` agree with the chunk files: removes temp files, drops
- * entries without a file, and adopts files without an entry if they hash to
- * their name (removing them otherwise), as most recently used.
- */
-async function reconcile(dir: string, entries: Map<string, Entry>, b3: IHasher): Promise<RecoveryReport> {
-  const report: RecoveryReport = {
-    tempFilesRemoved: 0,
-    entriesDropped: 0,
-    orphansAdopted: 0,
-    orphansRemoved: 0,
-    evictedOverQuota: 0,
-  };
-  const { chunks, temps } = await scanChunks(dir);
-  await Promise.all(temps.map((p) => unlinkIfPresent(p)));
-  report.tempFilesRemoved = temps.length;
-  const { packs, names } = await scanPacks(dir);
-  for (const blob of names) {
-    if (packs.has(blob) && entries.has(PACK_KEY + blob)) continue;
-    await removePack(join(dir, 'packs'), blob);
-    report.orphansRemoved++;
-  }
-  for (const d of [...entries.keys()]) {
-    if (chunks.has(d) || (d.startsWith(PACK_KEY) && packs.has(d.slice(PACK_KEY.length)))) continue;
-    entries.delete(d);
-    report.entriesDropped++;
-  }
-  const orphans = [...chunks].filter((d) => !entries.has(d));
-  for (const o of await adoptable(dir, orphans, b3)) {
-    if (o.ok) entries.set(o.digest, { size: o.size, lastUse: o.mtime });
-    else await unlinkIfPresent(chunkPath(dir, o.digest));
-    if (o.ok) report.orphansAdopted++;
-    else report.orphansRemoved++;
-  }
-  return report;
-}
-
-/** Hashes each orphan file, one at a time; oldest first, so adoption keeps their age order. */
-async function adoptable(
-  dir: string,
-  orphans: string[],
-  b3: IHasher,
-): Promise<{ digest: string; ok: boolean; size: number; mtime: number }[]> {
-  const out = [];
-  for (const digest of orphans) {
-    const path = chunkPath(dir, digest);
-    const [data, st] = await Promise.all([readFile(path), stat(path)]);
-    const ok = b3.init().update(data).digest('hex') === digest;
-    out.push({ digest, ok, size: data.length, mtime: Math.floor(st.mtimeMs) });
-  }
-  return out.sort((x, y) => x.mtime - y.mtime);
-}
-
-/** Lists the chunk files (by digest) and the temp files (by path) under DIR/chunks. Other names are left alone. */
-async function scanChunks(dir: string): Promise<{ chunks: Set<string>; temps: string[] }> {
-  const chunks = new Set<string>();
-  const temps: string[] = [];
-  const listings = await Promise.all(SHARDS.map((s) => readdir(join(dir, 'chunks', s))));
-  listings.forEach((names, i) => {
-    const shard = SHARDS[i] as string;
-    for (const name of names) {
-      if (TEMP_NAME.test(name)) temps.push(join(dir, 'chunks', shard, name));
-      else if (isChunkDigest(name) && name.startsWith(shard)) chunks.add(name);
-    }
-  });
-  return { chunks, temps };
-}
-
-/** Under DIR/packs: the blobs with a data file (`packs`), and those with any pack file (`names`). */
-async function scanPacks(dir: string): Promise<{ packs: Set<string>; names: Set<string> }> {
-  const packs = new Set<string>();
-  const names = new Set<string>();
-  for (const name of await readdir(join(dir, 'packs'))) {
-    const m = PACK_NAME.exec(name);
-    if (!m) continue;
-    names.add(m[1] as string);
-    if (m[2] === 'pack') packs.add(m[1] as string);
-  }
-  return { packs, names };
-}
-
-function chunkPath(dir: string, digest: string): string {
-  return join(dir, 'chunks', digest.slice(0, 2), digest);
-}
-
-/** Temp file beside the final name, fsync, rename, fsync the directory. */
-async function writeChunk(dir: string, digest: string, data: Uint8Array, durable: boolean): Promise<void> {
-  const final = chunkPath(dir, digest);
-  const tmp = join(
-    dir,
-    'chunks',
-    digest.slice(0, 2),
-    `.${digest}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`,
-  );
-  try {
-    if (durable) await writeSynced(tmp, data);
-    else await writeFile(tmp, data, { mode: 0o600 });
-    await rename(tmp, final);
-  } catch (err) {
-    await unlinkIfPresent(tmp);
-    throw err;
-  }
-  if (durable) await syncDir(join(dir, 'chunks', digest.slice(0, 2)));
-}
-
-async function replaceFile(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp`;
-  await writeSynced(tmp, text, 'w');
-  await rename(tmp, path);
-}
-
-async function unlinkIfPresent(path: string): Promise<void> {
-  try {
-    await unlink(path);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-}
-
-async function readExactly(fh: FileHandle, buf: Buffer): Promise<void> {
-  let filled = 0;
-  while (filled < buf.length) {
-    const { bytesRead } = await fh.read(buf, filled, buf.length - filled, filled);
-    if (bytesRead === 0) throw new Error(`chunk file ended after ${filled} of ${buf.length} bytes`);
-    filled += bytesRead;
-  }
-}
-
-/** Where assemble() writes: positional writes, then truncate to size. */
-interface Sink {
-  write(data: Buffer, position: number): Promise<void>;
-  finish(size: number): Promise<void>;
-  close(): Promise<void>;
-}
-
-async function openSink(target: AssembleTarget): Promise<Sink> {
-  if (typeof target === 'number') return fdSink(target);
-  const owned = typeof target === 'string';
-  const fh = owned ? await open(target, 'w', 0o600) : target;
-  return {
-    write: async (data, position) => {
-      for (let done = 0; done < data.length; ) {
-        done += (await fh.write(data, done, data.length - done, position + done)).bytesWritten;
-      }
-    },
-    finish: async (size) => {
-      await fh.truncate(size);
-      if (owned) await fh.sync();
-    },
-    close: async () => {
-      if (owned) await fh.close();
-    },
-  };
-}
-
-function fdSink(fd: number): Sink {
-  return {
-    write: async (data, position) => {
-      for (let done = 0; done < data.length; ) {
-        done += (await writeFd(fd, data, done, data.length - done, position + done)).bytesWritten;
-      }
-    },
-    finish: (size) => ftruncateFd(fd, size),
-    close: async () => {},
-  };
 }
 
 function checkDigest(digest: string): string {

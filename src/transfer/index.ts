@@ -8,7 +8,9 @@
  * - manifest.ts: a blob's manifest (size, chunk size, BLAKE3 per chunk,
  *   whole-file MD5) and its id (the BLAKE3 of its canonical encoding).
  * - chunk-store.ts: an agent's content-addressed chunk store (verified
- *   before visible, crash-safe index, quota with LRU eviction, pins), and
+ *   before visible, crash-safe index, quota with LRU eviction, pins), with
+ *   chunk-index.ts (its index log), chunk-recovery.ts (reconciling the index
+ *   with the files at open) and chunk-files.ts (file and sink helpers); and
  *   pack.ts: a distribution's blob in it as one file (chunk i at its offset,
  *   a side log of the chunks held, the MD5 computed in order on the way).
  * - peer-server.ts, peer-client.ts, peer-wire.ts: the agents' chunk relay
@@ -18,7 +20,10 @@
  *   syncFromPeer runs the local rsync with `canopy peer-rsh` as remote shell).
  * - rate-limit.ts: a shared token bucket for upload and download caps.
  * - planner.ts: the pure distribution planner (striped trees per IDC, one
- *   crossing per IDC, rack locality, re-parenting, a finish-time model).
+ *   crossing per IDC, rack locality, re-parenting, a finish-time model),
+ *   with planner-fleet.ts (its input checks and output), planner-groups.ts
+ *   (per-IDC groups and their links), planner-repair.ts (re-parenting,
+ *   rejoin) and planner-estimate.ts (the finish-time model).
  */
 
 export {
