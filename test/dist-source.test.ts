@@ -177,14 +177,15 @@ async function freePort(): Promise<number> {
 }
 
 /**
- * a1 (on a fixed peer port) holding build.bin, a2..a4 targets; a distribution
- * from a1 capped at 1 MiB/s, and a1 killed with SIGKILL once a2 holds a quarter.
+ * a1 (on a fixed peer port, or with `anyPort` on port 0: another one after
+ * a restart) holding build.bin, a2..a4 targets; a distribution from a1
+ * capped at 1 MiB/s, and a1 killed with SIGKILL once a2 holds a quarter.
  */
-async function killSourceMidway(t: TestContext) {
+async function killSourceMidway(t: TestContext, anyPort = false) {
   const fleet = await startFleet(t);
   const a1 = await fleet.addAgent('a1', {
     wait: false,
-    extra: ['--peer-listen', `127.0.0.1:${await freePort()}`],
+    extra: ['--peer-listen', `127.0.0.1:${anyPort ? 0 : await freePort()}`],
   });
   for (const name of ['a2', 'a3', 'a4'])
     await fleet.addAgent(name, { wait: false, extra: ['--peer-listen', '127.0.0.1:0'] });
@@ -251,6 +252,36 @@ test('--source a1 killed with SIGKILL mid-way and restarted: it serves its blob 
   assert.equal(done.sourceBytes, 0);
   assert.match(a1.log(), /"msg":"dist\.source\.restored"/);
   assert.doesNotMatch(a1.log(), /dist\.source\.changed/);
+});
+
+test('--source a1 on port 0, killed mid-way and restarted on another port: the hosts are told its new address and finish from it', async (t) => {
+  const { fleet, a1, data, finished } = await killSourceMidway(t, true);
+  const listening = () => [
+    ...a1.log().matchAll(/"peer":"(127\.0\.0\.1:\d+)","msg":"peer server listening"/g),
+  ];
+  a1.restart();
+  await waitFor('a1 to listen again', async () => listening().length === 2);
+  const [before, after] = listening().map((m) => m[1]);
+  assert.notEqual(after, before, 'a1 came back on the same port: the test shows nothing');
+  const done = await finished();
+  for (const r of done.results) {
+    assert.equal(r.state, 'ok', `${r.host}: ${r.error}`);
+    assert.equal(
+      md5(readFileSync(join(rootOf(fleet, r.host), 'app.bin'))),
+      md5(data),
+      `${r.host}: wrong MD5`,
+    );
+  }
+  // a2's only candidate is a1: it got the rest of the file from a1 at its new address.
+  assert.equal(done.results.find((r) => r.host === 'a2')?.transfer?.fromPeers.a1, data.length);
+  const moved = fleet.coordinator.log().match(/\{[^\n]*"msg":"dist\.peer_moved"[^\n]*/)?.[0];
+  assert.ok(moved, 'the coordinator did not tell the hosts');
+  assert.match(moved, new RegExp(`"agent":"a1","from":"${before}","to":"${after}"`));
+  const a2 = fleet.agents.get('a2');
+  assert.match(
+    a2?.log() ?? '',
+    new RegExp(`"peers":\\[\\{"name":"a1","address":"${after}"\\}\\],"msg":"peer addresses changed"`),
+  );
 });
 
 test('--source a1 whose file changed while it was down: the distribution fails naming a1 and the path, nothing installed', async (t) => {

@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import tls from 'node:tls';
@@ -152,6 +152,12 @@ test('an agent revoked while the fleet runs is refused by the peer servers, and 
   await waitFor("the relay to close x-01's open connection", () => xOpen.closed);
   await assert.rejects(xOpen.fetch(BLOB, 0, DIGEST), assertRevoked(xSerial));
   assert.match(relay.log(), /transfer\.peer\.revoked_closed/);
+  // Written down for `canopy peer-rsh` (the rsync tunnel, a process of its own) and for a restart.
+  const revokedJson = join(fleet.dir, 'agents', 'relay-01', 'revoked.json');
+  await waitFor('the relay to write revoked.json', () => existsSync(revokedJson));
+  assert.ok(
+    (JSON.parse(readFileSync(revokedJson, 'utf8')) as { serials: string[] }).serials.includes(xSerial),
+  );
   // A new connection from x-01 is refused; y-01's open connection and a new one are still served.
   await assert.rejects(dialAndFetch(where, 'relay-01', x), assertRevoked(xSerial));
   await assertAdmitted(yOpen, 'y-01');
@@ -159,10 +165,12 @@ test('an agent revoked while the fleet runs is refused by the peer servers, and 
   t.after(() => yNew.close());
   await assertAdmitted(yNew, 'y-01');
 
-  // A relay started after the revocation learns it at its hello: it refuses x-01 as well.
+  // A relay started after the revocation, without its revoked.json, learns it at its hello: it
+  // refuses x-01 as well.
   const learned = count(relay.log(), 'peer server took the revoked serials');
   assert.ok(learned >= 1, 'the relay never logged the revoked serials');
   await relay.kill();
+  rmSync(revokedJson);
   relay.restart();
   const again = await peerAddress(fleet, 'relay-01', where.address);
   await waitFor(
@@ -173,6 +181,13 @@ test('an agent revoked while the fleet runs is refused by the peer servers, and 
   const yAgain = await dial(again, 'relay-01', y);
   t.after(() => yAgain.close());
   await assertAdmitted(yAgain, 'y-01');
+
+  // With its revoked.json (written again at that hello) it knows them from its start.
+  await waitFor('the relay to write revoked.json again', () => existsSync(revokedJson));
+  await relay.kill();
+  relay.restart();
+  await peerAddress(fleet, 'relay-01', again.address);
+  assert.equal(count(relay.log(), 'revoked serials loaded from revoked.json'), 1);
 });
 
 /** The serial of the certificate a TLS client sees at `where` (the client shows `as`'s certificate). */

@@ -28,6 +28,7 @@ import {
   type CoordinatorMessage,
   decodeCoordinatorMessage,
   encode,
+  type PeerAddress,
   type Task,
   type TaskResult,
   type WithoutV,
@@ -47,7 +48,7 @@ import { type AgentConfig, parseHostPort } from './config.js';
 import { type DistProgress, runDist } from './dist-task.js';
 import { type ExecPolicy, runCommand } from './executor.js';
 import { gatherFacts } from './facts.js';
-import { type AgentIdentity, saveIdentity } from './identity.js';
+import { type AgentIdentity, loadRevoked, saveIdentity, saveRevoked } from './identity.js';
 import { Journal } from './journal.js';
 import { MemoryGovernor } from './memory.js';
 import { runPush } from './push-task.js';
@@ -156,6 +157,11 @@ export class Agent {
    * the peer server refuses them. Memory only: empty from start until the first hello is answered.
    */
   private revokedSerials = new Set<string>();
+  /**
+   * Peers whose address is not the one our tasks name (they restarted on
+   * another port): the coordinator's `peers` messages, since our last hello.
+   */
+  private readonly peerAddresses = new Map<string, string>();
   /** Resolves when the agent has said hello at least once (tests and the demo wait on it). */
   readonly ready: Promise<void>;
   private markReady: () => void = () => {};
@@ -197,8 +203,16 @@ export class Agent {
   async start(): Promise<void> {
     if (this.opts.config.roots.length === 0)
       await mkdir(this.policy.defaultCwd, { recursive: true, mode: 0o700 });
-    // Before the peer server listens: a restarted --source serves its seeds from the first request.
+    // Before the peer server listens: a restarted --source serves its seeds from the first request,
+    // and no agent revoked while this one was down is served or fetched from.
     await this.seeds.restore();
+    try {
+      this.revokedSerials = await loadRevoked(this.opts.dataDir);
+      if (this.revokedSerials.size > 0)
+        this.log.info({ revoked: this.revokedSerials.size }, 'revoked serials loaded from revoked.json');
+    } catch (err) {
+      this.log.error({ err }, 'ignoring revoked.json until the coordinator sends the revoked serials again');
+    }
     if (this.opts.config.peerListen) await this.startPeer(this.opts.config.peerListen);
     const interrupted = await this.journal.open(this.now());
     for (const r of interrupted) {
@@ -391,6 +405,8 @@ export class Agent {
     switch (m.type) {
       case 'welcome': {
         this.attempt = 0;
+        // The coordinator tells again what still differs, after this welcome.
+        this.peerAddresses.clear();
         for (const r of await this.journal.unacknowledged()) this.send({ type: 'result', result: r });
         this.send({ type: 'pull' });
         clearInterval(this.pullTimer);
@@ -424,6 +440,10 @@ export class Agent {
         return;
       case 'ended':
         await this.onEnded(m.blobs);
+        return;
+      case 'peers':
+        for (const p of m.peers) this.peerAddresses.set(p.name, p.address);
+        this.log.info({ peers: m.peers }, 'peer addresses changed');
         return;
       default:
         assertNeverMessage(m);
@@ -565,8 +585,9 @@ export class Agent {
         backupDir: join(this.opts.dataDir, 'backups'),
         store: peer.store,
         connect: (p) => {
-          const where = parseHostPort(p.address);
-          if (!where) throw new Error(`peer ${p.name} has no valid address (${p.address})`);
+          const address = this.addressOf(p);
+          const where = parseHostPort(address);
+          if (!where) throw new Error(`peer ${p.name} has no valid address (${address})`);
           return PeerClient.connect({
             ...where,
             peer: p.name,
@@ -621,6 +642,11 @@ export class Agent {
     return r;
   }
 
+  /** A peer's address: the coordinator's latest word on it, else what the task says. */
+  private addressOf(p: PeerAddress): string {
+    return this.peerAddresses.get(p.name) ?? p.address;
+  }
+
   /** Pulls a directory distribution's tree with rsync from its parent, then serves it to its children. */
   private async tree(task: Extract<Task, { kind: 'dist' }>, signal: AbortSignal) {
     const id = task.spec.tree?.id ?? '';
@@ -643,6 +669,7 @@ export class Agent {
       },
       // Throttled by runTree (once a second), the last one with the tree's whole size.
       progress: (p) => this.send({ type: 'progress', taskId: task.id, ...p }),
+      addressOf: (p) => this.addressOf(p),
       signal,
       now: this.now,
     });
@@ -825,7 +852,17 @@ export class Agent {
   private async onRevoked(serials: string[]): Promise<void> {
     const next = new Set(serials.map(normalizeSerial));
     const added = [...next].filter((s) => !this.revokedSerials.has(s)).length;
+    const removed = [...this.revokedSerials].some((s) => !next.has(s));
     this.revokedSerials = next;
+    if (added > 0 || removed) {
+      // For `canopy peer-rsh` (a process of its own) and for this agent after a restart.
+      await saveRevoked(this.opts.dataDir, next).catch((err: unknown) =>
+        this.log.error(
+          { err },
+          'could not write revoked.json: rsync pulls do not know the newly revoked agents',
+        ),
+      );
+    }
     if (added === 0 || !this.peer) return;
     const dropped = await this.peer.server.dropRevoked();
     this.log.info({ revoked: next.size, added, dropped }, 'peer server took the revoked serials');

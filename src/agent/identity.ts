@@ -14,6 +14,7 @@ import {
   checkSan,
   createKeyAndCsr,
   fingerprint,
+  normalizeSerial,
   verifyIssuedBy,
 } from '../pki/index.js';
 import { decodeJoinToken } from '../protocol/index.js';
@@ -60,6 +61,62 @@ export async function loadIdentity(dataDir: string): Promise<AgentIdentity | und
     );
   }
   return id;
+}
+
+/**
+ * DATA/revoked.json: the certificate serials the coordinator last said are
+ * revoked (its whole set each time). The agent writes it whenever it is told,
+ * and reads it at start (a restarted agent refuses revoked peers before it
+ * reaches the coordinator); `canopy peer-rsh`, a process of its own, reads it
+ * to refuse a revoked server.
+ */
+export function revokedPath(dataDir: string): string {
+  return join(dataDir, 'revoked.json');
+}
+
+let revokedWrites = 0;
+
+export async function saveRevoked(dataDir: string, serials: Iterable<string>): Promise<void> {
+  const path = revokedPath(dataDir);
+  const tmp = `${path}.${process.pid}.${++revokedWrites}.tmp`;
+  const fh = await open(tmp, 'w', 0o600);
+  try {
+    await fh.writeFile(`${JSON.stringify({ serials: [...serials] })}\n`);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, path);
+}
+
+/** The serials in DATA/revoked.json (normalized); none when there is no such file. */
+export async function loadRevoked(dataDir: string): Promise<Set<string>> {
+  const path = revokedPath(dataDir);
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return new Set();
+    throw err;
+  }
+  let serials: unknown;
+  try {
+    serials = (JSON.parse(text) as { serials?: unknown }).serials;
+  } catch {
+    serials = undefined;
+  }
+  if (
+    !Array.isArray(serials) ||
+    !serials.every((x) => typeof x === 'string' && /^[0-9a-fA-F]{1,64}$/.test(x))
+  ) {
+    throw new CanopyError(
+      'AGENT_CONFIG',
+      `${path} is not a list of revoked certificate serials ({"serials": ["4f1c..."]}): remove it; ` +
+        'the agent writes it again when it next reaches the coordinator',
+      { path },
+    );
+  }
+  return new Set(serials.map((x: string) => normalizeSerial(x)));
 }
 
 interface HttpsOptions {

@@ -11,4 +11,12 @@ export {
   parseDuration,
   parseSize,
 } from './config.js';
-export { type AgentIdentity, httpsJson, joinCoordinator, loadIdentity, saveIdentity } from './identity.js';
+export {
+  type AgentIdentity,
+  httpsJson,
+  joinCoordinator,
+  loadIdentity,
+  loadRevoked,
+  saveIdentity,
+  saveRevoked,
+} from './identity.js';

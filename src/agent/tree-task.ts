@@ -22,7 +22,7 @@
 import { lstat, mkdir } from 'node:fs/promises';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { isCanopyError } from '../errors/index.js';
-import type { DistTask, TaskResult } from '../protocol/index.js';
+import type { DistTask, PeerAddress, TaskResult } from '../protocol/index.js';
 import {
   bwlimitKiB,
   isInside,
@@ -65,6 +65,8 @@ export interface TreeContext {
   progress?: (p: DistProgress) => void;
   /** Between two progress reports while pulling; default 1 s. */
   progressEveryMs?: number;
+  /** Where a peer is now (the coordinator tells an agent's new address); default the task's. */
+  addressOf?: (peer: PeerAddress) => string;
 }
 
 const PARENT_WAIT_MS = 10 * 60_000;
@@ -122,9 +124,10 @@ export async function runTree(task: DistTask, ctx: TreeContext): Promise<TreeOut
   let noRsync = false;
   try {
     for (const peer of candidates) {
-      const where = parseHostPort(peer.address);
+      const address = ctx.addressOf?.(peer) ?? peer.address;
+      const where = parseHostPort(address);
       if (!where) {
-        failures.push(`${peer.name}: no valid address (${peer.address})`);
+        failures.push(`${peer.name}: no valid address (${address})`);
         continue;
       }
       const deadline = now() + (ctx.parentWaitMs ?? PARENT_WAIT_MS);

@@ -6,6 +6,9 @@
  * and pipes its own stdin and stdout to it, exiting with the remote exit code.
  * No sshd, no rsync daemon, and no shell on either end.
  *
+ * A server whose certificate serial the agent's DATA/revoked.json lists is
+ * hung up on before anything is sent (PEER_CODES.revoked).
+ *
  * Its stdout is rsync's data stream: nothing else is ever written there.
  * Failures go to stderr as one line `canopy peer-rsh: CODE: message` (the
  * transfer component's syncFromPeer reads the code back) with exit code 255,
@@ -13,7 +16,7 @@
  */
 import type { Readable, Writable } from 'node:stream';
 import { parseHostPort } from '../agent/config.js';
-import { loadIdentity } from '../agent/index.js';
+import { loadIdentity, loadRevoked } from '../agent/index.js';
 import { CanopyError, isCanopyError } from '../errors/index.js';
 import { formatRshError, runPeerRsync } from '../transfer/index.js';
 import { usage } from './args.js';
@@ -73,9 +76,12 @@ export async function peerRshCommand(
         { path: args.data },
       );
     }
+    // The serials the agent was last told are revoked: a revoked server is not even sent the request.
+    const revoked = await loadRevoked(args.data);
     return await runPeerRsync({
       ...args.peer,
       peer: args.peer.name,
+      isRevoked: (serial) => revoked.has(serial),
       identity: { certPem: identity.certPem, keyPem: identity.keyPem },
       caPem: identity.caPem,
       tree: args.tree,

@@ -236,6 +236,7 @@ export class Coordinator {
     await dists.resume();
     fleet.progress = (agent, p) => dists?.progress(agent, p);
     fleet.revoked = (name) => dists?.dropRevoked(name);
+    fleet.welcomed = (name, previousPeer) => dists?.welcomed(name, previousPeer);
 
     const client: ClientConfig = { url, token: identity.adminToken, ca: identity.ca.certPem };
     const clientPaths = [join(opts.dataDir, 'client.json')];

@@ -366,6 +366,52 @@ export class DistManager {
     );
   }
 
+  /**
+   * Agent `name` said hello. If its peer address is not the one it had (it
+   * restarted with `--peer-listen HOST:0` and got another port), the hosts of
+   * every running distribution it takes part in are told the new one (a
+   * `peers` message), so its children and anyone falling back to it find it.
+   * And it is told the current address of every peer its own running tasks
+   * name at another one (a peer that moved while it was away, or this
+   * coordinator's source after a restart on another port).
+   */
+  welcomed(name: string, previousPeer: string | undefined): void {
+    const fleet = this.opts.fleet;
+    const current = fleet.peerOf(name);
+    const runs = this.opts.runs.activeRecords().filter((r) => r.spec.kind === 'dist');
+    if (current && previousPeer && current !== previousPeer) {
+      const to = new Set<string>();
+      for (const r of runs) {
+        if (r.spec.kind !== 'dist' || !(r.hosts.includes(name) || r.spec.source === name)) continue;
+        for (const h of r.hosts) to.add(h);
+        if (r.spec.source) to.add(r.spec.source);
+      }
+      to.delete(name);
+      let told = 0;
+      for (const h of to) if (fleet.send(h, { type: 'peers', peers: [{ name, address: current }] })) told++;
+      if (to.size > 0)
+        this.opts.logger.info({ agent: name, from: previousPeer, to: current, told }, 'dist.peer_moved');
+    }
+    const stale = new Map<string, string>();
+    for (const r of runs) {
+      const spec = this.opts.runs.plansOf(r.id)?.get(name);
+      if (!spec || !('blob' in spec)) continue;
+      for (const p of [
+        ...spec.parents,
+        ...(spec.alternates ?? []),
+        ...(spec.rejoin ?? []),
+        ...spec.fallbacks,
+      ]) {
+        const now = p.name === SOURCE_NAME ? this.source?.address : fleet.peerOf(p.name);
+        if (now && now !== p.address) stale.set(p.name, now);
+      }
+    }
+    if (stale.size === 0) return;
+    const peers = [...stale].map(([peer, address]) => ({ name: peer, address })).slice(0, 1024);
+    fleet.send(name, { type: 'peers', peers });
+    this.opts.logger.info({ agent: name, peers }, 'dist.peers_corrected');
+  }
+
   /** A progress report from an agent's distribution task (task ids are RUN:HOST). */
   progress(agent: string, p: Progress): void {
     const run = p.taskId.slice(0, p.taskId.indexOf(':'));

@@ -96,6 +96,8 @@ export class Fleet implements Courier {
   progress: ((agent: string, p: Progress) => void) | undefined;
   /** Told after an agent is revoked (its serials are then in isRevokedSerial). */
   revoked: ((name: string) => void) | undefined;
+  /** Told after an agent's hello was answered, with the peer address it had before (from the store). */
+  welcomed: ((name: string, previousPeer: string | undefined) => void) | undefined;
 
   constructor(opts: FleetOptions) {
     this.store = opts.store;
@@ -138,6 +140,11 @@ export class Fleet implements Courier {
 
   lastSeen(name: string): number | undefined {
     return this.sessions.get(name)?.lastHeartbeat ?? this.records.get(name)?.lastSeen;
+  }
+
+  /** The peer address an agent reported last (online: this session's hello; else the stored one). */
+  peerOf(name: string): string | undefined {
+    return this.sessions.get(name)?.facts?.peer ?? this.records.get(name)?.facts?.peer ?? undefined;
   }
 
   send(name: string, message: WithoutV<CoordinatorMessage>): boolean {
@@ -346,6 +353,7 @@ export class Fleet implements Courier {
         s.heartbeatMs = m.facts.heartbeatMs;
         s.lastHeartbeat = this.now();
         const r = this.records.get(s.name);
+        const previousPeer = r?.facts?.peer;
         if (r) {
           const updated = { ...r, facts: m.facts, lastSeen: s.lastHeartbeat, address: s.ip };
           this.records.set(s.name, updated);
@@ -355,6 +363,7 @@ export class Fleet implements Courier {
         // Nothing revoked: nothing to tell (an agent starts knowing no revoked serial).
         if (this.revokedSerials.size > 0) this.send(s.name, this.revokedMessage());
         this.deliverQueued(s.name, false);
+        this.welcomed?.(s.name, previousPeer);
         return;
       }
       case 'heartbeat':

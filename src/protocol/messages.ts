@@ -446,6 +446,16 @@ export const EndedSchema = message('ended', {
     maxItems: 1024,
   }),
 });
+/**
+ * Agents whose peer address changed (one restarted with `--peer-listen HOST:0`
+ * and got another port) or differs from what this agent's running
+ * distribution tasks name: the agent dials these names at these addresses
+ * from now on. Sent to the hosts of running distributions that name the
+ * agent, and to an agent at its hello for the peers its own tasks name.
+ */
+export const PeersSchema = message('peers', {
+  peers: Type.Array(PeerAddressSchema, { minItems: 1, maxItems: 1024 }),
+});
 export const RefuseSchema = message('refuse', {
   code: Type.String({ maxLength: 64 }),
   message: Type.String({ maxLength: 4096 }),
@@ -467,6 +477,7 @@ export type Renewed = Static<typeof RenewedSchema>;
 export type Refuse = Static<typeof RefuseSchema>;
 export type Revoked = Static<typeof RevokedSchema>;
 export type Ended = Static<typeof EndedSchema>;
+export type Peers = Static<typeof PeersSchema>;
 
 export type AgentMessage = Hello | Heartbeat | Ack | ResultMessage | Pull | Renew | Fetch | Progress;
 export type CoordinatorMessage =
@@ -477,7 +488,8 @@ export type CoordinatorMessage =
   | Refuse
   | Content
   | Revoked
-  | Ended;
+  | Ended
+  | Peers;
 
 const AGENT_SCHEMAS = {
   hello: HelloSchema,
@@ -498,6 +510,7 @@ const COORDINATOR_SCHEMAS = {
   content: ContentSchema,
   revoked: RevokedSchema,
   ended: EndedSchema,
+  peers: PeersSchema,
 } as const;
 
 /** Validators compile on first use: an agent never pays for the schemas only the coordinator checks. */

@@ -1,5 +1,5 @@
-// The `revoked` and `ended` messages as agents decode them: the coordinator's whole set of revoked
-// serials, and the distributions that ended.
+// The `revoked`, `ended` and `peers` messages as agents decode them: the coordinator's whole set of revoked
+// serials, the distributions that ended, and peers that moved.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { decodeAgentMessage, decodeCoordinatorMessage, encode, MAX_REVOKED_SERIALS } from './messages.js';
@@ -42,4 +42,18 @@ test('an ended message names blob or tree ids; an empty list, a path or a foreig
   assert.match(reason(raw(['../etc/passwd'])), /invalid at \/blobs\/0/);
   assert.match(reason(raw(['a'.repeat(129)])), /invalid at \/blobs\/0/);
   assert.equal(decodeAgentMessage(raw(blobs)).ok, false);
+});
+
+test('a peers message names agents and their new peer addresses; an empty list or a bad name is refused', () => {
+  const peers = [{ name: 'a1', address: '127.0.0.1:40123' }];
+  assert.deepEqual(decodeCoordinatorMessage(encode({ type: 'peers', peers })), {
+    ok: true,
+    message: { v: 1, type: 'peers', peers },
+  });
+  const raw = (list: unknown) => JSON.stringify({ v: 1, type: 'peers', peers: list });
+  assert.match(reason(raw([])), /peers message invalid at \/peers/);
+  assert.match(reason(raw([{ name: '../a1', address: '127.0.0.1:1' }])), /invalid at \/peers\/0\/name/);
+  assert.match(reason(raw([{ name: 'a1' }])), /invalid at \/peers\/0/);
+  assert.match(reason(raw([{ ...peers[0], extra: 1 }])), /invalid at \/peers\/0/);
+  assert.equal(decodeAgentMessage(raw(peers)).ok, false);
 });

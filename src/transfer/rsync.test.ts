@@ -10,7 +10,7 @@
 import 'reflect-metadata';
 
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import {
   chmodSync,
@@ -32,7 +32,7 @@ import { type TestContext, test } from 'node:test';
 import tls from 'node:tls';
 import { fileURLToPath } from 'node:url';
 import { isCanopyError } from '../errors/index.js';
-import { type CertAndKey, createCa, createKeyAndCsr, signCsr } from '../pki/index.js';
+import { type CertAndKey, createCa, createKeyAndCsr, normalizeSerial, signCsr } from '../pki/index.js';
 import { type PeerLog, PeerServer, type PeerServerOptions } from './peer-server.js';
 import { runPeerRsync } from './peer-stream.js';
 import {
@@ -627,6 +627,41 @@ test('a tree not authorized, a path out of the tree and a certificate of another
   assert.ok(log.events('transfer.peer.tls_refused').length >= 1);
   assert.equal(server.rsyncStats.started, 0);
   assert.equal(existsSync(dest), false);
+});
+
+test('peer-rsh hangs up on a server the agent was told is revoked (revoked.json), sending nothing', async (t) => {
+  const dir = tempDir(t);
+  mkdirSync(join(dir, 'src'));
+  writeFileSync(join(dir, 'src', 'f'), 'x');
+  const { port, server } = await startServer(t, { t1: join(dir, 'src') });
+  const data = dataDir(t, 'web02', web02, ca.certPem);
+  const dest = join(dir, 'dest');
+  const serial = normalizeSerial(new X509Certificate(web01.certPem).serialNumber);
+  // As the agent writes it when the coordinator sends `revoked` (another serial first: a set).
+  writeFileSync(join(data, 'revoked.json'), JSON.stringify({ serials: ['7', serial.toUpperCase()] }));
+  await assert.rejects(
+    syncFromPeer(pullOptions(port, data, { localPath: dest })),
+    assertCanopy(
+      PEER_CODES.revoked,
+      new RegExp(
+        `peer web01 \\(127\\.0\\.0\\.1:${port}\\) presented a revoked certificate \\(serial ${serial}\\)`,
+      ),
+    ),
+  );
+  assert.equal(server.rsyncStats.started, 0);
+  assert.equal(existsSync(dest), false);
+
+  // A revoked.json that is not a list of serials: the pull refuses to guess, naming the file.
+  writeFileSync(join(data, 'revoked.json'), '{"serials": ["../etc"]}');
+  await assert.rejects(
+    syncFromPeer(pullOptions(port, data, { localPath: dest })),
+    assertCanopy('AGENT_CONFIG', /revoked\.json is not a list of revoked certificate serials .*: remove it/),
+  );
+  // Without one (an agent never told of a revocation) the same pull works.
+  rmSync(join(data, 'revoked.json'));
+  const ok = await syncFromPeer(pullOptions(port, data, { localPath: dest }));
+  assert.equal(ok.exitCode, 0);
+  assert.equal(readFileSync(join(dest, 'f'), 'utf8'), 'x');
 });
 
 test('crafted requests that write, run another program or smuggle shell syntax are refused, naming why', async (t) => {
