@@ -34,6 +34,7 @@ import {
   type WithoutV,
 } from '../protocol/index.js';
 import {
+  ChunkPool,
   ChunkStore,
   type Manifest,
   Md5Cache,
@@ -162,6 +163,8 @@ export class Agent {
    * another port): the coordinator's `peers` messages, since our last hello.
    */
   private readonly peerAddresses = new Map<string, string>();
+  /** Received chunks' buffers, used again across fetches and distributions (chunk-pool.ts). */
+  private readonly chunkPool = new ChunkPool();
   /** Resolves when the agent has said hello at least once (tests and the demo wait on it). */
   readonly ready: Promise<void>;
   private markReady: () => void = () => {};
@@ -584,6 +587,7 @@ export class Agent {
         policy: this.policy,
         backupDir: join(this.opts.dataDir, 'backups'),
         store: peer.store,
+        pool: this.chunkPool,
         connect: (p) => {
           const address = this.addressOf(p);
           const where = parseHostPort(address);
@@ -598,6 +602,7 @@ export class Agent {
             ...(download ? { limiter: download } : {}),
             // A revoked agent is not served by our peer server, nor fetched from.
             isRevoked: (serial) => this.revokedSerials.has(serial),
+            pool: this.chunkPool,
             signal,
           });
         },

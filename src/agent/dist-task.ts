@@ -19,6 +19,7 @@ import { unlink } from 'node:fs/promises';
 import { isCanopyError } from '../errors/index.js';
 import type { DistTask, FileOutcome, PeerAddress, TaskResult } from '../protocol/index.js';
 import {
+  type ChunkPool,
   type ChunkStore,
   chunkRange,
   commitInstall,
@@ -51,6 +52,8 @@ export interface DistContext {
   store: ChunkStore;
   /** Opens a peer client to `peer` (the agent dials with its own certificate). */
   connect: (peer: PeerAddress) => Promise<PeerClient>;
+  /** The pool `connect`'s clients receive chunks into (each fetched buffer is given back to it). */
+  pool?: ChunkPool;
   /** Lets other agents fetch this blob from here until `until` (ms since the epoch). */
   serve: (blob: string, manifest: Manifest, until: number) => void;
   /** Called after every chunk the task adds. */
@@ -149,12 +152,15 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
       });
     report();
     const stripes = spec.parents.length;
+    const { pool } = ctx;
     const got = async (i: number, data: Buffer, from: string) => {
-      await ctx.store.putInPack(pack, i, data);
-      stats.fetchedBytes += data.length;
+      // The peer client's pooled buffer goes back once the pack wrote it and took it into the MD5.
+      const bytes = data.length;
+      await ctx.store.putInPack(pack, i, data, pool && (() => pool.release(data)));
+      stats.fetchedBytes += bytes;
       stats.heldChunks = pack.count;
       stats.heldBytes = pack.bytes;
-      stats.fromPeers[from] = (stats.fromPeers[from] ?? 0) + data.length;
+      stats.fromPeers[from] = (stats.fromPeers[from] ?? 0) + bytes;
       report();
     };
     await Promise.all(

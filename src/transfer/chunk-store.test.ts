@@ -701,6 +701,37 @@ describe('packs: a distribution blob as one file in the store', () => {
     await copiesOut(pack, b, dir);
   });
 
+  test('putInPack with release: once per buffer, when the pack is done with every index of it; nothing cached', async (t) => {
+    const dir = tempDir(t);
+    const same = Buffer.alloc(CS, 7);
+    const b = await packBlob(dir, Buffer.concat([same, randomBytes(CS), same, randomBytes(500)]));
+    const store = await openStore(t, dir);
+    const pack = await store.openPack('dist-1', b.blob, b.manifest);
+    const released: string[] = [];
+    // A buffer scribbled over once released (a pool reusing it): the pack and the store must be done with it.
+    const put = (i: number, name: string) => {
+      const buf = Buffer.from(b.at(i));
+      return store.putInPack(pack, i, buf, () => {
+        released.push(name);
+        buf.fill(0xee);
+      });
+    };
+    await put(2, 'same'); // indexes 0 and 2: index 2 is past the MD5's prefix, so the pack keeps it
+    await put(3, 'last');
+    assert.deepEqual([...pack.held], [1, 0, 1, 1]);
+    assert.deepEqual(released, []);
+    await put(1, 'one'); // the prefix reaches 2 and 3: every buffer released, each once
+    assert.deepEqual(released, ['same', 'last', 'one']);
+    // Served from the pack file, not from a cached (now scribbled) buffer.
+    assert.deepEqual(await store.get(b.d(0)), same);
+    assert.deepEqual(await store.get(b.d(3)), b.at(3));
+    await copiesOut(pack, b, dir);
+    // A store closed meanwhile throws, and still releases the buffer.
+    await store.close();
+    await assert.rejects(put(1, 'closed'), /is closed/);
+    assert.deepEqual(released, ['same', 'last', 'one', 'closed']);
+  });
+
   test('fillPack copies the loose chunks a new pack lacks and skips a damaged one', async (t) => {
     const dir = tempDir(t);
     const b = await packBlob(dir, randomBytes(3 * CS + 777));

@@ -361,13 +361,29 @@ export class ChunkStore {
    * Stores chunk `index` of an open pack (already checked against its
    * digest), and at every other index of that pack with the same digest (a
    * blob may repeat a chunk); it is then served from memory for a while.
+   * With `release` (a pooled buffer, see chunk-pool.ts) it is not kept in
+   * memory: `release` is called exactly once, when the pack is done with
+   * `data`, whether the store succeeds or throws.
    */
-  async putInPack(pack: Pack, index: number, data: Uint8Array): Promise<void> {
+  async putInPack(pack: Pack, index: number, data: Uint8Array, release?: () => void): Promise<void> {
+    if (this.closing) release?.();
     this.checkOpen();
     const digest = pack.manifest.chunks[index] as string;
     const mine = this.packed.get(digest)?.find((h) => h.pack === pack);
-    for (const i of mine?.indexes ?? [index]) await pack.write(i, data);
-    this.remember(digest, data);
+    const indexes = mine?.indexes ?? [index];
+    // With `release` the caller's buffer goes back once every write of it is done with it; it is
+    // not kept in the recent-chunk cache (children are served from the pack file instead).
+    let left = indexes.length;
+    const done = release && (() => --left === 0 && release());
+    for (const [k, i] of indexes.entries()) {
+      try {
+        await pack.write(i, data, done);
+      } catch (err) {
+        for (let rest = k + 1; rest < indexes.length; rest++) done?.();
+        throw err;
+      }
+    }
+    if (!release) this.remember(digest, data);
     for (const wake of [...(this.waiters.get(digest) ?? [])]) wake(true);
     await this.markUsed(PACK_KEY + pack.blob);
   }

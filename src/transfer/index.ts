@@ -10,7 +10,8 @@
  * - chunk-store.ts: an agent's content-addressed chunk store (verified
  *   before visible, crash-safe index, quota with LRU eviction, pins), with
  *   chunk-index.ts (its index log), chunk-recovery.ts (reconciling the index
- *   with the files at open) and chunk-files.ts (file and sink helpers); and
+ *   with the files at open) and chunk-files.ts (file and sink helpers);
+ *   chunk-pool.ts: received chunk buffers used again (explicit release); and
  *   pack.ts: a distribution's blob in it as one file (chunk i at its offset,
  *   a side log of the chunks held, the MD5 computed in order on the way).
  * - peer-server.ts, peer-client.ts, peer-wire.ts: the agents' chunk relay
@@ -26,6 +27,7 @@
  *   rejoin) and planner-estimate.ts (the finish-time model).
  */
 
+export { ChunkPool, type ChunkPoolStats } from './chunk-pool.js';
 export {
   type AssembleOptions,
   type AssembleTarget,

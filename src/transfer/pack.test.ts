@@ -114,6 +114,46 @@ test('chunks written in order or out of order copy out as the exact blob', async
   }
 });
 
+test('a written chunk is released once the pack is done with it, and never read afterwards', async (t) => {
+  const b = await makeBlob(t);
+  const pack = await openPack(t, b);
+  const released: number[] = [];
+  // Each chunk in a buffer of its own, scribbled over the moment it is released (as a pool reusing it
+  // would): a pack that still read it afterwards would write or hash the wrong bytes.
+  const write = (i: number) => {
+    const buf = Buffer.from(b.at(i));
+    return pack.write(i, buf, () => {
+      released.push(i);
+      buf.fill(0xee);
+    });
+  };
+  await write(2); // past the MD5's prefix: kept for it
+  await write(3);
+  assert.deepEqual(released, []);
+  await write(0); // in order: written, hashed, released; 1 is still missing
+  assert.deepEqual(released, [0]);
+  await write(1); // the prefix takes 1, then 2 and 3 (kept): all three released
+  assert.deepEqual(released, [0, 2, 3, 1]);
+  await write(1); // held already: released at once, nothing written
+  assert.deepEqual(released, [0, 2, 3, 1, 1]);
+  const out = join(b.dir, 'out');
+  await pack.copyTo(out);
+  assert.deepEqual(readFileSync(out), b.data);
+
+  // A chunk of the wrong length is released too; one kept past the prefix is released at close.
+  const c = await makeBlob(t);
+  const other = await openPack(t, c);
+  const dropped: string[] = [];
+  await assert.rejects(
+    other.write(0, Buffer.alloc(5), () => dropped.push('short')),
+    codeOf('TRANSFER_DIGEST_MISMATCH'),
+  );
+  await other.write(3, Buffer.from(c.at(3)), () => dropped.push('kept'));
+  assert.deepEqual(dropped, ['short']);
+  await other.close();
+  assert.deepEqual(dropped, ['short', 'kept']);
+});
+
 test('the MD5 is right when the chunks arrive last to first', async (t) => {
   const b = await makeBlob(t, randomBytes(6 * CS + 1));
   const pack = await openPack(t, b);

@@ -45,7 +45,7 @@ export class Pack {
    * Chunks written past the MD5's prefix, kept (up to AHEAD_BYTES) until the
    * prefix reaches them, so the MD5 does not read them back from the file.
    */
-  private readonly ahead = new Map<number, Uint8Array>();
+  private readonly ahead = new Map<number, { data: Uint8Array; release: (() => void) | undefined }>();
   private aheadBytes = 0;
   private tail: Promise<void> = Promise.resolve();
   private failed: unknown;
@@ -118,16 +118,25 @@ export class Pack {
   /**
    * Writes chunk `index` (already verified against its digest) and lists it;
    * a held chunk is left alone. `data` must not change afterwards: the pack
-   * may keep it until its in-order MD5 reaches the chunk.
+   * may keep it until its in-order MD5 reaches the chunk. `release`, if
+   * given, is called exactly once when the pack no longer needs `data`
+   * (written and in the MD5, or dropped; also when the write fails).
    */
-  write(index: number, data: Uint8Array): Promise<void> {
+  write(index: number, data: Uint8Array, release?: () => void): Promise<void> {
     // A refused chunk is the caller's error, not the pack's: checked here so it does not end up in `failed`.
     try {
       this.checkLength(index, data);
     } catch (err) {
+      release?.();
       return Promise.reject(err);
     }
-    const run = this.tail.then(() => this.writeNow(index, data));
+    const run = this.tail.then(
+      () => this.writeNow(index, data, release),
+      (err: unknown) => {
+        release?.();
+        throw err;
+      },
+    );
     this.tail = run.catch((err) => {
       this.failed ??= err;
     });
@@ -222,6 +231,7 @@ export class Pack {
     if (this.closed) return;
     this.closed = true;
     await this.tail;
+    for (const kept of this.ahead.values()) kept.release?.();
     this.ahead.clear();
     this.aheadBytes = 0;
     await this.fh.close().catch(() => {});
@@ -247,24 +257,30 @@ export class Pack {
     }
   }
 
-  private async writeNow(index: number, data: Uint8Array): Promise<void> {
-    if (this.held[index]) return;
-    const { offset, length } = chunkRange(this.manifest, index);
-    for (let done = 0; done < length; ) {
-      done += (await this.fh.write(data, done, length - done, offset + done)).bytesWritten;
-    }
-    if (this.durable) await this.fh.datasync();
-    const rec = Buffer.allocUnsafe(4);
-    rec.writeUInt32LE(index, 0);
-    await this.log.write(rec);
-    this.mark(index);
-    if (index === this.next) {
-      this.md5.update(data);
-      this.next++;
-      await this.advance();
-    } else if (index > this.next && this.aheadBytes + data.length <= AHEAD_BYTES) {
-      this.ahead.set(index, data);
-      this.aheadBytes += data.length;
+  private async writeNow(index: number, data: Uint8Array, release: (() => void) | undefined): Promise<void> {
+    let kept = false;
+    try {
+      if (this.held[index]) return;
+      const { offset, length } = chunkRange(this.manifest, index);
+      for (let done = 0; done < length; ) {
+        done += (await this.fh.write(data, done, length - done, offset + done)).bytesWritten;
+      }
+      if (this.durable) await this.fh.datasync();
+      const rec = Buffer.allocUnsafe(4);
+      rec.writeUInt32LE(index, 0);
+      await this.log.write(rec);
+      this.mark(index);
+      if (index === this.next) {
+        this.md5.update(data);
+        this.next++;
+        await this.advance();
+      } else if (index > this.next && this.aheadBytes + data.length <= AHEAD_BYTES) {
+        this.ahead.set(index, { data, release });
+        this.aheadBytes += data.length;
+        kept = true;
+      }
+    } finally {
+      if (!kept) release?.();
     }
   }
 
@@ -275,8 +291,9 @@ export class Pack {
       const kept = this.ahead.get(this.next);
       if (kept) {
         this.ahead.delete(this.next);
-        this.aheadBytes -= kept.length;
-        this.md5.update(kept);
+        this.aheadBytes -= kept.data.length;
+        this.md5.update(kept.data);
+        kept.release?.();
       } else {
         buf ??= Buffer.allocUnsafe(this.manifest.chunkSize);
         this.md5.update(await this.read(this.next, buf));
@@ -295,7 +312,10 @@ export class Pack {
     }
     for (const i of indexes) {
       const kept = this.ahead.get(i);
-      if (kept) this.aheadBytes -= kept.length;
+      if (kept) {
+        this.aheadBytes -= kept.data.length;
+        kept.release?.();
+      }
       this.ahead.delete(i);
     }
     if (Math.min(...indexes) < this.next) {

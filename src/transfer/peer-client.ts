@@ -26,6 +26,7 @@ import tls from 'node:tls';
 import { createBLAKE3, type IHasher } from 'hash-wasm';
 import { CanopyError, isCanopyError } from '../errors/index.js';
 import { agentSan, type CertAndKey, checkSan, normalizeSerial } from '../pki/index.js';
+import type { ChunkPool } from './chunk-pool.js';
 import { isChunkDigest } from './manifest.js';
 import {
   decodeReply,
@@ -57,6 +58,11 @@ export interface PeerClientOptions {
   maxChunkBytes?: number;
   /** Download cap shared with the agent's other clients: reading pauses (and TCP pushes back) when over it. */
   limiter?: RateLimiter;
+  /**
+   * Chunks are received into buffers from this pool; a fetch's buffer is
+   * then the caller's, to give back with `pool.release` once done with it.
+   */
+  pool?: ChunkPool;
   /** Aborts connecting. */
   signal?: AbortSignal;
   /** True if a certificate serial (lowercase hex, no leading zeros) is revoked: such a server is hung up on. */
@@ -272,7 +278,13 @@ export class PeerClient {
       return;
     }
     if (pending) this.hasher.init();
-    this.incoming = { pending, data: pending ? Buffer.allocUnsafe(length) : undefined, filled: 0 };
+    const { pool } = this.options;
+    const data = !pending
+      ? undefined
+      : pool && pending.chunk !== undefined
+        ? pool.acquire(length)
+        : Buffer.allocUnsafe(length);
+    this.incoming = { pending, data, filled: 0 };
   }
 
   private onPayload(slice: Buffer): void {
@@ -286,11 +298,19 @@ export class PeerClient {
   private onFrameEnd(): void {
     const inc = this.incoming;
     this.incoming = undefined;
-    if (!inc?.pending || !inc.data || this.pending.get(inc.pending.id) !== inc.pending) return;
+    if (!inc?.pending || !inc.data) return;
+    if (this.pending.get(inc.pending.id) !== inc.pending) {
+      this.options.pool?.release(inc.data); // the fetch was cancelled meanwhile
+      return;
+    }
     const p = inc.pending;
     const actual = this.hasher.digest('hex');
-    if (actual === p.digest) this.settle(p, undefined, inc.data);
-    else this.settle(p, this.mismatch(p, `hashes to ${actual}`, actual));
+    if (actual === p.digest) {
+      this.settle(p, undefined, inc.data);
+      return;
+    }
+    this.options.pool?.release(inc.data);
+    this.settle(p, this.mismatch(p, `hashes to ${actual}`, actual));
   }
 
   /** Removes the fetch from `pending`, then resolves or rejects it. */
@@ -326,6 +346,9 @@ export class PeerClient {
     if (this.failure) return;
     this.failure = err;
     clearTimeout(this.stallTimer);
+    // A chunk being received is dropped (nothing reads this socket any more).
+    if (this.incoming?.data) this.options.pool?.release(this.incoming.data);
+    this.incoming = undefined;
     for (const p of [...this.pending.values()]) this.settle(p, err);
     this.socket.destroy();
   }

@@ -32,6 +32,7 @@ import {
   normalizeSerial,
   signCsr,
 } from '../pki/index.js';
+import { ChunkPool } from './chunk-pool.js';
 import { ChunkStore } from './chunk-store.js';
 import {
   buildManifest,
@@ -518,7 +519,8 @@ test('a chunk damaged on the server disk fails with TRANSFER_DIGEST_MISMATCH nam
   bytes[100] = (bytes[100] ?? 0) ^ 0xff; // same length: only the digest can tell
   writeFileSync(file, bytes);
   const { port } = await startServer(t, [blob], { store });
-  const client = await connect(t, port);
+  const pool = new ChunkPool();
+  const client = await connect(t, port, { pool });
   await assert.rejects(client.fetch(blob.id, 1, digest), (err) => {
     assertCanopy(
       'TRANSFER_DIGEST_MISMATCH',
@@ -530,8 +532,12 @@ test('a chunk damaged on the server disk fails with TRANSFER_DIGEST_MISMATCH nam
     assert.equal(err.subject.expected, digest);
     return true;
   });
+  // The bad chunk's pooled buffer went back (no caller holds it); the next fetch gets that buffer.
+  assert.deepEqual(pool.stats, { allocated: 1, reused: 0, freeBytes: CS });
   // The connection is fine; only that chunk was bad.
-  assert.deepEqual(await client.fetch(blob.id, 2, blob.manifest.chunks[2] as string), chunkOf(blob, 2));
+  const good = await client.fetch(blob.id, 2, blob.manifest.chunks[2] as string);
+  assert.deepEqual(good, chunkOf(blob, 2));
+  assert.deepEqual(pool.stats, { allocated: 1, reused: 1, freeBytes: 0 }, "a good chunk is the caller's");
 });
 
 test('an answer of another length than the manifest gives fails without waiting for its bytes', async (t) => {
