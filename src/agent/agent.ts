@@ -282,12 +282,13 @@ export class Agent {
       store,
       // A chunk of a blob this agent is still fetching: answer when it lands (a long poll), so
       // children stay one chunk behind without asking again and again.
-      source: async (blob, index, manifest) => {
+      source: async (blob, index, manifest, into) => {
         if (this.seeds.has(blob)) return this.seeds.chunk(blob, index);
         const digest = manifest.chunks[index];
         if (!digest || !this.fetching.has(blob)) return undefined;
         if (!(await store.waitFor(digest, CHUNK_WAIT_MS))) return undefined;
-        return store.get(digest).catch(() => undefined);
+        // Into the connection's own buffer: pooled chunks are not kept in memory, they are read back.
+        return store.get(digest, into ? { into } : {}).catch(() => undefined);
       },
       limiter: this.uploadLimit,
     });

@@ -12,6 +12,7 @@ import { type CertAndKey, createCa, createKeyAndCsr, signCsr } from '../pki/inde
 import type { DistTask, PeerAddress } from '../protocol/index.js';
 import {
   buildManifest,
+  ChunkPool,
   ChunkStore,
   chunkRange,
   type Manifest,
@@ -79,10 +80,13 @@ async function leaf(t: TestContext, w: World) {
   mkdirSync(root, { recursive: true });
   const served = new Map<string, number>();
   const id = w.ids.get('leaf') as CertAndKey;
+  // As the agent runs it: chunks received into pooled buffers, given back once the pack is done.
+  const pool = new ChunkPool();
   const ctx = {
     policy: { roots: [root], runAs: [], defaultCwd: root },
     backupDir: join(w.dir, 'backups'),
     store,
+    pool,
     connect: (p: PeerAddress) => {
       const [host, port] = p.address.split(':');
       return PeerClient.connect({
@@ -92,11 +96,12 @@ async function leaf(t: TestContext, w: World) {
         identity: id,
         caPem: w.ca.certPem,
         stallTimeoutMs: 3000,
+        pool,
       });
     },
     serve: (blob: string, _m: Manifest, until: number) => served.set(blob, until),
   };
-  return { store, root, served, ctx };
+  return { store, root, served, ctx, pool };
 }
 
 function task(
@@ -137,6 +142,11 @@ test('fetches every chunk over two stripes, verifies, installs atomically, and s
   assert.equal(r.files?.[0]?.newMd5, w.manifest.md5);
   assert.equal(r.transfer?.fetchedBytes, w.data.length);
   assert.equal(r.transfer?.reusedChunks, 0);
+  // Every chunk's buffer came back to the pool (the last, short chunk's too), and buffers were reused.
+  const { allocated, reused, freeBytes } = l.pool.stats;
+  assert.equal(allocated + reused, w.manifest.chunks.length);
+  assert.ok(reused > 0, 'no buffer was reused');
+  assert.equal(freeBytes, (allocated - 1) * CHUNK + 1234, 'a buffer was not given back');
   assert.ok((l.served.get(w.blob) ?? 0) > Date.now(), 'the blob is served on after the install');
   // Again: everything is in the store and the file is right.
   const again = await runDist(task(w, dest, [src]), l.ctx);

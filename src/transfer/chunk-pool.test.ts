@@ -27,6 +27,13 @@ test('buffers the pool did not hand out are ignored, and it keeps at most its ca
   const out = [pool.acquire(256), pool.acquire(256), pool.acquire(256)];
   for (const b of out) pool.release(b);
   assert.equal(pool.stats.freeBytes, 512, 'more than the cap kept free');
+  // Odd sizes (each blob's short last chunk) do not crowd the common size out: the oldest go first.
+  const odd = [pool.acquire(100), pool.acquire(200), pool.acquire(300)];
+  for (const b of odd) pool.release(b);
+  const common = pool.acquire(256);
+  pool.release(common);
+  assert.ok(pool.stats.freeBytes <= 512);
+  assert.equal(pool.acquire(256), common, 'the buffer released last was dropped');
   // Not a slice of Node's shared 8 KiB pool: releasing one cannot hand out memory another Buffer uses.
   assert.equal(pool.acquire(64).buffer.byteLength, 64);
 });

@@ -11,7 +11,7 @@
  * calls `release` exactly once (the peer client when it drops a chunk, the
  * pack once it wrote the chunk and took it into the MD5). A buffer the pool
  * did not hand out, or one released already, is ignored; at most
- * `maxFreeBytes` of free buffers are kept, per size.
+ * `maxFreeBytes` of free buffers are kept, the most recently released.
  */
 
 export interface ChunkPoolStats {
@@ -24,7 +24,8 @@ export interface ChunkPoolStats {
 }
 
 export class ChunkPool {
-  private readonly free = new Map<number, Buffer[]>();
+  /** Free buffers, oldest first (one list for every size, so an odd size cannot crowd out the rest). */
+  private readonly free: Buffer[] = [];
   private readonly out = new WeakSet<Buffer>();
   private freeBytes = 0;
   private allocated = 0;
@@ -34,7 +35,8 @@ export class ChunkPool {
 
   /** A buffer of exactly `size` bytes (its content is whatever it held before). */
   acquire(size: number): Buffer {
-    const buf = this.free.get(size)?.pop();
+    const at = this.free.findLastIndex((b) => b.length === size);
+    const buf = at >= 0 ? this.free.splice(at, 1)[0] : undefined;
     if (buf) {
       this.freeBytes -= size;
       this.reused++;
@@ -50,11 +52,11 @@ export class ChunkPool {
   /** Gives `buf` back; it must not be read or written afterwards. */
   release(buf: Buffer): void {
     if (!this.out.delete(buf)) return;
-    if (this.freeBytes + buf.length > this.maxFreeBytes) return;
-    const list = this.free.get(buf.length) ?? [];
-    list.push(buf);
-    this.free.set(buf.length, list);
+    if (buf.length > this.maxFreeBytes) return;
+    this.free.push(buf);
     this.freeBytes += buf.length;
+    // Over the cap: the oldest free buffers go (a blob's odd-sized last chunk, an earlier chunk size).
+    while (this.freeBytes > this.maxFreeBytes) this.freeBytes -= (this.free.shift() as Buffer).length;
   }
 
   get stats(): ChunkPoolStats {

@@ -79,6 +79,8 @@ export type ChunkSource = (
   blobId: string,
   index: number,
   manifest: Manifest,
+  /** A buffer of at least the chunk's length the answer may be read into (the connection's own). */
+  into?: Buffer,
 ) => Promise<Uint8Array | undefined>;
 
 export interface PeerServerOptions {
@@ -730,7 +732,15 @@ class PeerConnection {
       if (data && data.buffer === into.buffer) pooled = into;
       else this.recycle(into);
     }
-    if (!data && source) data = await source(req.blob, req.chunk, manifest);
+    if (!data && source) {
+      const into = this.takeBuffer(length);
+      data = await source(req.blob, req.chunk, manifest, into).catch((err: unknown) => {
+        this.recycle(into);
+        throw err;
+      });
+      if (data && data.buffer === into.buffer) pooled = into;
+      else this.recycle(into);
+    }
     if (!data && storeError) {
       throw new CanopyError(
         isCanopyError(storeError, PEER_CODES.mismatch) ? PEER_CODES.mismatch : PEER_CODES.missing,

@@ -556,8 +556,14 @@ test('an answer of another length than the manifest gives fails without waiting 
 
 // --- client failure handling
 
-/** A TLS server with web01's certificate that completes handshakes, reads, and never answers. */
-async function silentServer(t: TestContext): Promise<{ port: number; received: () => number }> {
+/**
+ * A TLS server with web01's certificate that completes handshakes, reads, and never answers
+ * (with `onData`, answers what that writes back, e.g. half a chunk).
+ */
+async function silentServer(
+  t: TestContext,
+  onData?: (s: tls.TLSSocket, d: Buffer) => void,
+): Promise<{ port: number; received: () => number }> {
   let received = 0;
   const sockets = new Set<Socket>();
   const server = tls.createServer({
@@ -576,6 +582,7 @@ async function silentServer(t: TestContext): Promise<{ port: number; received: (
   server.on('secureConnection', (s: tls.TLSSocket) => {
     s.on('data', (d: Buffer) => {
       received += d.length;
+      onData?.(s, d);
     });
   });
   server.listen(0, '127.0.0.1');
@@ -632,6 +639,46 @@ test('an aborted fetch rejects with the reason and the connection serves the nex
   );
   assert.deepEqual(await client.fetch(blob.id, 2, blob.manifest.chunks[2] as string), chunkOf(blob, 2));
   assert.equal(client.pendingCount, 0);
+});
+
+test('a pooled chunk buffer goes back when its fetch is aborted or the connection closes mid-chunk', async (t) => {
+  const blob = await makeBlob(t, CS);
+  // Answers request 1 with a frame announcing the whole chunk and half its bytes; `rest` sends the other half.
+  let rest = () => {};
+  const { port } = await silentServer(t, (s) => {
+    s.write(Buffer.concat([encodeFrame({ type: 'chunk', id: 1 }, CS), chunkOf(blob, 0).subarray(0, CS / 2)]));
+    rest = () => s.write(chunkOf(blob, 0).subarray(CS / 2));
+  });
+  const digest = blob.manifest.chunks[0] as string;
+  const pools = new Map<PeerClient, ChunkPool>();
+  const pool0 = (client: PeerClient) => pools.get(client)?.stats.freeBytes;
+  const half = async (
+    run: (client: PeerClient, fetch: Promise<Buffer>, ac: AbortController) => Promise<void>,
+  ) => {
+    const pool = new ChunkPool();
+    const client = await connect(t, port, { pool, stallTimeoutMs: 60_000 });
+    pools.set(client, pool);
+    const ac = new AbortController();
+    const fetch = client.fetch(blob.id, 0, digest, { signal: ac.signal });
+    await until(() => pool.stats.allocated === 1, 5000, 'the frame header (the buffer taken)');
+    assert.equal(pool.stats.freeBytes, 0);
+    await run(client, fetch, ac);
+    assert.deepEqual(pool.stats, { allocated: 1, reused: 0, freeBytes: CS });
+  };
+  await half(async (client, fetch) => {
+    await client.close();
+    await assert.rejects(fetch, assertCanopy(PEER_CODES.lost, /closed by this agent/));
+  });
+  // Aborted mid-chunk, the connection is kept and the frame's other bytes still come: the buffer
+  // goes back when the frame ends.
+  await half(async (client, fetch, ac) => {
+    ac.abort(new Error('re-parented'));
+    await assert.rejects(fetch, /re-parented/);
+    assert.equal(pool0(client), 0, 'given back before its frame ended');
+    rest();
+    await until(() => pool0(client) === CS, 5000, 'the rest of the frame');
+    assert.equal(client.closed, false);
+  });
 });
 
 test('close() fails pending fetches naming the peer, and is idempotent', async (t) => {
