@@ -35,6 +35,18 @@ interface DistJson {
 const md5 = (b: Buffer) => createHash('md5').update(b).digest('hex');
 const rootOf = (fleet: TestFleet, host: string) => join(fleet.dir, 'agents', host, 'root');
 
+/** Every host's result is ok and its app.bin has the MD5 of `data`. */
+function assertInstalled(fleet: TestFleet, results: DistJson['results'], data: Buffer): void {
+  for (const r of results) {
+    assert.equal(r.state, 'ok', `${r.host}: ${r.error}`);
+    assert.equal(
+      md5(readFileSync(join(rootOf(fleet, r.host), 'app.bin'))),
+      md5(data),
+      `${r.host}: wrong MD5`,
+    );
+  }
+}
+
 test('--source a1: a file only a1 has reaches a2..a4 from a1, the coordinator serving nothing', async (t) => {
   const names = ['a1', 'a2', 'a3', 'a4'];
   const fleet = await startFleet(t);
@@ -238,15 +250,9 @@ test('--source a1 killed with SIGKILL mid-way and restarted: it serves its blob 
   a1.restart();
   const done = await finished();
   assert.deepEqual(done.results.map((r) => r.host).sort(), ['a2', 'a3', 'a4']);
-  for (const r of done.results) {
-    assert.equal(r.state, 'ok', `${r.host}: ${r.error}`);
-    assert.equal(
-      md5(readFileSync(join(rootOf(fleet, r.host), 'app.bin'))),
-      md5(data),
-      `${r.host}: wrong MD5`,
-    );
+  assertInstalled(fleet, done.results, data);
+  for (const r of done.results)
     assert.equal(r.transfer?.fromPeers['canopy-source'] ?? 0, 0, `${r.host} fetched from the coordinator`);
-  }
   // a2's only candidate is a1 (the root, never re-parented): all of it came from a1, before and after.
   assert.equal(done.results.find((r) => r.host === 'a2')?.transfer?.fromPeers.a1, data.length);
   assert.equal(done.sourceBytes, 0);
@@ -264,14 +270,7 @@ test('--source a1 on port 0, killed mid-way and restarted on another port: the h
   const [before, after] = listening().map((m) => m[1]);
   assert.notEqual(after, before, 'a1 came back on the same port: the test shows nothing');
   const done = await finished();
-  for (const r of done.results) {
-    assert.equal(r.state, 'ok', `${r.host}: ${r.error}`);
-    assert.equal(
-      md5(readFileSync(join(rootOf(fleet, r.host), 'app.bin'))),
-      md5(data),
-      `${r.host}: wrong MD5`,
-    );
-  }
+  assertInstalled(fleet, done.results, data);
   // a2's only candidate is a1: it got the rest of the file from a1 at its new address.
   assert.equal(done.results.find((r) => r.host === 'a2')?.transfer?.fromPeers.a1, data.length);
   const moved = fleet.coordinator.log().match(/\{[^\n]*"msg":"dist\.peer_moved"[^\n]*/)?.[0];
