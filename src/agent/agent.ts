@@ -633,6 +633,8 @@ export class Agent {
       const n = (this.fetching.get(blob) ?? 1) - 1;
       if (n > 0) this.fetching.set(blob, n);
       else this.fetching.delete(blob);
+      // Idle again: no free chunk buffers kept (up to 8 MiB) for a distribution that may never come.
+      if (this.fetching.size === 0) this.chunkPool.clear();
       if (pendingReport) {
         clearTimeout(pendingReport);
         report();

@@ -37,3 +37,14 @@ test('buffers the pool did not hand out are ignored, and it keeps at most its ca
   // Not a slice of Node's shared 8 KiB pool: releasing one cannot hand out memory another Buffer uses.
   assert.equal(pool.acquire(64).buffer.byteLength, 64);
 });
+
+test('clear drops the free buffers; buffers still out can be released afterwards', () => {
+  const pool = new ChunkPool();
+  const [a, b] = [pool.acquire(256), pool.acquire(256)];
+  pool.release(a);
+  pool.clear();
+  assert.equal(pool.stats.freeBytes, 0);
+  assert.notEqual(pool.acquire(256), a, 'a cleared buffer was handed out again');
+  pool.release(b);
+  assert.equal(pool.stats.freeBytes, 256);
+});

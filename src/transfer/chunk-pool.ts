@@ -59,6 +59,12 @@ export class ChunkPool {
     while (this.freeBytes > this.maxFreeBytes) this.freeBytes -= (this.free.shift() as Buffer).length;
   }
 
+  /** Drops the free buffers (an agent with no distribution running keeps none). */
+  clear(): void {
+    this.free.length = 0;
+    this.freeBytes = 0;
+  }
+
   get stats(): ChunkPoolStats {
     return { allocated: this.allocated, reused: this.reused, freeBytes: this.freeBytes };
   }
