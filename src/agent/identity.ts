@@ -18,6 +18,7 @@ import {
   verifyIssuedBy,
 } from '../pki/index.js';
 import { decodeJoinToken } from '../protocol/index.js';
+import { writeSynced } from '../transfer/index.js';
 
 export interface AgentIdentity {
   name: string;
@@ -79,13 +80,7 @@ let revokedWrites = 0;
 export async function saveRevoked(dataDir: string, serials: Iterable<string>): Promise<void> {
   const path = revokedPath(dataDir);
   const tmp = `${path}.${process.pid}.${++revokedWrites}.tmp`;
-  const fh = await open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(`${JSON.stringify({ serials: [...serials] })}\n`);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+  await writeSynced(tmp, `${JSON.stringify({ serials: [...serials] })}\n`);
   await rename(tmp, path);
 }
 

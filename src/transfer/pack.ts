@@ -130,13 +130,8 @@ export class Pack {
       release?.();
       return Promise.reject(err);
     }
-    const run = this.tail.then(
-      () => this.writeNow(index, data, release),
-      (err: unknown) => {
-        release?.();
-        throw err;
-      },
-    );
+    // `tail` never rejects (its failures are kept in `failed`): writeNow always runs, and releases.
+    const run = this.tail.then(() => this.writeNow(index, data, release));
     this.tail = run.catch((err) => {
       this.failed ??= err;
     });

@@ -80,8 +80,6 @@ interface Pending {
   blob: string;
   /** The chunk's index; undefined for the manifest. */
   chunk: number | undefined;
-  /** What was asked for, for messages: "chunk 3 of blob B" or "the manifest of blob B". */
-  what: string;
   digest: string;
   length: number | undefined;
   resolve: (data: Buffer) => void;
@@ -198,7 +196,6 @@ export class PeerClient {
         id,
         blob,
         chunk,
-        what: chunk === undefined ? `the manifest of blob ${blob}` : `chunk ${chunk} of blob ${blob}`,
         digest,
         length: options.length,
         resolve,
@@ -354,7 +351,7 @@ export class PeerClient {
   }
 
   private refused(p: Pending, code: string, message: string): CanopyError {
-    return new CanopyError(knownCode(code), `${this.where} refused ${p.what}: ${message}`, {
+    return new CanopyError(knownCode(code), `${this.where} refused ${asked(p)}: ${message}`, {
       peer: this.options.peer,
       blob: p.blob,
       chunk: p.chunk,
@@ -365,7 +362,7 @@ export class PeerClient {
   private mismatch(p: Pending, what: string, actual: string): CanopyError {
     return new CanopyError(
       PEER_CODES.mismatch,
-      `${p.what} from ${this.where} ${what}, expected digest ${p.digest}: the peer's ` +
+      `${asked(p)} from ${this.where} ${what}, expected digest ${p.digest}: the peer's ` +
         `copy or the link is bad; report the peer and fetch it from another peer or the source`,
       { peer: this.options.peer, blob: p.blob, chunk: p.chunk, expected: p.digest, actual },
     );
@@ -427,6 +424,11 @@ export type DialOptions = Pick<
 > & {
   onRead?: (data: Buffer) => void;
 };
+
+/** What a fetch asked for, for messages: "chunk 3 of blob B" or "the manifest of blob B". */
+function asked(p: Pending): string {
+  return p.chunk === undefined ? `the manifest of blob ${p.blob}` : `chunk ${p.chunk} of blob ${p.blob}`;
+}
 
 /** The socket's buffer for `onRead`: a few TLS records (16 KiB each). */
 const READ_BUFFER_BYTES = 64 * 1024;
