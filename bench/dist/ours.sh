@@ -92,6 +92,7 @@ prepare() {
   [[ -r $MAIN ]] || die "$MAIN not found: run 'npm run build' in $PROJECT"
   [[ -e $W ]] && cleanup_all
   mkdir -p "$W" "$LOGS" "$STORE"
+  getconf CLK_TCK >"$W/clk_tck"
   mountpoint -q "$STORE" && umount "$STORE"
   mount -t tmpfs -o "size=$(( (DIST_N * ${DIST_SIZE_BYTES:-0} / 1048576) + 64 * DIST_N + 256 ))m,mode=0700" canopy-agents "$STORE"
   : >"$W/agents.pids"
@@ -154,29 +155,47 @@ kill_relay_later() {  # HOST@SECONDS: kill -9 that agent, then start it again
 }
 
 run() {
-  local destdir base rc=0 killer=
+  local destdir base rc=0 killer= t0 t1
   read -r destdir base <"$W/dest"
   if [[ -n ${CANOPY_KILL_RELAY:-} ]]; then
     kill_relay_later "$CANOPY_KILL_RELAY" &
     killer=$!
   fi
-  local c0a c0c c1a c1c hz
-  c0a=$(daemons_cpu_split "$W/agents.pids"); c0c=$(daemons_cpu_split "$W/coord.pid")
+  # This whole phase is timed: the bookkeeping around `canopy dist` uses shell
+  # builtins (no fork per agent) and two jq calls, so it stays in the
+  # milliseconds even on a machine the run keeps busy.
+  local au as cu cs
+  daemons_cpu_read "$W/agents.pids"; au=$CPU_USER as=$CPU_SYS
+  daemons_cpu_read "$W/coord.pid"; cu=$CPU_USER cs=$CPU_SYS
+  t0=$EPOCHREALTIME
   # shellcheck disable=SC2086
   canopy dist "$DIST_SRC_FILE" --dest "$destdir/{host}/$base" --targets all --json ${CANOPY_DIST_ARGS:-} \
     >"$W/run.json" 2>"$LOGS/run.err" || rc=$?
+  t1=$EPOCHREALTIME
   [[ -n $killer ]] && wait "$killer" 2>/dev/null
-  c1a=$(daemons_cpu_split "$W/agents.pids"); c1c=$(daemons_cpu_split "$W/coord.pid")
-  hz=$(getconf CLK_TCK)
+  local hz=100 bu bs du ds
+  daemons_cpu_read "$W/agents.pids"; bu=$CPU_USER bs=$CPU_SYS
+  daemons_cpu_read "$W/coord.pid"; du=$CPU_USER ds=$CPU_SYS
+  [[ -r $W/clk_tck ]] && read -r hz <"$W/clk_tck"
   # CPU seconds (user / system) the agents and the coordinator spent in the timed window
   # (a killed agent's ticks before its death are lost).
-  read -r au as <<<"$c0a"; read -r bu bs <<<"$c1a"; read -r cu cs <<<"$c0c"; read -r du ds <<<"$c1c"
   log "cpu s: agents user $(( (bu - au) / hz )) sys $(( (bs - as) / hz )), coordinator user $(( (du - cu) / hz )) sys $(( (ds - cs) / hz ))"
-  jq -c '{wall: .wallSeconds, sourceCopies, summary: .summary}' "$W/run.json" >&2 || rc=1
-  if [[ -n ${DIST_DONE_DIR:-} ]]; then
-    jq -r '.results[] | select(.state == "ok") | "\(.host) \(.endedAt / 1000)"' "$W/run.json" |
-      while read -r h t; do echo "$t" >"$DIST_DONE_DIR/$h.tmp" && mv "$DIST_DONE_DIR/$h.tmp" "$DIST_DONE_DIR/$h"; done
+  log "canopy dist took $(( (${t1/./} - ${t0/./}) / 1000 )) ms (the process, start to exit)"
+  local out host t line
+  out=$(jq -r '"summary " + ({wall: .wallSeconds, sourceCopies, summary: .summary} | tojson),
+    (.results[] | select(.state == "ok") | "\(.host) \(.endedAt / 1000)")' "$W/run.json") || rc=1
+  while read -r line; do
+    if [[ $line == summary* ]]; then log "${line#summary }"; continue; fi
+    [[ -n ${DIST_DONE_DIR:-} && -n $line ]] || continue
+    read -r host t <<<"$line"
+    # Written here, all renamed below by one process: the harness reads them after this phase.
+    printf '%s\n' "$t" >"$DIST_DONE_DIR/$host.tmp"
+  done <<<"$out"
+  if [[ -n ${DIST_DONE_DIR:-} ]] && compgen -G "$DIST_DONE_DIR/*.tmp" >/dev/null; then
+    perl -e 'for (@ARGV) { (my $to = $_) =~ s/\.tmp$//; rename($_, $to) or die "rename $_: $!\n" }' \
+      "$DIST_DONE_DIR"/*.tmp || rc=1
   fi
+  [[ -s $W/run.json ]] || rc=1
   return "$rc"
 }
 

@@ -33,25 +33,25 @@ stop_pids() {  # FILE: TERM every recorded PID still ours, wait up to 10 s, then
 }
 
 daemons_cpu_ticks() {  # PIDFILE...: utime + stime of the recorded processes, in clock ticks
-  local pid sum=0 f
-  while read -r pid _; do
-    f=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-    f=${f##*) }   # fields after the command name; utime, stime are fields 12, 13 here
-    read -r -a a <<<"$f"
-    sum=$(( sum + a[11] + a[12] ))
-  done < <(cat "$@")
-  echo "$sum"
+  daemons_cpu_read "$@"
+  echo $(( CPU_USER + CPU_SYS ))
 }
 
-daemons_cpu_split() {  # PIDFILE...: "UTIME STIME" of the recorded processes, in clock ticks
-  local pid u=0 s=0 f
-  while read -r pid _; do
-    f=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-    f=${f##*) }
-    read -r -a a <<<"$f"
-    u=$(( u + a[11] )); s=$(( s + a[12] ))
-  done < <(cat "$@")
-  echo "$u $s"
+# Sets CPU_USER and CPU_SYS to the recorded processes' utime and stime (clock
+# ticks) with shell builtins only: it runs in timed windows, where a fork per
+# process (cat, a subshell) would be counted against the run on a busy machine.
+daemons_cpu_read() {  # PIDFILE...
+  local file pid f
+  local -a a
+  CPU_USER=0 CPU_SYS=0
+  for file in "$@"; do
+    while read -r pid _; do
+      { read -r f <"/proc/$pid/stat"; } 2>/dev/null || continue
+      f=${f##*) }   # fields after the command name; utime, stime are fields 12, 13 here
+      read -r -a a <<<"$f"
+      CPU_USER=$(( CPU_USER + a[11] )) CPU_SYS=$(( CPU_SYS + a[12] ))
+    done <"$file"
+  done
 }
 
 wait_daemons_idle() {  # PIDFILE...: until they use under 10% of a core over 2 s (at most 60 s)

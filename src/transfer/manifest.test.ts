@@ -20,8 +20,10 @@ import {
   type Manifest,
   manifestId,
   parseManifest,
+  SIDE_MD5_MIN_BYTES,
   validateManifest,
 } from './manifest.js';
+import { SideMd5 } from './side-md5.js';
 
 const CS = 64 * 1024;
 
@@ -112,6 +114,49 @@ test('buildManifest honours an aborted signal', async (t) => {
   const ac = new AbortController();
   ac.abort(new Error('stop now'));
   await assert.rejects(buildManifest(path, { chunkSize: CS, signal: ac.signal }), /stop now/);
+});
+
+test('a file from SIDE_MD5_MIN_BYTES on gets the same manifest with its MD5 on a worker thread', async (t) => {
+  // 1 MiB chunks and a short tail: more chunks than the worker's ring has slots, so slots are reused.
+  const chunkSize = 1024 * 1024;
+  for (const size of [SIDE_MD5_MIN_BYTES, SIDE_MD5_MIN_BYTES + 3 * chunkSize + 17]) {
+    const data = randomBytes(size);
+    const m = await buildManifest(tempFile(t, data), { chunkSize });
+    assert.equal(m.size, size);
+    assert.equal(m.md5, md5(data));
+    assert.deepEqual(m.chunks, await expectedChunks(data, chunkSize));
+  }
+});
+
+test('buildManifest with a worker honours an abort mid-way and stops its worker', async (t) => {
+  const path = tempFile(t, randomBytes(SIDE_MD5_MIN_BYTES));
+  const ac = new AbortController();
+  setImmediate(() => ac.abort(new Error('stop now')));
+  await assert.rejects(buildManifest(path, { chunkSize: CS, signal: ac.signal }), /stop now/);
+  assert.equal(SideMd5.running, 0, 'the worker was stopped');
+});
+
+test('the side MD5 hands out each slot once, waits while all are in use, and rejects once closed', async () => {
+  const side = new SideMd5(2, 4);
+  const a = await side.take();
+  const b = await side.take();
+  assert.notEqual(a, b);
+  let third: number | undefined;
+  const waiting = side.take().then((s) => {
+    third = s;
+  });
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(third, undefined, 'a third slot while both are in use');
+  side.view(a).write('abcd');
+  side.update(a, 4);
+  await waiting;
+  assert.equal(third, a, 'the slot the MD5 is done with comes back');
+  side.view(b).write('ef');
+  side.update(b, 2);
+  assert.equal(await side.digest(), md5(Buffer.from('abcdef')));
+  await side.close();
+  await assert.rejects(side.take(), /closed/);
+  await assert.rejects(side.digest(), /closed/);
 });
 
 const SAMPLE: Manifest = {

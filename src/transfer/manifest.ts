@@ -9,19 +9,27 @@
  *
  * parseManifest is the one way in from bytes (coordinator, peer, file): it
  * checks every field and the claimed id, and everything past it trusts the
- * Manifest type. buildManifest reads a file once in bounded memory (two chunk
- * buffers: the next read overlaps the hashing of the current chunk), whatever
- * the file's size. This module never writes a file.
+ * Manifest type. buildManifest reads a file once in bounded memory (a few
+ * chunk buffers: the next read overlaps the hashing of the current chunk),
+ * whatever the file's size; from SIDE_MD5_MIN_BYTES on, the whole-file MD5 runs
+ * on a worker thread beside the BLAKE3 (side-md5.ts). This module never writes
+ * a file.
  */
+import { createHash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
-import { blake3, createBLAKE3, createMD5, type IHasher } from 'hash-wasm';
+import { blake3, createBLAKE3, type IHasher } from 'hash-wasm';
 import { CanopyError } from '../errors/index.js';
+import { SideMd5 } from './side-md5.js';
 
 export const MANIFEST_VERSION = 1;
 export const MIN_CHUNK_SIZE = 64 * 1024;
 export const MAX_CHUNK_SIZE = 64 * 1024 * 1024;
 export const DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024;
+/** Files this big or bigger get their MD5 on a worker thread; below, a worker's start costs more than it saves. */
+export const SIDE_MD5_MIN_BYTES = 16 * 1024 * 1024;
+/** Chunk buffers the worker's ring holds: one being read, one being hashed here, one in the MD5. */
+const SIDE_MD5_SLOTS = 3;
 
 /** A validated blob manifest. Build one with buildManifest or parseManifest only. */
 export interface Manifest {
@@ -97,13 +105,17 @@ export function manifestId(m: Manifest): Promise<string> {
 export async function buildManifest(path: string, options: BuildManifestOptions = {}): Promise<Manifest> {
   const chunkSize = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
   checkChunkSizeOption(chunkSize, path);
-  const [b3, md5] = await Promise.all([createBLAKE3(), createMD5()]);
+  const b3 = await createBLAKE3();
   const fh = await openForRead(path);
   try {
     const size = (await fh.stat()).size;
-    const chunks = await hashChunks(fh, path, size, chunkSize, { b3, md5 }, options.signal);
+    const count = chunkCount(size, chunkSize);
+    const { chunks, md5 } =
+      size >= SIDE_MD5_MIN_BYTES && count > 1
+        ? await hashChunksBeside(fh, path, size, chunkSize, b3, options.signal)
+        : await hashChunks(fh, path, size, chunkSize, b3, options.signal);
     await checkUnchanged(fh, path, size);
-    return { version: MANIFEST_VERSION, size, chunkSize, chunks, md5: md5.digest('hex') };
+    return { version: MANIFEST_VERSION, size, chunkSize, chunks, md5 };
   } finally {
     await fh.close();
   }
@@ -155,29 +167,66 @@ async function hashChunks(
   path: string,
   size: number,
   chunkSize: number,
-  h: { b3: IHasher; md5: IHasher },
+  b3: IHasher,
   signal: AbortSignal | undefined,
-): Promise<string[]> {
+): Promise<{ chunks: string[]; md5: string }> {
   const count = chunkCount(size, chunkSize);
   const bufLen = Math.min(size, chunkSize);
   const bufs = [Buffer.allocUnsafe(bufLen), Buffer.allocUnsafe(count > 1 ? bufLen : 0)];
   const read = (i: number) => readFull(fh, path, bufs[i % 2] as Buffer, i * chunkSize, size, chunkSize);
   const chunks: string[] = [];
-  h.md5.init();
+  const md5 = createHash('md5');
   let next = count > 0 ? read(0) : undefined;
   try {
     for (let i = 0; i < count; i++) {
       const data = await (next as Promise<Buffer>);
       next = i + 1 < count ? read(i + 1) : undefined;
       signal?.throwIfAborted();
-      chunks.push(h.b3.init().update(data).digest('hex'));
-      h.md5.update(data);
+      chunks.push(b3.init().update(data).digest('hex'));
+      md5.update(data);
     }
   } finally {
     // A read still in flight must finish before the caller closes the file.
     await next?.catch(() => {});
   }
-  return chunks;
+  return { chunks, md5: md5.digest('hex') };
+}
+
+/**
+ * As hashChunks, with the MD5 on a worker thread (side-md5.ts): each chunk is
+ * read into a slot of the worker's ring, hashed with BLAKE3 here, then handed
+ * to the worker, while the next chunk is being read into another slot.
+ */
+async function hashChunksBeside(
+  fh: FileHandle,
+  path: string,
+  size: number,
+  chunkSize: number,
+  b3: IHasher,
+  signal: AbortSignal | undefined,
+): Promise<{ chunks: string[]; md5: string }> {
+  const count = chunkCount(size, chunkSize);
+  const side = new SideMd5(SIDE_MD5_SLOTS, chunkSize);
+  const read = async (i: number) => {
+    const slot = await side.take();
+    return { slot, data: await readFull(fh, path, side.view(slot), i * chunkSize, size, chunkSize) };
+  };
+  const chunks: string[] = [];
+  let next: Promise<{ slot: number; data: Buffer }> | undefined = read(0);
+  try {
+    for (let i = 0; i < count; i++) {
+      const { slot, data } = await (next as Promise<{ slot: number; data: Buffer }>);
+      next = i + 1 < count ? read(i + 1) : undefined;
+      signal?.throwIfAborted();
+      chunks.push(b3.init().update(data).digest('hex'));
+      side.update(slot, data.length);
+    }
+    return { chunks, md5: await side.digest() };
+  } finally {
+    await side.close();
+    // A read still in flight must finish before the caller closes the file.
+    await next?.catch(() => {});
+  }
 }
 
 /** Reads the chunk at `offset` completely into `buf`, or fails if the file got shorter. */
