@@ -109,11 +109,9 @@ export async function buildManifest(path: string, options: BuildManifestOptions 
   const fh = await openForRead(path);
   try {
     const size = (await fh.stat()).size;
-    const count = chunkCount(size, chunkSize);
-    const { chunks, md5 } =
-      size >= SIDE_MD5_MIN_BYTES && count > 1
-        ? await hashChunksBeside(fh, path, size, chunkSize, b3, options.signal)
-        : await hashChunks(fh, path, size, chunkSize, b3, options.signal);
+    const sink =
+      size >= SIDE_MD5_MIN_BYTES && size > chunkSize ? sideMd5(chunkSize) : inlineMd5(size, chunkSize);
+    const { chunks, md5 } = await hashChunks(fh, path, size, chunkSize, b3, sink, options.signal);
     await checkUnchanged(fh, path, size);
     return { version: MANIFEST_VERSION, size, chunkSize, chunks, md5 };
   } finally {
@@ -157,10 +155,52 @@ async function openForRead(path: string): Promise<FileHandle> {
   }
 }
 
+/** Where chunks are read and how the whole file's MD5 is taken over them. */
+interface Md5Sink {
+  /** The buffer chunk `i` is read into (waits while none is free). */
+  bufferFor(i: number): Promise<Buffer>;
+  /** Chunk `i`, read into bufferFor(i)'s buffer: folded into the MD5; chunks come in file order. */
+  add(i: number, data: Buffer): void;
+  digest(): Promise<string>;
+  close(): Promise<void>;
+}
+
+/** Both hashes here: two chunk buffers in turn, node's MD5. */
+function inlineMd5(size: number, chunkSize: number): Md5Sink {
+  const bufLen = Math.min(size, chunkSize);
+  const bufs = [Buffer.allocUnsafe(bufLen), Buffer.allocUnsafe(size > chunkSize ? bufLen : 0)];
+  const md5 = createHash('md5');
+  return {
+    bufferFor: async (i) => bufs[i % 2] as Buffer,
+    add: (_i, data) => md5.update(data),
+    digest: async () => md5.digest('hex'),
+    close: async () => {},
+  };
+}
+
+/** The MD5 on a worker thread (side-md5.ts): chunks are read into the slots of its ring. */
+function sideMd5(chunkSize: number): Md5Sink {
+  const side = new SideMd5(SIDE_MD5_SLOTS, chunkSize);
+  const slots = new Map<number, number>();
+  return {
+    bufferFor: async (i) => {
+      const slot = await side.take();
+      slots.set(i, slot);
+      return side.view(slot);
+    },
+    add: (i, data) => {
+      side.update(slots.get(i) as number, data.length);
+      slots.delete(i);
+    },
+    digest: () => side.digest(),
+    close: () => side.close(),
+  };
+}
+
 /**
  * Hashes every chunk of the open file: BLAKE3 per chunk (one hasher, init per
- * chunk) and MD5 over all. While chunk i is hashed, chunk i+1 is being read
- * into the other buffer.
+ * chunk) and the MD5 over all (`sink`). While chunk i is hashed, chunk i+1 is
+ * being read into another buffer.
  */
 async function hashChunks(
   fh: FileHandle,
@@ -168,14 +208,13 @@ async function hashChunks(
   size: number,
   chunkSize: number,
   b3: IHasher,
+  sink: Md5Sink,
   signal: AbortSignal | undefined,
 ): Promise<{ chunks: string[]; md5: string }> {
   const count = chunkCount(size, chunkSize);
-  const bufLen = Math.min(size, chunkSize);
-  const bufs = [Buffer.allocUnsafe(bufLen), Buffer.allocUnsafe(count > 1 ? bufLen : 0)];
-  const read = (i: number) => readFull(fh, path, bufs[i % 2] as Buffer, i * chunkSize, size, chunkSize);
+  const read = async (i: number) =>
+    readFull(fh, path, await sink.bufferFor(i), i * chunkSize, size, chunkSize);
   const chunks: string[] = [];
-  const md5 = createHash('md5');
   let next = count > 0 ? read(0) : undefined;
   try {
     for (let i = 0; i < count; i++) {
@@ -183,47 +222,11 @@ async function hashChunks(
       next = i + 1 < count ? read(i + 1) : undefined;
       signal?.throwIfAborted();
       chunks.push(b3.init().update(data).digest('hex'));
-      md5.update(data);
+      sink.add(i, data);
     }
+    return { chunks, md5: await sink.digest() };
   } finally {
-    // A read still in flight must finish before the caller closes the file.
-    await next?.catch(() => {});
-  }
-  return { chunks, md5: md5.digest('hex') };
-}
-
-/**
- * As hashChunks, with the MD5 on a worker thread (side-md5.ts): each chunk is
- * read into a slot of the worker's ring, hashed with BLAKE3 here, then handed
- * to the worker, while the next chunk is being read into another slot.
- */
-async function hashChunksBeside(
-  fh: FileHandle,
-  path: string,
-  size: number,
-  chunkSize: number,
-  b3: IHasher,
-  signal: AbortSignal | undefined,
-): Promise<{ chunks: string[]; md5: string }> {
-  const count = chunkCount(size, chunkSize);
-  const side = new SideMd5(SIDE_MD5_SLOTS, chunkSize);
-  const read = async (i: number) => {
-    const slot = await side.take();
-    return { slot, data: await readFull(fh, path, side.view(slot), i * chunkSize, size, chunkSize) };
-  };
-  const chunks: string[] = [];
-  let next: Promise<{ slot: number; data: Buffer }> | undefined = read(0);
-  try {
-    for (let i = 0; i < count; i++) {
-      const { slot, data } = await (next as Promise<{ slot: number; data: Buffer }>);
-      next = i + 1 < count ? read(i + 1) : undefined;
-      signal?.throwIfAborted();
-      chunks.push(b3.init().update(data).digest('hex'));
-      side.update(slot, data.length);
-    }
-    return { chunks, md5: await side.digest() };
-  } finally {
-    await side.close();
+    await sink.close();
     // A read still in flight must finish before the caller closes the file.
     await next?.catch(() => {});
   }
