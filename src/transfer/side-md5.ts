@@ -1,8 +1,8 @@
 /**
  * A whole-file MD5 computed on another thread while the caller hashes the same
  * bytes with BLAKE3 on its own: building a manifest costs max(BLAKE3, MD5)
- * instead of their sum (about 2 s per GB instead of 4 on the machine this was
- * measured on; bench/README.md "Manifest hashing").
+ * instead of their sum (about 2.5 s per GB instead of 3.4 on the machine this
+ * was measured on; docs/transfer.md "Manifest").
  *
  * The bytes are read once, into a ring of shared buffers (slots): the caller
  * reads a chunk into a free slot, hashes it, and hands the slot to the worker,
