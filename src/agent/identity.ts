@@ -4,7 +4,7 @@
  * key that never leaves the host. Joining creates it from a one-time token.
  */
 
-import { chmod, mkdir, open, readFile, rename } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { request } from 'node:https';
 import { join } from 'node:path';
 import { CanopyError } from '../errors/index.js';
@@ -18,7 +18,7 @@ import {
   verifyIssuedBy,
 } from '../pki/index.js';
 import { decodeJoinToken } from '../protocol/index.js';
-import { writeSynced } from '../transfer/index.js';
+import { replaceSynced } from '../transfer/index.js';
 
 export interface AgentIdentity {
   name: string;
@@ -34,17 +34,8 @@ export function identityPath(dataDir: string): string {
 
 export async function saveIdentity(dataDir: string, id: AgentIdentity): Promise<void> {
   await mkdir(dataDir, { recursive: true, mode: 0o700 });
-  const path = identityPath(dataDir);
-  const tmp = `${path}.tmp`;
-  const fh = await open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(`${JSON.stringify(id, null, 2)}\n`);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await chmod(tmp, 0o600);
-  await rename(tmp, path);
+  // A fresh temp file each time, so it is created with mode 0600 (the key is in it).
+  await replaceSynced(identityPath(dataDir), `${JSON.stringify(id, null, 2)}\n`);
 }
 
 export async function loadIdentity(dataDir: string): Promise<AgentIdentity | undefined> {
@@ -75,13 +66,8 @@ export function revokedPath(dataDir: string): string {
   return join(dataDir, 'revoked.json');
 }
 
-let revokedWrites = 0;
-
 export async function saveRevoked(dataDir: string, serials: Iterable<string>): Promise<void> {
-  const path = revokedPath(dataDir);
-  const tmp = `${path}.${process.pid}.${++revokedWrites}.tmp`;
-  await writeSynced(tmp, `${JSON.stringify({ serials: [...serials] })}\n`);
-  await rename(tmp, path);
+  await replaceSynced(revokedPath(dataDir), `${JSON.stringify({ serials: [...serials] })}\n`);
 }
 
 /** The serials in DATA/revoked.json (normalized); none when there is no such file. */

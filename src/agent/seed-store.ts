@@ -25,12 +25,12 @@
  * record is removed only after it left `seeds` (a removal that failed is
  * retried by the next restore()).
  */
-import { lstat, mkdir, readdir, readFile, rename, unlink } from 'node:fs/promises';
+import { lstat, mkdir, readdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type Static, Type } from '@sinclair/typebox';
 import { type TypeCheck, TypeCompiler } from '@sinclair/typebox/compiler';
 import { isCanopyError } from '../errors/index.js';
-import { type Manifest, resolveDest, syncDir, validateManifest, writeSynced } from '../transfer/index.js';
+import { type Manifest, replaceSynced, resolveDest, validateManifest } from '../transfer/index.js';
 import type { ExecPolicy } from './executor.js';
 import {
   bitset,
@@ -95,7 +95,6 @@ export class SeedStore {
   private readonly timers = new Map<string, NodeJS.Timeout>();
   private readonly now: () => number;
   private made: Promise<unknown> | undefined;
-  private writes = 0;
 
   constructor(private readonly opts: SeedStoreOptions) {
     this.now = opts.now ?? Date.now;
@@ -266,16 +265,8 @@ export class SeedStore {
       identity: seed.identity,
       manifest: seed.manifest,
     };
-    // A temp name per write: two distributions of one blob may record it at once.
-    const tmp = join(this.opts.dir, `.${seed.blob}.${process.pid}.${++this.writes}.tmp`);
-    try {
-      await writeSynced(tmp, JSON.stringify(record), 'w');
-      await rename(tmp, this.recordPath(seed.blob));
-      await syncDir(this.opts.dir);
-    } catch (err) {
-      await unlink(tmp).catch(() => {});
-      throw err;
-    }
+    // A temp name per write (replaceSynced): two distributions of one blob may record it at once.
+    await replaceSynced(this.recordPath(seed.blob), JSON.stringify(record));
   }
 
   /** A record from disk, validated (schema, name, manifest against its id); removed if invalid. */

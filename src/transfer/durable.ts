@@ -3,7 +3,8 @@
  * and fsynced before anyone renames it into place, and a directory fsynced
  * after the rename so the new name survives a power cut.
  */
-import { open } from 'node:fs/promises';
+import { open, rename, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 
 /** Writes `data` to `file` (created: flag 'wx', mode 0600 by default) and fsyncs it. */
 export async function writeSynced(
@@ -29,4 +30,25 @@ export async function syncDir(dir: string): Promise<void> {
   } finally {
     await d.close();
   }
+}
+
+let replacements = 0;
+
+/**
+ * Replaces `path` with `data` crash-safely: a temp file beside it (a name of
+ * its own per call, so concurrent replacements never share one) written and
+ * fsynced, renamed over `path`, the directory fsynced. On failure the temp
+ * file is removed and `path` is untouched.
+ */
+export async function replaceSynced(path: string, data: Uint8Array | string): Promise<void> {
+  const dir = dirname(path);
+  const tmp = join(dir, `.${basename(path)}.${process.pid}.${++replacements}.tmp`);
+  try {
+    await writeSynced(tmp, data, 'w');
+    await rename(tmp, path);
+  } catch (err) {
+    await unlink(tmp).catch(() => {});
+    throw err;
+  }
+  await syncDir(dir);
 }

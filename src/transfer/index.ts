@@ -36,7 +36,7 @@ export {
   type PutOptions,
   type RecoveryReport,
 } from './chunk-store.js';
-export { syncDir, writeSynced } from './durable.js';
+export { replaceSynced, syncDir, writeSynced } from './durable.js';
 export {
   type CommitOptions,
   commitInstall,
