@@ -610,6 +610,12 @@ describe('control-plane refusals', () => {
     const huge = await post(JSON.stringify({ targets: ['web-01'], command: 'x'.repeat(2 * 1024 * 1024) }));
     assert.equal(huge.status, 413);
     assert.equal(huge.body.code, 'API_BAD_REQUEST');
+    assert.match(String(huge.body.message), /larger than 1 MiB/);
+    // Refused before it is read, the body is still taken in whole, so the
+    // client gets the answer rather than a reset mid-send.
+    const hugeForm = await post('x'.repeat(2 * 1024 * 1024), 'application/x-www-form-urlencoded');
+    assert.equal(hugeForm.status, 415);
+    assert.equal(hugeForm.body.code, 'API_BAD_REQUEST');
 
     // Schema failures are logged with the client's address and the field.
     for (const field of ['bogus', 'timeout', 'command']) {

@@ -6,6 +6,7 @@
  * field, and nothing a client sends can take the coordinator down.
  */
 import { timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { isCanopyError } from '../errors/index.js';
@@ -70,6 +71,39 @@ export class ApiError extends Error {
   }
 }
 
+/** How much of a refused body is read (and dropped) before the answer, at most. */
+const DRAIN_MAX_BYTES = 128 * 1024 * 1024;
+const DRAIN_MAX_MS = 10_000;
+
+/**
+ * Reads what is left of a request body and drops it, so the error answer
+ * reaches a client that is still sending. Bounded: a body declared larger than
+ * DRAIN_MAX_BYTES, or one still arriving after DRAIN_MAX_MS, is cut off (the
+ * connection closes with the answer, as fastify would have).
+ */
+export function drainBody(raw: IncomingMessage): Promise<void> {
+  if (raw.complete || raw.destroyed || Number(raw.headers['content-length']) > DRAIN_MAX_BYTES) {
+    return Promise.resolve();
+  }
+  return new Promise((resolve) => {
+    let seen = 0;
+    const done = () => {
+      clearTimeout(timer);
+      raw.off('data', onData).off('end', done).off('close', done).off('error', done);
+      resolve();
+    };
+    const onData = (chunk: Buffer) => {
+      seen += chunk.length;
+      if (seen > DRAIN_MAX_BYTES) done();
+    };
+    const timer = setTimeout(done, DRAIN_MAX_MS);
+    raw.on('data', onData).on('end', done).on('close', done).on('error', done);
+    raw.resume();
+  });
+}
+
+const mib = (bytes: number) => `${Math.round(bytes / (1024 * 1024))} MiB`;
+
 export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
   const { fleet, runs, tokens, logger } = deps;
   const expected = Buffer.from(`Bearer ${deps.adminToken}`);
@@ -90,7 +124,11 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
     }
   });
 
-  app.setErrorHandler((err: unknown, req, reply) => {
+  app.setErrorHandler(async (err: unknown, req, reply) => {
+    // A body refused before it was read (too large, wrong type) is read and
+    // dropped first: answering and closing while the client still sends makes
+    // its kernel reset the connection, and it sees EPIPE instead of the answer.
+    await drainBody(req.raw);
     if (err instanceof ApiError) {
       logger.info(
         { ip: req.ip, url: req.url, code: err.code, field: err.field ?? null },
@@ -121,7 +159,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE'
           ? 'send the body as JSON (Content-Type: application/json)'
           : e.code === 'FST_ERR_CTP_BODY_TOO_LARGE'
-            ? 'request body is larger than 1 MiB'
+            ? `request body is larger than ${mib(req.routeOptions.bodyLimit ?? 1024 * 1024)}`
             : `request body is not valid JSON: ${e.message ?? ''}`;
       logger.info(
         { ip: req.ip, url: req.url, status: e.statusCode, code: e.code ?? null },
