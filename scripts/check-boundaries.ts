@@ -24,7 +24,7 @@ const FORBIDDEN: Record<string, string[]> = {
   ssh: ['coordinator', 'cli'],
 };
 
-const PUBLIC_LEAVES = new Set(['protocol/client-config.js', 'agent/config.js']);
+const PUBLIC_LEAVES = new Set(['protocol/client-config.js', 'protocol/limits.js', 'agent/config.js']);
 
 function files(dir: string): string[] {
   return readdirSync(dir).flatMap((name) => {

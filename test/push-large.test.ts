@@ -332,6 +332,38 @@ test('a host without a peer server and a refused destination fail that file, nam
   assert.equal(missing.code, 2);
   assert.match(missing.stderr, /missing\.yaml: src files\/nope\.bin: ENOENT/);
 
+  // A push request above what the API takes (96 MiB as sent) is refused by the CLI before it
+  // sends anything, naming the push file, its largest parts and the fix.
+  mkdirSync(join(proj, 'many'));
+  const entries: string[] = [];
+  for (let i = 0; i < 13; i++) {
+    writeFileSync(join(proj, 'many', `f${i}.bin`), Buffer.alloc(7.5 * 1024 * 1024, i));
+    entries.push(`  - src: many/f${i}.bin\n    dest: ${agentFile(fleet, 'web-01', `opt/f${i}`)}\n`);
+  }
+  writeFileSync(join(proj, 'many.yaml'), `targets: web-01\nfiles:\n${entries.join('')}`);
+  const runsBefore = logged(fleet, 'run created');
+  const refusedBefore = logged(fleet, 'bad request: request body is larger than 96 MiB');
+  const many = await fleet.cli(['push', join(proj, 'many.yaml')]);
+  assert.notEqual(many.code, 0);
+  assert.match(
+    many.stderr,
+    /many\.yaml: the push request would be 130\.\d MiB, more than the 96\.0 MiB the coordinator takes in one push \(largest as sent: src many\/f\d+\.bin 10\.0 MiB, .*\)\. Set dist_above lower/,
+  );
+  assert.equal(logged(fleet, 'run created'), runsBefore, 'the oversized push created a run');
+  assert.equal(logged(fleet, 'bad request: request body is larger than 96 MiB'), refusedBefore);
+  assert.deepEqual(
+    readdirSync(agentFile(fleet, 'web-01', 'opt')).filter((n) => /^f\d+$/.test(n)),
+    [],
+  );
+  // The same body sent straight to the API gets a 413 naming the limit (it is read whole first).
+  const oversized = await apiOf(fleet)('POST', '/v1/pushes', {
+    targets: ['web-01'],
+    files: [{ src: 'a.bin', dest: agentFile(fleet, 'web-01', 'opt/a') }],
+    sources: { 'a.bin': 'A'.repeat(97 * 1024 * 1024) },
+  });
+  assert.equal(oversized.status, 413, oversized.text);
+  assert.match(oversized.text, /request body is larger than 96 MiB/);
+
   // Through the API, a src path that is not a file on the coordinator's machine is refused.
   const api = await apiOf(fleet)('POST', '/v1/pushes', {
     targets: ['all'],

@@ -127,7 +127,12 @@ export class ApiClient {
   }
 
   async request(method: string, path: string, body?: unknown): Promise<ApiResponse> {
-    const res = await this.open(method, path, {}, body === undefined ? undefined : JSON.stringify(body));
+    return this.requestJson(method, path, body === undefined ? undefined : JSON.stringify(body));
+  }
+
+  /** Like request, with the body already serialized (a large one is not serialized twice). */
+  async requestJson(method: string, path: string, json: string | undefined): Promise<ApiResponse> {
+    const res = await this.open(method, path, {}, json);
     const chunks: Buffer[] = [];
     for await (const c of res) chunks.push(c as Buffer);
     const text = Buffer.concat(chunks).toString('utf8');

@@ -16,6 +16,7 @@ import { foldHosts } from './fold-hosts.js';
 import { followRun } from './follow.js';
 import { type CliIO, type Palette, palette, writeJson } from './io.js';
 import {
+  checkPushSize,
   collectSources,
   collectTemplates,
   type DistributedSource,
@@ -119,13 +120,15 @@ async function push(argv: string[], io: CliIO, command: 'push' | 'rollback'): Pr
     ...(spec.timeout ? { timeout: spec.timeout } : {}),
     ...(spec.concurrency ? { concurrency: spec.concurrency } : {}),
   };
+  const json = JSON.stringify(body);
+  checkPushSize(spec, Buffer.byteLength(json), templates, sources);
   const api = new ApiClient(clientSettings(values, io));
   const p = palette(io.out, io.env);
   const stream = !values.json && !values.quiet;
   if (stream && distributed.length > 0 && body.mode === 'apply') {
     io.err.write(p.dim(`${peerToPeerNote(distributed, threshold)}\n`));
   }
-  const res = await api.request('POST', '/v1/pushes', body);
+  const res = await api.requestJson('POST', '/v1/pushes', json);
   if (res.status === 422) throw renderFailed(res.body);
   const created = api.expectOk(res) as {
     id: string;

@@ -9,7 +9,9 @@ import { dirname, join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { tempTree } from '../../test/helpers/tree.js';
 import { isCanopyError } from '../errors/index.js';
+import { PUSH_BODY_LIMIT } from '../protocol/limits.js';
 import {
+  checkPushSize,
   collectSources,
   collectTemplates,
   distAbove,
@@ -667,4 +669,26 @@ test('src names are normalised and the entry updated', (t) => {
   const s = spec(file, [{ src: './files//a', dest: '/a' }]);
   assert.deepEqual(collectSources(s, 100).sources, { 'files/a': Buffer.from('a').toString('base64') });
   assert.equal(s.files[0]?.src, 'files/a');
+});
+
+test('checkPushSize passes a request up to the API limit and refuses a larger one naming its three largest parts', () => {
+  const spec = { path: '/p/push.yaml' } as PushFileSpec;
+  const templates = { 'a.njk': 'x'.repeat(3 * 1024 * 1024), 'b.njk': 'y' };
+  const sources = {
+    'big.bin': 'A'.repeat(5 * 1024 * 1024),
+    'mid.bin': 'B'.repeat(4 * 1024 * 1024),
+    'tiny.bin': 'C',
+  };
+  checkPushSize(spec, PUSH_BODY_LIMIT, templates, sources);
+  const r = thrown(() => checkPushSize(spec, PUSH_BODY_LIMIT + 1, templates, sources));
+  assert.equal(r.code, 'PUSH_TOO_LARGE');
+  assert.match(r.message, /^\/p\/push\.yaml: the push request would be 96\.0 MiB, more than the 96\.0 MiB/);
+  assert.match(
+    r.message,
+    /largest as sent: src big\.bin 5\.0 MiB, src mid\.bin 4\.0 MiB, template a\.njk 3\.0 MiB\)/,
+  );
+  assert.doesNotMatch(r.message, /tiny|b\.njk/);
+  assert.match(r.message, /dist_above/);
+  assert.equal(r.subject.file, '/p/push.yaml');
+  assert.equal(r.subject.limit, PUSH_BODY_LIMIT);
 });

@@ -29,6 +29,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from 'node:path';
 import { parseDuration, parseSize } from '../agent/config.js';
 import { CanopyError } from '../errors/index.js';
+import { PUSH_BODY_LIMIT } from '../protocol/limits.js';
 import { didYouMean, formatPos, isMapping, YamlSource } from '../render/index.js';
 
 /**
@@ -292,4 +293,37 @@ export function collectSources(
     sources[rel] = readFileSync(join(base, rel)).toString('base64');
   }
   return { sources, distributed };
+}
+
+const mib = (n: number) => `${(n / (1024 * 1024)).toFixed(1)} MiB`;
+
+/**
+ * Fails before anything is sent when the push request (`bodyBytes` of JSON) is larger than the
+ * API takes in one push, naming the push file, its largest parts as sent, and what to change.
+ */
+export function checkPushSize(
+  spec: PushFileSpec,
+  bodyBytes: number,
+  templates: Record<string, string>,
+  sources: Record<string, string>,
+): void {
+  if (bodyBytes <= PUSH_BODY_LIMIT) return;
+  const largest = [
+    ...Object.entries(sources).map(([name, b64]) => ({ what: `src ${name}`, bytes: b64.length })),
+    ...Object.entries(templates).map(([name, text]) => ({
+      what: `template ${name}`,
+      bytes: Buffer.byteLength(text),
+    })),
+  ]
+    .sort((a, b) => b.bytes - a.bytes)
+    .slice(0, 3)
+    .map((p) => `${p.what} ${mib(p.bytes)}`);
+  throw new CanopyError(
+    'PUSH_TOO_LARGE',
+    `${spec.path}: the push request would be ${mib(bodyBytes)}, more than the ${mib(PUSH_BODY_LIMIT)} ` +
+      `the coordinator takes in one push (largest as sent: ${largest.join(', ')}). Set dist_above lower ` +
+      `(e.g. dist_above: 1M) so larger src files go peer to peer, keep files no template includes out of ` +
+      `the templates' directories (every file beside a template is sent), or split the push`,
+    { file: spec.path, bytes: bodyBytes, limit: PUSH_BODY_LIMIT },
+  );
 }

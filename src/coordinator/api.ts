@@ -11,6 +11,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import { isCanopyError } from '../errors/index.js';
 import { fingerprint } from '../pki/index.js';
+import { API_BODY_LIMIT, PUSH_BODY_LIMIT } from '../protocol/index.js';
 import {
   BadRequest,
   DistRequestSchema,
@@ -51,8 +52,6 @@ const checkRun = validator(RunRequestSchema);
 const checkToken = validator(TokenRequestSchema);
 const checkPush = validator(PushRequestSchema);
 const checkDist = validator(DistRequestSchema);
-/** Templates and plain files travel in the push request (base64): up to 8 MiB a file, several files. */
-const PUSH_BODY_LIMIT = 96 * 1024 * 1024;
 const checkJoin = validator(JoinRequestSchema);
 
 /** What POST /v1/runs, /v1/pushes and /v1/dists answer about the run they created. */
@@ -159,7 +158,7 @@ export function registerApi(app: FastifyInstance, deps: ApiDeps): void {
         e.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE'
           ? 'send the body as JSON (Content-Type: application/json)'
           : e.code === 'FST_ERR_CTP_BODY_TOO_LARGE'
-            ? `request body is larger than ${mib(req.routeOptions.bodyLimit ?? 1024 * 1024)}`
+            ? `request body is larger than ${mib(req.routeOptions.bodyLimit ?? API_BODY_LIMIT)}`
             : `request body is not valid JSON: ${e.message ?? ''}`;
       logger.info(
         { ip: req.ip, url: req.url, status: e.statusCode, code: e.code ?? null },

@@ -13,7 +13,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { WebSocketServer } from 'ws';
 import { isCanopyError } from '../errors/index.js';
-import { type ClientConfig, defaultClientConfigPath } from '../protocol/index.js';
+import { API_BODY_LIMIT, type ClientConfig, defaultClientConfigPath } from '../protocol/index.js';
 import { type Inventory, loadInventory } from '../render/index.js';
 import { registerApi } from './api.js';
 import { DistManager } from './dists.js';
@@ -163,7 +163,7 @@ export class Coordinator {
         rejectUnauthorized: false,
         minVersion: 'TLSv1.3',
       },
-      bodyLimit: 1024 * 1024,
+      bodyLimit: API_BODY_LIMIT,
       logger: false,
     });
     let coordinator: Coordinator | undefined;

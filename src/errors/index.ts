@@ -72,7 +72,8 @@ export const CODES = {
   PUSH_DEST_REFUSED:
     'an agent refused a destination outside its roots (through `..`, a symlinked parent, or a symlink at the destination)',
   PUSH_VALIDATE_FAILED: "a push file's validate command refused the rendered file; the old file is unchanged",
-  PUSH_TOO_LARGE: 'a file in a push is larger than a push carries; distribute it with canopy dist',
+  PUSH_TOO_LARGE:
+    'a file in a push, or the push request as a whole, is larger than a push carries; distribute it with canopy dist',
   PUSH_NO_BACKUP: 'a rollback found no backup of the destination on the host',
   // transfer (manifests, chunk store, peers, planner)
   TRANSFER_MANIFEST_INVALID: 'a blob manifest is malformed or its id does not match its content',
