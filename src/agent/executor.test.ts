@@ -82,6 +82,15 @@ test('a shell string runs under /bin/sh -c and stderr is captured apart', async 
   assert.equal(res.stderr, 'err\n');
 });
 
+test("a shell string that starts with '-' is the command, not options of sh", async () => {
+  const res = await run({ command: '-n; echo ran' });
+  assert.equal(res.state, 'ok');
+  assert.match(res.stderr, /-n: not found/);
+  assert.equal(res.stdout, 'ran\n');
+  const s = await run({ command: '-s' });
+  assert.match(s.stderr, /-s: not found/);
+});
+
 test('a nonzero exit is failed with the exit code', async () => {
   const res = await run({ command: 'exit 3' });
   assert.equal(res.state, 'failed');

@@ -17,7 +17,7 @@ import { isInside } from '../transfer/index.js';
 import { type Account, currentAccount, lookupAccount } from './accounts.js';
 
 export interface CommandSpec {
-  /** argv (run without a shell) or a shell string, run as ['/bin/sh', '-c', command]. */
+  /** argv (run without a shell) or a shell string, run as ['/bin/sh', '-c', '--', command]. */
   command: string[] | string;
   /** > 0; measured until the main process exits. */
   timeoutMs: number;
@@ -304,7 +304,8 @@ function buildEnv(
 }
 
 function toArgv(command: string[] | string): [string, ...string[]] {
-  if (typeof command === 'string') return ['/bin/sh', '-c', command];
+  // `--`: a command string that starts with '-' is the command, not options of sh.
+  if (typeof command === 'string') return ['/bin/sh', '-c', '--', command];
   const [program = '', ...args] = command;
   return [program, ...args];
 }
