@@ -6,7 +6,7 @@
 // switch is caught by its check, and again no host switches.
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type TestContext, test } from 'node:test';
@@ -144,6 +144,51 @@ test('--activate together: every host stages, then all switch; old files backed 
   ]);
   assert.equal(again.code, 0, again.stderr);
   assert.match(again.stdout, /activated together on 4 of 4 hosts \(4 already had it\)/);
+
+  // Same content, a new --mode: the hosts have the bytes, but the mode still switches, together.
+  const modeOf = (h: string) => statSync(destOf(fleet, h)).mode & 0o7777;
+  const tightened = await fleet.cli([
+    ...['dist', src.path, '--dest', dest, '--targets', 'all'],
+    ...['--activate', 'together', '--mode', '0600', '--json'],
+  ]);
+  assert.equal(tightened.code, 0, tightened.stderr);
+  const tj = JSON.parse(tightened.stdout) as DistJson;
+  assert.deepEqual(tj.activation.switched.sort(), names);
+  for (const h of names) {
+    assert.equal(modeOf(h), 0o600, `${h}: --mode 0600 was not applied to the current file`);
+    assert.equal(md5(readFileSync(destOf(fleet, h))), src.md5);
+    assert.deepEqual(leftovers(fleet, h), [], `${h} kept a staged copy or temp`);
+  }
+  // Without --activate, the mode is set in place and reported as a change without content.
+  const loosened = await fleet.cli([
+    'dist',
+    src.path,
+    '--dest',
+    dest,
+    '--targets',
+    'all',
+    '--mode',
+    '0640',
+    '--json',
+  ]);
+  assert.equal(loosened.code, 0, loosened.stderr);
+  for (const res of (JSON.parse(loosened.stdout) as DistJson).results) {
+    assert.equal(res.files?.[0]?.state, 'changed', `${res.host}: ${JSON.stringify(res.files)}`);
+    assert.equal(modeOf(res.host), 0o640, `${res.host}: --mode 0640 was not applied`);
+  }
+  const same = await fleet.cli([
+    'dist',
+    src.path,
+    '--dest',
+    dest,
+    '--targets',
+    'all',
+    '--mode',
+    '0640',
+    '--json',
+  ]);
+  for (const res of (JSON.parse(same.stdout) as DistJson).results)
+    assert.equal(res.files?.[0]?.state, 'unchanged');
 });
 
 test('--activate together: a host that cannot stage means no host switches; staged copies removed; it is named', async (t) => {

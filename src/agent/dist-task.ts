@@ -15,7 +15,8 @@
  * that stripe (the fallbacks, the source last), and one whose chunk failed
  * its digest is reported in `transfer.badPeers`.
  */
-import { unlink } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { copyFile, unlink } from 'node:fs/promises';
 import { isCanopyError } from '../errors/index.js';
 import type { DistTask, FileOutcome, PeerAddress, TaskResult } from '../protocol/index.js';
 import {
@@ -25,8 +26,10 @@ import {
   commitInstall,
   type FileState,
   fileState,
+  fixMeta,
   type Manifest,
   type PeerClient,
+  metaDiffers,
   resolveDest,
   tempPathFor,
   validateManifest,
@@ -382,11 +385,26 @@ async function install(
 ): Promise<FileOutcome> {
   const spec = task.spec;
   const base = { dest: spec.dest, oldMd5: previous?.md5 ?? null, newMd5: manifest.md5 };
-  if (!temp) return { ...base, state: 'unchanged', content: false };
   const meta = {
     ...(spec.mode !== undefined ? { mode: spec.mode } : {}),
     ...(await resolveOwner(spec.owner, spec.group)),
   };
+  if (!temp) {
+    // The host has the content; --mode/--owner/--group still apply (as a push does).
+    if (!previous || !metaDiffers(previous, meta)) return { ...base, state: 'unchanged', content: false };
+    if (spec.activate === 'together') {
+      // Like content, new permissions switch with the others: a copy is staged with them.
+      const copy = tempPathFor(dest);
+      await copyFile(dest, copy, constants.COPYFILE_EXCL).catch(async (err: unknown) => {
+        await unlink(copy).catch(() => {});
+        throw err;
+      });
+      await stageFile(copy, { dest, blob: spec.blob, meta, previous });
+      return { ...base, state: 'staged', content: false };
+    }
+    await fixMeta(dest, meta, previous);
+    return { ...base, state: 'changed', content: false };
+  }
   if (spec.activate === 'together') {
     await stageFile(temp, { dest, blob: spec.blob, meta, previous });
     return { ...base, state: 'staged', content: true };
