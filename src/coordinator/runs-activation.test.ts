@@ -232,3 +232,18 @@ test('the stage deadline passing (seen by a restarted coordinator) makes silent 
   assert.match(view?.lacking[0]?.why ?? '', /^no answer by the deadline of the stage step/);
   assert.deepEqual(courier.ids(), [`${id}:h1:discard`]);
 });
+
+test('a deadline further away than a timer holds (7 d x 8 waves) does not fire at once; the run waits', async (t) => {
+  const w = await world(t);
+  const courier = new FakeCourier();
+  const runs = w.manager(courier);
+  const hosts = ['h1', 'h2', 'h3', 'h4', 'h5', 'h6', 'h7', 'h8'];
+  const week = 7 * 24 * 3600 * 1000;
+  const record = await runs.create({ targets: ['all'], command: 'true', timeoutMs: week, concurrency: 1 }, hosts);
+  assert.ok(record.deadline - Date.now() > 2 ** 31, 'the deadline is not beyond a timer');
+  await new Promise((r) => setTimeout(r, 100));
+  const got = await runs.get(record.id);
+  assert.equal(got?.summary.finished, false, 'the run ended at once');
+  assert.equal(got?.results.length, 0, `hosts were given up: ${JSON.stringify(got?.results)}`);
+  assert.deepEqual(courier.ids(), [`${record.id}:h1`], 'one wave at a time');
+});

@@ -122,6 +122,9 @@ export function newRunId(now: number): string {
   return `r${now.toString(36)}${randomBytes(4).toString('hex')}`;
 }
 
+/** The longest wait setTimeout keeps (2^31 - 1 ms). */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export class RunManager {
   /** The coordinator's store (the distribution manager keeps its manifest cache there too). */
   readonly store: Store;
@@ -529,6 +532,13 @@ export class RunManager {
   private arm(run: ActiveRun): void {
     clearTimeout(run.timer);
     const wait = Math.max(0, deadlineOf(run.record) - this.now());
+    // A timer fires after at most 2^31-1 ms (24.8 days; node fires a longer one at once):
+    // a deadline further away (a long timeout with a small --concurrency) is re-armed on the way.
+    if (wait > MAX_TIMER_MS) {
+      run.timer = setTimeout(() => this.arm(run), MAX_TIMER_MS);
+      run.timer.unref?.();
+      return;
+    }
     run.timer = setTimeout(() => {
       this.expire(run).catch((err: unknown) =>
         this.log.error({ err, run: run.record.id }, 'deadline handling failed'),
