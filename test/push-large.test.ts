@@ -371,4 +371,19 @@ test('a host without a peer server and a refused destination fail that file, nam
   });
   assert.equal(api.status, 400, api.text);
   assert.match(api.text, /INPUT_NOT_FOUND.*gone\.bin is not a file on the coordinator's machine/);
+
+  // A plain file sent as raw text instead of base64 is refused, naming it; nothing is installed.
+  for (const raw of ['hello world, not base64!\n', 'aGk']) {
+    const notBase64 = await apiOf(fleet)('POST', '/v1/pushes', {
+      targets: ['web-01'],
+      files: [{ src: 'f', dest: agentFile(fleet, 'web-01', 'opt/raw.txt') }],
+      sources: { f: raw },
+    });
+    assert.equal(notBase64.status, 400, notBase64.text);
+    const body = JSON.parse(notBase64.text) as { code: string; field: string; message: string };
+    assert.equal(body.code, 'API_BAD_REQUEST');
+    assert.equal(body.field, 'sources.f');
+    assert.match(body.message, /sources\["f"\] is not base64/);
+  }
+  assert.throws(() => statSync(agentFile(fleet, 'web-01', 'opt/raw.txt')));
 });

@@ -475,8 +475,18 @@ function checkEntry(req: PushRequest, f: PushRequest['files'][number], i: number
   }
 }
 
-/** A src file sent in the request; refused above what the control channel carries. */
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/** A src file sent in the request; refused unless base64, and above what the control channel carries. */
 function inline(name: string, base64: string): Buffer {
+  // Buffer.from skips what is not base64: raw text would be installed as garbage.
+  if (base64.length % 4 !== 0 || !BASE64.test(base64)) {
+    throw new CanopyError(
+      'API_BAD_REQUEST',
+      `sources["${name}"] is not base64 (RFC 4648, with padding): send each plain file's bytes base64-encoded`,
+      { field: `sources.${name}` },
+    );
+  }
   const data = Buffer.from(base64, 'base64');
   if (data.length > MAX_PUSH_FILE_BYTES) {
     throw new CanopyError(
