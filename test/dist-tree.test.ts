@@ -15,6 +15,7 @@ import {
   readFileSync,
   readlinkSync,
   rmSync,
+  statSync,
   symlinkSync,
   utimesSync,
   writeFileSync,
@@ -44,7 +45,7 @@ interface DistJson {
 }
 
 /** Every entry under `dir`: kind, mode, and content or link target. */
-function snapshot(dir: string, rel = ''): Record<string, string> {
+function snapshot(dir: string, rel = '', fileMask = 0o7777): Record<string, string> {
   const out: Record<string, string> = {};
   for (const name of readdirSync(join(dir, rel)).sort()) {
     const r = rel ? `${rel}/${name}` : name;
@@ -54,8 +55,8 @@ function snapshot(dir: string, rel = ''): Record<string, string> {
     if (st.isSymbolicLink()) out[r] = `link -> ${readlinkSync(p)}`;
     else if (st.isDirectory()) {
       out[r] = `dir ${mode}`;
-      Object.assign(out, snapshot(dir, r));
-    } else out[r] = `file ${mode} ${readFileSync(p).toString('base64')}`;
+      Object.assign(out, snapshot(dir, r, fileMask));
+    } else out[r] = `file ${(st.mode & fileMask).toString(8)} ${readFileSync(p).toString('base64')}`;
   }
   return out;
 }
@@ -84,6 +85,11 @@ test('canopy dist DIR: a tree to 4 agents with rsync down the peer tree, then on
   writeFileSync(join(src, 'etc', 'conf.d', 'extra.conf'), 'debug = false\n');
   writeFileSync(join(src, 'bin', 'run.sh'), '#!/bin/sh\necho run\n');
   chmodSync(join(src, 'bin', 'run.sh'), 0o755);
+  // A setuid file: the agents (no allow_setid) take it with the bit cleared.
+  writeFileSync(join(src, 'bin', 'tool'), 'not really a tool\n');
+  chmodSync(join(src, 'bin', 'tool'), 0o4755);
+  // A setgid directory keeps its bit (only files lose theirs).
+  chmodSync(join(src, 'data'), 0o2755);
   writeFileSync(join(src, 'etc', 'secret.key'), 'k3y\n');
   chmodSync(join(src, 'etc', 'secret.key'), 0o600);
   chmodSync(join(src, 'etc', 'conf.d'), 0o750);
@@ -98,7 +104,12 @@ test('canopy dist DIR: a tree to 4 agents with rsync down the peer tree, then on
     assert.equal(j.results.length, 4);
     for (const res of j.results) {
       assert.equal(res.state, 'ok', `${res.host}: ${res.error}`);
-      assert.deepEqual(snapshot(destOf(res.host)), snapshot(src), `${res.host} has a different tree`);
+      assert.deepEqual(
+        snapshot(destOf(res.host)),
+        snapshot(src, '', 0o1777),
+        `${res.host} has a different tree`,
+      );
+      assert.equal(statSync(join(destOf(res.host), 'bin', 'tool')).mode & 0o7777, 0o755);
       assert.ok(res.transfer?.rsync, `${res.host} reported no rsync figures`);
     }
     return j;
@@ -106,7 +117,7 @@ test('canopy dist DIR: a tree to 4 agents with rsync down the peer tree, then on
 
   // First: everything is new.
   const first = await dist();
-  assert.equal(first.size, 8 * MiB + 12 + 14 + 19 + 4);
+  assert.equal(first.size, 8 * MiB + 12 + 14 + 19 + 4 + 18);
   for (const res of first.results) {
     assert.ok((res.transfer?.rsync?.literalBytes ?? 0) >= 8 * MiB, `${res.host}: ${JSON.stringify(res)}`);
   }

@@ -310,6 +310,9 @@ files:
     dest: ${root}/etc/link.conf
   - src: files/plain.txt
     dest: ${root}/etc/fine.txt
+  - src: files/plain.txt
+    dest: ${root}/etc/suid
+    mode: "4755"
 `,
   );
   const root = join(fleet.dir, 'agents', 'web-01', 'root');
@@ -324,8 +327,12 @@ files:
       ['failed', 'PUSH_DEST_REFUSED'],
       ['failed', 'PUSH_DEST_REFUSED'],
       ['changed', ''],
+      ['failed', 'AGENT_SETID_REFUSED'],
     ],
   );
+  // A setuid mode would step around run_as (the file runs as its owner): refused, nothing written.
+  assert.match(files[4]?.error ?? '', /etc\/suid: mode 04755 is setuid\/setgid.*allow_setid: true/);
+  assert.throws(() => statSync(join(root, 'etc', 'suid')));
   assert.match(files[0]?.error ?? '', /outside the allowed roots.*allowed roots: .*\/root/);
   assert.match(files[1]?.error ?? '', /goes through a symlink/);
   assert.match(files[2]?.error ?? '', /is a symlink/);

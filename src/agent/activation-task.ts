@@ -50,6 +50,7 @@ export interface Meta {
   mode?: number;
   uid?: number;
   gid?: number;
+  allowSetid?: boolean;
 }
 
 /** The numeric owner and group for account names; throws naming the one this host lacks. */
@@ -73,7 +74,7 @@ export async function stageFile(
 ): Promise<string> {
   const staged = stagedPathFor(opts.dest, opts.blob);
   try {
-    await setMeta(temp, opts.meta, opts.previous);
+    await setMeta(temp, opts.meta, opts.previous, opts.dest);
     await rename(temp, staged);
     await syncDir(dirname(opts.dest));
   } catch (err) {
@@ -150,6 +151,7 @@ export async function runActivation(task: ActivationTask, ctx: ActivationContext
     const previous = await fileState(dest.path);
     await commitInstall(staged, spec.md5, {
       dest: dest.path,
+      allowSetid: ctx.policy.allowSetid ?? false,
       ...(spec.mode !== undefined ? { mode: spec.mode } : {}),
       ...meta,
       backup: true,

@@ -175,7 +175,12 @@ export class Agent {
     this.identity = opts.identity;
     this.journal = new Journal(join(opts.dataDir, 'journal'));
     const roots = opts.config.roots.length > 0 ? opts.config.roots : [join(opts.dataDir, 'work')];
-    this.policy = { roots, runAs: opts.config.runAs, defaultCwd: roots[0] ?? '/' };
+    this.policy = {
+      roots,
+      runAs: opts.config.runAs,
+      defaultCwd: roots[0] ?? '/',
+      allowSetid: opts.config.allowSetid,
+    };
     this.seeds = new SeedStore({
       dir: join(opts.dataDir, 'seeds'),
       host: opts.identity.name,

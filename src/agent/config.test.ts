@@ -77,3 +77,15 @@ test('peer_listen is HOST:PORT and chunk_quota a size; bad values name the key',
     /agent\.yaml:peer_listen: "nope" is not HOST:PORT/,
   );
 });
+
+test('allow_setid is off unless set to true; a value that is not a boolean names the line', (t) => {
+  const dir = tempTree(t, {
+    'on.yaml': 'roots: [/srv]\nallow_setid: true\n',
+    'off.yaml': 'roots: [/srv]\n',
+    'bad.yaml': 'roots: [/srv]\nallow_setid: yes\n',
+  });
+  assert.equal(DEFAULT_AGENT_CONFIG.allowSetid, false);
+  assert.equal(loadAgentConfig(`${dir}/on.yaml`).allowSetid, true);
+  assert.equal(loadAgentConfig(`${dir}/off.yaml`).allowSetid, false);
+  assert.throws(() => loadAgentConfig(`${dir}/bad.yaml`), /bad\.yaml:2: allow_setid: must be true or false/);
+});

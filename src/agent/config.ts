@@ -11,6 +11,7 @@
  *   coordinator: https://coord.example:7443   # overrides the address in the join token
  *   peer_listen: 198.18.1.11:7444  # serve chunks to other agents here (distribution relay)
  *   chunk_quota: 20G             # disk for the chunk store (default 10G)
+ *   allow_setid: false           # install files with a setuid/setgid mode (default: refused)
  */
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -30,6 +31,11 @@ export interface AgentConfig {
   /** `host:port` of the peer server (chunk relay); none when unset. */
   peerListen?: string;
   chunkQuotaBytes: number;
+  /**
+   * Whether files may be installed with a setuid or setgid mode. Off by default: a set-id file
+   * owned by root runs as root, whatever run_as allows.
+   */
+  allowSetid: boolean;
 }
 
 export const DEFAULT_AGENT_CONFIG: AgentConfig = {
@@ -39,6 +45,7 @@ export const DEFAULT_AGENT_CONFIG: AgentConfig = {
   heartbeatMs: 5000,
   reconnectMaxMs: 15_000,
   chunkQuotaBytes: 10 * 1024 ** 3,
+  allowSetid: false,
 };
 
 const KEYS = [
@@ -52,6 +59,7 @@ const KEYS = [
   'reconnect_max',
   'peer_listen',
   'chunk_quota',
+  'allow_setid',
 ] as const;
 const NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$/;
 const ACCOUNT_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
@@ -185,6 +193,12 @@ export function loadAgentConfig(path: string): AgentConfig {
   if (peerListen !== undefined) config.peerListen = peerListen;
   if (raw.chunk_quota !== undefined)
     config.chunkQuotaBytes = parseSize(raw.chunk_quota as string, where('chunk_quota'));
+  if (raw.allow_setid !== undefined) {
+    if (typeof raw.allow_setid !== 'boolean') {
+      throw new CanopyError('AGENT_CONFIG', `${where('allow_setid')}: must be true or false`);
+    }
+    config.allowSetid = raw.allow_setid;
+  }
   checkAgentConfig(config, where);
   return config;
 }

@@ -22,14 +22,15 @@ import type { DistTask, FileOutcome, PeerAddress, TaskResult } from '../protocol
 import {
   type ChunkPool,
   type ChunkStore,
+  checkSetid,
   chunkRange,
   commitInstall,
   type FileState,
   fileState,
   fixMeta,
   type Manifest,
-  type PeerClient,
   metaDiffers,
+  type PeerClient,
   resolveDest,
   tempPathFor,
   validateManifest,
@@ -100,6 +101,13 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
     ]);
   const dest = await resolveDest(spec.dest, ctx.policy.roots);
   if (!dest.ok) return fail(dest.reason, 'refused', 'PUSH_DEST_REFUSED');
+  if (spec.mode !== undefined && (spec.mode & 0o6000) !== 0 && !ctx.policy.allowSetid) {
+    try {
+      checkSetid(spec.dest, spec.mode, false);
+    } catch (err) {
+      return fail((err as Error).message, 'refused', 'AGENT_SETID_REFUSED');
+    }
+  }
   let manifest: Manifest;
   try {
     manifest = spec.manifest
@@ -386,6 +394,7 @@ async function install(
   const spec = task.spec;
   const base = { dest: spec.dest, oldMd5: previous?.md5 ?? null, newMd5: manifest.md5 };
   const meta = {
+    allowSetid: ctx.policy.allowSetid ?? false,
     ...(spec.mode !== undefined ? { mode: spec.mode } : {}),
     ...(await resolveOwner(spec.owner, spec.group)),
   };

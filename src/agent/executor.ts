@@ -39,6 +39,8 @@ export interface ExecPolicy {
   /** Accounts commands may run as; empty means only the agent's own account. */
   runAs: string[];
   defaultCwd: string;
+  /** Files may be installed with a setuid/setgid mode (agent config allow_setid); default no. */
+  allowSetid?: boolean;
 }
 
 export type ExecState = 'ok' | 'failed' | 'timeout' | 'refused';

@@ -26,11 +26,13 @@ import {
 } from '../protocol/index.js';
 import {
   type CommitOptions,
+  checkSetid,
   commitInstall,
   type FileState,
   fixMeta,
   installFile,
   type Md5Cache,
+  type MetaOptions,
   md5File,
   metaDiffers,
   resolveDest,
@@ -108,6 +110,11 @@ async function prepare(index: number, file: PushFile, ctx: PushContext): Promise
   });
   const dest = await resolveDest(file.dest, ctx.policy.roots);
   if (!dest.ok) return fail(dest.reason, 'PUSH_DEST_REFUSED');
+  try {
+    if (file.mode !== undefined) checkSetid(file.dest, file.mode, ctx.policy.allowSetid);
+  } catch (err) {
+    return fail((err as Error).message, 'AGENT_SETID_REFUSED');
+  }
   const planned: Planned = { index, file, dest: dest.path, state: undefined };
   try {
     if (file.owner !== undefined) {
@@ -127,8 +134,9 @@ async function prepare(index: number, file: PushFile, ctx: PushContext): Promise
   return planned;
 }
 
-function meta(p: Planned): { mode?: number; uid?: number; gid?: number } {
+function meta(p: Planned, ctx: PushContext): MetaOptions {
   return {
+    allowSetid: ctx.policy.allowSetid ?? false,
     ...(p.file.mode !== undefined ? { mode: p.file.mode } : {}),
     ...(p.uid !== undefined ? { uid: p.uid } : {}),
     ...(p.gid !== undefined ? { gid: p.gid } : {}),
@@ -147,10 +155,15 @@ async function compare(
   for (const p of planned) {
     const base = { dest: p.file.dest, oldMd5: p.state?.md5 ?? null, newMd5: p.file.md5 };
     const sameContent = p.state?.md5 === p.file.md5;
-    if (sameContent && p.state && !metaDiffers(p.state, meta(p))) {
+    if (sameContent && p.state && !metaDiffers(p.state, meta(p, ctx))) {
       outcomes[p.index] = { ...base, state: 'unchanged', content: false };
     } else if (sameContent && p.state) {
-      if (!check) await fixMeta(p.dest, meta(p), p.state);
+      try {
+        if (!check) await fixMeta(p.dest, meta(p, ctx), p.state);
+      } catch (err) {
+        outcomes[p.index] = failed(p, (err as Error).message, isCanopyError(err) ? err.code : undefined);
+        continue;
+      }
       ctx.cache.forget(p.dest);
       outcomes[p.index] = { ...base, state: check ? 'would-change' : 'changed', content: false };
     } else if (check) {
@@ -248,7 +261,7 @@ async function installBatch(need: Planned[], outcomes: FileOutcome[], ctx: PushC
 function commitOptions(p: Planned, ctx: PushContext): CommitOptions {
   return {
     dest: p.dest,
-    ...meta(p),
+    ...meta(p, ctx),
     ...(p.file.validate ? { validate: (tmp) => validate(p.file.validate ?? '', tmp, ctx) } : {}),
     backup: p.file.backup ?? false,
     backupDir: ctx.backupDir,

@@ -142,6 +142,8 @@ export async function runTree(task: DistTask, ctx: TreeContext): Promise<TreeOut
             dataDir: ctx.dataDir,
             canopy: ctx.canopy,
             partial: true,
+            // Set-id files only where the agent allows them (allow_setid), as for pushed files.
+            stripSetid: !ctx.policy.allowSetid,
             ...(tree.delete ? { delete: true } : {}),
             ...(spec.rateLimit !== undefined ? { rateLimit: spec.rateLimit } : {}),
             ...(ctx.progress ? { progress: onProgress } : {}),

@@ -53,6 +53,7 @@ options:
   --bind ADDR            source address of its connections
   --peer-listen HOST:PORT  serve chunks to other agents there (distribution relay; port 0 = any)
   --chunk-quota SIZE     disk for the chunk store (default 10G)
+  --allow-setid          install files with a setuid/setgid mode (default: refused)
   --coordinator URL      override the address in the token
   --reconnect-max DUR    longest wait between reconnects (default 15s)
   --log-level LEVEL      trace, debug, info (default), warn, error
@@ -74,6 +75,7 @@ export async function agentCommand(argv: string[], io: CliIO): Promise<number> {
     'reconnect-max': { type: 'string' },
     'peer-listen': { type: 'string' },
     'chunk-quota': { type: 'string' },
+    'allow-setid': { type: 'boolean', default: false },
     'log-level': { type: 'string' },
   });
   if (values.help) {
@@ -98,6 +100,7 @@ export async function agentCommand(argv: string[], io: CliIO): Promise<number> {
   if (values.bind) config.bind = values.bind;
   if (values['peer-listen']) config.peerListen = values['peer-listen'];
   if (values['chunk-quota']) config.chunkQuotaBytes = parseSize(values['chunk-quota'], '--chunk-quota');
+  if (values['allow-setid']) config.allowSetid = true;
   if (values.coordinator) config.coordinator = values.coordinator;
   if (values.name) config.name = values.name;
   checkAgentConfig(config, (key) => `--${key.replace('_', '-')}`);

@@ -239,7 +239,10 @@ test('a deadline further away than a timer holds (7 d x 8 waves) does not fire a
   const runs = w.manager(courier);
   const hosts = ['h1', 'h2', 'h3', 'h4', 'h5', 'h6', 'h7', 'h8'];
   const week = 7 * 24 * 3600 * 1000;
-  const record = await runs.create({ targets: ['all'], command: 'true', timeoutMs: week, concurrency: 1 }, hosts);
+  const record = await runs.create(
+    { targets: ['all'], command: 'true', timeoutMs: week, concurrency: 1 },
+    hosts,
+  );
   assert.ok(record.deadline - Date.now() > 2 ** 31, 'the deadline is not beyond a timer');
   await new Promise((r) => setTimeout(r, 100));
   const got = await runs.get(record.id);

@@ -40,6 +40,8 @@ export const CODES = {
   AGENT_CONFIG: 'an agent config file or flag is invalid (file:line and key named)',
   AGENT_UNKNOWN: 'no agent of that name has joined',
   AGENT_REVOKED: 'the agent was revoked: the coordinator refuses its certificate',
+  AGENT_SETID_REFUSED:
+    'a file would be installed with a setuid/setgid mode, which the agent refuses unless started with allow_setid',
   AGENT_CERT_REFUSED:
     "a control connection without a certificate from the coordinator's CA, or with one not issued to that name",
   JOIN_FAILED:

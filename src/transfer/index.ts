@@ -39,6 +39,7 @@ export {
 export { replaceSynced, syncDir, writeSynced } from './durable.js';
 export {
   type CommitOptions,
+  checkSetid,
   commitInstall,
   type DestCheck,
   type FileState,
@@ -49,6 +50,7 @@ export {
   installFile,
   isInside,
   Md5Cache,
+  type MetaOptions,
   md5File,
   md5Of,
   metaDiffers,

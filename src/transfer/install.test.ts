@@ -244,12 +244,41 @@ test('installing a new file writes the content with mode 0644 and no temp file',
   assert.deepEqual(await tempsIn(root), []);
 });
 
-test('an explicit mode is applied, including special bits', async (t) => {
+test('an explicit mode is applied, including special bits when set-id files are allowed', async (t) => {
   const { root } = await roots(t);
   await install(path.join(root, 'a'), 'a', root, { mode: 0o600 });
-  await install(path.join(root, 'b'), 'b', root, { mode: 0o4750 });
+  await install(path.join(root, 'b'), 'b', root, { mode: 0o4750, allowSetid: true });
+  await install(path.join(root, 'c'), 'c', root, { mode: 0o1755 });
   assert.equal((await stat(path.join(root, 'a'))).mode & 0o7777, 0o600);
   assert.equal((await stat(path.join(root, 'b'))).mode & 0o7777, 0o4750);
+  assert.equal((await stat(path.join(root, 'c'))).mode & 0o7777, 0o1755);
+});
+
+test('a setuid or setgid mode is refused unless allowed, asked for or kept from the file there; nothing changes', async (t) => {
+  const { root } = await roots(t);
+  for (const mode of [0o4755, 0o2755, 0o6711]) {
+    const dest = path.join(root, `new-${mode.toString(8)}`);
+    await assert.rejects(install(dest, 'x', root, { mode }), (err: unknown) => {
+      assert.ok(isCanopyError(err, 'AGENT_SETID_REFUSED'), String(err));
+      assert.match(
+        err.message,
+        new RegExp(`${dest}: mode 0${mode.toString(8)} is setuid/setgid.*allow_setid: true`),
+      );
+      return true;
+    });
+    await assert.rejects(stat(dest), /ENOENT/);
+  }
+  // An existing set-id file keeps its mode when none is given: replacing its content is refused too.
+  const suid = path.join(root, 'tool');
+  await writeFile(suid, 'old');
+  await chmod(suid, 0o4755);
+  await assert.rejects(install(suid, 'new', root), /tool: mode 04755 is setuid\/setgid/);
+  assert.equal(await readFile(suid, 'utf8'), 'old');
+  assert.equal((await stat(suid)).mode & 0o7777, 0o4755);
+  // Asking for a plain mode replaces it.
+  await install(suid, 'new', root, { mode: 0o755 });
+  assert.equal((await stat(suid)).mode & 0o7777, 0o755);
+  assert.deepEqual(await tempsIn(root), []);
 });
 
 test('installing over an existing file keeps its mode when none is given', async (t) => {

@@ -213,6 +213,8 @@ export interface InstallOptions {
   /** Numeric ids; default: the existing file's, else the agent's. */
   uid?: number;
   gid?: number;
+  /** A setuid/setgid mode (asked, or kept from the existing file) is refused unless true. */
+  allowSetid?: boolean;
   /** Runs on the fsynced temporary file before the rename; a failure installs nothing. */
   validate?: (tempPath: string) => Promise<{ ok: boolean; output: string }>;
   /** Keep the previous file (if any) in backupDir. */
@@ -261,7 +263,7 @@ export async function commitInstall(temp: string, md5: string, opts: CommitOptio
   let previous: FileState | undefined;
   try {
     previous = opts.previous ?? (await fileState(opts.dest));
-    await setMeta(temp, opts, previous);
+    await setMeta(temp, opts, previous, opts.dest);
     if (opts.validate) {
       const v = await opts.validate(temp);
       if (!v.ok) {
@@ -295,29 +297,46 @@ export function tempPathFor(dest: string): string {
   );
 }
 
+export type MetaOptions = Pick<InstallOptions, 'mode' | 'uid' | 'gid' | 'allowSetid'>;
+
+/**
+ * Refuses a setuid/setgid mode unless the agent allows them: a set-id file owned by root runs as
+ * root, so a push could otherwise step around the run_as allowlist.
+ */
+export function checkSetid(dest: string, mode: number, allowSetid: boolean | undefined): void {
+  if ((mode & 0o6000) === 0 || allowSetid) return;
+  const octal = `0${(mode & 0o7777).toString(8)}`;
+  const kept = `${dest}: mode ${octal} is setuid/setgid`;
+  throw new CanopyError(
+    'AGENT_SETID_REFUSED',
+    `${kept}, which this agent does not install (a set-id file runs as its owner, whatever run_as allows); ` +
+      'drop the 04000/02000 bits from the mode (or from the file there now), or start the agent with allow_setid: true',
+    { path: dest },
+  );
+}
+
 /** Mode and owner on the temporary file, so the rename publishes them with the content. */
 export async function setMeta(
   file: string,
-  opts: Pick<InstallOptions, 'mode' | 'uid' | 'gid'>,
+  opts: MetaOptions,
   previous: FileState | undefined,
+  dest = file,
 ): Promise<void> {
+  const mode = opts.mode ?? previous?.mode ?? 0o644;
+  checkSetid(dest, mode, opts.allowSetid);
   const fh = await open(file, 'r');
   try {
     const uid = opts.uid ?? previous?.uid;
     const gid = opts.gid ?? previous?.gid;
     if (uid !== undefined || gid !== undefined) await fh.chown(uid ?? -1, gid ?? -1);
-    await fh.chmod(opts.mode ?? previous?.mode ?? 0o644);
+    await fh.chmod(mode);
   } finally {
     await fh.close();
   }
 }
 
 /** Sets mode and owner on an installed file whose content is already right. */
-export async function fixMeta(
-  dest: string,
-  opts: Pick<InstallOptions, 'mode' | 'uid' | 'gid'>,
-  previous: FileState,
-): Promise<void> {
+export async function fixMeta(dest: string, opts: MetaOptions, previous: FileState): Promise<void> {
   await setMeta(dest, opts, previous);
 }
 

@@ -276,6 +276,8 @@ export interface SyncFromPeerOptions {
   checksum?: boolean;
   /** Compress on the wire (-z); default false (the peer channel is usually a LAN). */
   compress?: boolean;
+  /** Clear the setuid/setgid bits of every file received (--chmod=Fug-s); default false. */
+  stripSetid?: boolean;
   /** rsync's I/O timeout in seconds (both ends give up after that long without data); default 300. */
   timeoutSeconds?: number;
   /** Aborting kills rsync with SIGTERM (it keeps the partial file) and rejects with the reason. */
@@ -380,6 +382,7 @@ export function rsyncClientArgv(o: SyncFromPeerOptions): string[] {
     ...(o.delete ? [delay ? '--delete-delay' : '--delete'] : []),
     ...(o.checksum ? ['--checksum'] : []),
     ...(o.compress ? ['-z'] : []),
+    ...(o.stripSetid ? ['--chmod=Fug-s'] : []),
     ...(o.rateLimit !== undefined ? [`--bwlimit=${bwlimitKiB(o.rateLimit)}`] : []),
     ...(o.progress ? ['--info=progress2'] : []),
     '-e',
