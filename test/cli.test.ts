@@ -239,6 +239,12 @@ test('inventory warnings go to stderr and do not fail the command', (t) => {
 test('demo starts 8 agents, runs a command on all, pushes the templates (then a warm re-push changes nothing), renders and explains', () => {
   const r = canopy(['demo'], { env: { NO_COLOR: '1' } });
   assert.equal(r.code, 0, r.stderr);
+  // Its own agents only (another demo may run on this machine): they run from its state directory.
+  const dir = /\(state in (\/\S+canopy-demo-\w+)\)/.exec(r.stdout)?.[1];
+  assert.ok(dir, 'the demo did not say where its state is');
+  const leftover = spawnSync('pgrep', ['-f', dir], { encoding: 'utf8' }).stdout.trim();
+  assert.equal(leftover, '', 'the demo stopped every agent it started');
+  assert.ok(!existsSync(dir), `the demo left ${dir} behind`);
   assert.match(
     r.stdout,
     /^8 agents joined with one-time tokens, each from its own address: web-01@127\.0\.0\.11 /m,
@@ -264,8 +270,6 @@ test('demo starts 8 agents, runs a command on all, pushes the templates (then a 
     json.pushes.map((x: { summary: { files: { written: number } } }) => x.summary.files.written),
     [16, 0, 0],
   );
-  const leftover = spawnSync('pgrep', ['-f', 'canopy-demo-'], { encoding: 'utf8' }).stdout.trim();
-  assert.equal(leftover, '', 'the demo stopped every agent it started');
 });
 
 test('no color without a TTY, and --version prints the package version', () => {
