@@ -131,6 +131,29 @@ test('join, heartbeat facts, a run on several agents, grouped output and the SSE
   assert.equal(b?.stdout.length, 100);
   assert.equal(b?.stdoutTruncated, true);
 
+  // Binary output at the largest cap escapes to ~6 bytes a byte of JSON, more than a control
+  // message carries: the agent cuts the result to fit, marked, and its session stays up.
+  const binary = await fleet.cli([
+    'run',
+    'web-01',
+    '--json',
+    '--max-output',
+    '8M',
+    '--',
+    'head -c 9000000 /dev/zero',
+  ]);
+  assert.equal(binary.code, 0, binary.stderr);
+  const bin = (
+    JSON.parse(binary.stdout) as { results: { state: string; stdout: string; stdoutTruncated: boolean }[] }
+  ).results[0];
+  assert.equal(bin?.state, 'ok');
+  assert.equal(bin?.stdoutTruncated, true);
+  assert.ok((bin?.stdout.length ?? 0) > 1_000_000, `only ${bin?.stdout.length} characters kept`);
+  assert.doesNotMatch(fleet.agents.get('web-01')?.log() ?? '', /lost the connection to the coordinator/);
+  const tooMuch = await fleet.cli(['run', 'web-01', '--max-output', '9M', '--', 'true']);
+  assert.equal(tooMuch.code, 2);
+  assert.match(tooMuch.stderr, /--max-output 9M is more than 8M/);
+
   // Metrics count what happened.
   const metrics = (await apiOf(fleet)('GET', '/metrics')).text;
   assert.match(metrics, /^canopy_agents_connected 2$/m);

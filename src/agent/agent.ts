@@ -49,6 +49,7 @@ import { type AgentConfig, parseHostPort } from './config.js';
 import { type DistProgress, runDist } from './dist-task.js';
 import { type ExecPolicy, runCommand } from './executor.js';
 import { gatherFacts } from './facts.js';
+import { fitResult } from './fit-result.js';
 import { type AgentIdentity, loadRevoked, saveIdentity, saveRevoked } from './identity.js';
 import { Journal } from './journal.js';
 import { MemoryGovernor } from './memory.js';
@@ -416,7 +417,8 @@ export class Agent {
         this.attempt = 0;
         // The coordinator tells again what still differs, after this welcome.
         this.peerAddresses.clear();
-        for (const r of await this.journal.unacknowledged()) this.send({ type: 'result', result: r });
+        for (const r of await this.journal.unacknowledged())
+          this.send({ type: 'result', result: fitResult(r) });
         this.send({ type: 'pull' });
         clearInterval(this.pullTimer);
         this.pullTimer = setInterval(() => this.send({ type: 'pull' }), m.pullIntervalMs);
@@ -474,7 +476,7 @@ export class Agent {
     if (this.journal.hasStarted(task.id)) {
       this.send({ type: 'ack', taskId: task.id });
       const stored = await this.journal.result(task.id);
-      if (stored) this.send({ type: 'result', result: stored });
+      if (stored) this.send({ type: 'result', result: fitResult(stored) });
       return;
     }
     if (task.expiresInMs <= 0) {
@@ -504,12 +506,12 @@ export class Agent {
                 ? await this.source(task)
                 : await this.command(task, controller.signal);
       const aborted = controller.signal.aborted;
-      result = {
+      result = fitResult({
         taskId: task.id,
         runId: task.runId,
         ...r,
         state: aborted ? 'interrupted' : r.state,
-      };
+      });
       if (r.state === 'refused') {
         this.log.warn(
           { task: task.id, run: task.runId, reason: r.error },

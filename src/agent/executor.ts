@@ -82,8 +82,8 @@ export type PolicyRefusal = { ok: false; reason: string };
 
 export const DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024;
 export const DEFAULT_KILL_GRACE_MS = 5000;
-/** The same ceiling as the protocol's CommandSpec schema. */
-const MAX_OUTPUT_BYTES = 64 * 1024 * 1024;
+/** The same ceiling as the protocol's CommandSpec schema (a result must fit one control message). */
+const MAX_OUTPUT_BYTES = 8 * 1024 * 1024;
 /** setTimeout fires at once for larger delays, so larger limits are refused rather than clamped. */
 const MAX_TIMER_MS = 2_147_483_647;
 /** How long the pipes may stay open after the main process exited (a grandchild may hold them). */

@@ -5,13 +5,27 @@
  * prints the tally and names every host that was not ok. Exit 0 only if
  * every host is ok.
  */
-import { parseDuration } from '../agent/config.js';
+import { parseDuration, parseSize } from '../agent/config.js';
 import type { HostResult, RunSummary } from '../coordinator/index.js';
 import { COMMON_OPTIONS, parse, usage } from './args.js';
 import { ApiClient, CLIENT_OPTIONS, clientSettings } from './client.js';
 import { foldHosts } from './fold-hosts.js';
 import { followRun } from './follow.js';
 import { type CliIO, type Palette, palette, writeJson } from './io.js';
+
+const MAX_OUTPUT_BYTES = 8 * 1024 * 1024;
+const MAX_TIMEOUT_MS = 7 * 86_400_000;
+const MAX_KILL_GRACE_MS = 600_000;
+
+/** --max-output: a byte count, or a size ("512K", "4M"). */
+function byteCount(text: string): number {
+  if (/^\d+$/.test(text)) return Number(text);
+  try {
+    return parseSize(text, '--max-output');
+  } catch {
+    throw usage('run', `--max-output "${text}" is not a byte count or a size (e.g. 65536, 512K, 4M)`);
+  }
+}
 
 export const RUN_HELP = `usage: canopy run TARGET... [options] -- COMMAND...
 
@@ -27,7 +41,7 @@ options:
   --env KEY=VALUE        environment for the command (repeatable)
   --cwd DIR              working directory (must be inside the agent's roots)
   --run-as ACCOUNT       account to run as (must be in the agent's run_as)
-  --max-output BYTES     cap per stream (default 1 MiB; marked truncated)
+  --max-output SIZE      cap per stream (bytes, or 512K, 4M; default 1M, at most 8M; marked truncated)
   --kill-grace DURATION  wait between TERM and KILL (default 5s)
   --quiet                no per-host lines while running, only the grouped report
   --json                 the run and every host's result as JSON
@@ -87,22 +101,27 @@ export async function runCommand(argv: string[], io: CliIO): Promise<number> {
   if (concurrency !== undefined && !(Number.isInteger(concurrency) && concurrency > 0)) {
     throw usage('run', `--concurrency "${values.concurrency}" is not a positive whole number`);
   }
-  const maxOutput = values['max-output'] === undefined ? undefined : Number(values['max-output']);
-  if (maxOutput !== undefined && !(Number.isInteger(maxOutput) && maxOutput >= 0)) {
-    throw usage('run', `--max-output "${values['max-output']}" is not a byte count`);
+  const maxOutput = values['max-output'] === undefined ? undefined : byteCount(values['max-output']);
+  if (maxOutput !== undefined && maxOutput > MAX_OUTPUT_BYTES) {
+    throw usage('run', `--max-output ${values['max-output']} is more than 8M, the most a result carries`);
+  }
+  const timeout = values.timeout ? parseDuration(values.timeout, '--timeout') : 60_000;
+  if (timeout > MAX_TIMEOUT_MS)
+    throw usage('run', `--timeout ${values.timeout} is more than 7d, the longest a run may take`);
+  const killGrace = values['kill-grace'] ? parseDuration(values['kill-grace'], '--kill-grace') : undefined;
+  if (killGrace !== undefined && killGrace > MAX_KILL_GRACE_MS) {
+    throw usage('run', `--kill-grace ${values['kill-grace']} is more than 10m`);
   }
   const body = {
     targets: positionals,
     command: commandWords.length === 1 ? (commandWords[0] ?? '') : commandWords,
-    timeout: values.timeout ? parseDuration(values.timeout, '--timeout') / 1000 : 60,
+    timeout: timeout / 1000,
     ...(concurrency ? { concurrency } : {}),
     ...(Object.keys(env).length ? { env } : {}),
     ...(values.cwd ? { cwd: values.cwd } : {}),
     ...(values['run-as'] ? { runAs: values['run-as'] } : {}),
     ...(maxOutput !== undefined ? { maxOutputBytes: maxOutput } : {}),
-    ...(values['kill-grace']
-      ? { killGrace: parseDuration(values['kill-grace'], '--kill-grace') / 1000 }
-      : {}),
+    ...(killGrace !== undefined ? { killGrace: killGrace / 1000 } : {}),
   };
   const api = new ApiClient(clientSettings(values, io));
   const run = await api.call<{ id: string; hosts: string[]; deadline: number }>('POST', '/v1/runs', body);

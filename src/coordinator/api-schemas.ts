@@ -26,7 +26,7 @@ export const RunRequestSchema = Type.Object(
     runAs: Type.Optional(
       Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]*$' }),
     ),
-    maxOutputBytes: Type.Optional(Type.Integer({ minimum: 0, maximum: 64 * 1024 * 1024 })),
+    maxOutputBytes: Type.Optional(Type.Integer({ minimum: 0, maximum: 8 * 1024 * 1024 })),
     /** Seconds between TERM and KILL on timeout. */
     killGrace: Type.Optional(Type.Number({ minimum: 0, maximum: 600 })),
   },

@@ -28,7 +28,7 @@ export const CommandSpecSchema = Type.Object(
     env: Type.Optional(Type.Record(Type.String(), Type.String())),
     cwd: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
     runAs: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
-    maxOutputBytes: Type.Optional(Type.Integer({ minimum: 0, maximum: 64 * 1024 * 1024 })),
+    maxOutputBytes: Type.Optional(Type.Integer({ minimum: 0, maximum: 8 * 1024 * 1024 })),
     killGraceMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 600_000 })),
   },
   { additionalProperties: false },
