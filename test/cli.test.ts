@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { canopy, ROOT } from './helpers/cli.js';
 import { tempTree } from './helpers/tree.js';
@@ -17,6 +18,13 @@ test('render prints the rendered template for a host', () => {
   assert.match(r.stdout, /worker_connections 4096;/);
   assert.match(r.stdout, /server_name web-03\.sh\.internal;/);
   assert.match(r.stdout, /add_header X-Canary "1\.5\.0-rc1";/);
+});
+
+test('render gives templates inventory_hostname, as a push does', (t) => {
+  const dir = tempTree(t, { 'host.njk': 'I am {{ inventory_hostname }}\n' });
+  const r = canopy(['render', join(dir, 'host.njk'), '--inventory', INV, '--host', 'web-03']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, 'I am web-03\n');
 });
 
 test('render --var overrides every inventory layer', () => {

@@ -260,6 +260,40 @@ describe('control-plane refusals', () => {
     assert.ok(n && Number(n[1]) >= 6, `refusals are counted:\n${counted.text}`);
   });
 
+  test('the CLI names a CA that is not the coordinator\'s, a URL that is not https and a bad config, not "cannot reach"', async () => {
+    const c = clientConfig(fleet);
+    const evil = join(fleet.dir, 'evil-ca.crt');
+    writeFileSync(evil, (await createCa({ commonName: 'canopy CA' })).certPem);
+    const notPem = join(fleet.dir, 'not-a-cert.txt');
+    writeFileSync(notPem, 'hello\n');
+    const nullConfig = join(fleet.dir, 'null.json');
+    writeFileSync(nullConfig, 'null\n');
+    const agents = (...flags: string[]) => fleet.cli(['agents', '--token', c.token, ...flags]);
+
+    const wrongCa = await agents('--coordinator', c.url, '--ca', evil);
+    assert.equal(wrongCa.code, 2, wrongCa.stderr);
+    assert.match(
+      wrongCa.stderr,
+      new RegExp(`answered, but not as the coordinator --ca ${evil} trusts: .*use that coordinator's CA`),
+    );
+    assert.doesNotMatch(wrongCa.stderr, /cannot reach/);
+
+    const http = await agents('--coordinator', c.url.replace('https:', 'http:'), '--ca', evil);
+    assert.equal(http.code, 2);
+    assert.match(http.stderr, /--coordinator: "http:\/\/[^"]+" is not an https:\/\/ URL/);
+    const bare = await agents('--coordinator', c.url.replace('https://', ''), '--ca', evil, '--json');
+    assert.equal(bare.code, 2);
+    assert.doesNotMatch(bare.stderr, /internal error/);
+    assert.equal((JSON.parse(bare.stdout) as { error: { code: string } }).error.code, 'CLIENT_CONFIG');
+
+    const garbage = await agents('--coordinator', c.url, '--ca', notPem);
+    assert.match(garbage.stderr, new RegExp(`--ca ${notPem}: not a PEM certificate`));
+
+    const nothing = await cli(['agents'], { CANOPY_CONFIG: nullConfig, HOME: fleet.dir });
+    assert.equal(nothing.code, 2);
+    assert.match(nothing.stderr, /client config .*null\.json is not a JSON object of url, token and ca/);
+  });
+
   test('agent connections with certificates the coordinator did not issue are refused and logged', async () => {
     const coordDir = join(fleet.dir, 'coordinator');
     const realCa = {

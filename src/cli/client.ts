@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { type IncomingMessage, request } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { CanopyError } from '../errors/index.js';
+import { CanopyError, isCanopyError } from '../errors/index.js';
 import { COORDINATOR_SAN, checkSan } from '../pki/index.js';
 import { defaultClientConfigPath } from '../protocol/client-config.js';
 import type { CliIO } from './io.js';
@@ -23,7 +23,20 @@ export interface ClientSettings {
   url: string;
   token: string;
   ca: string;
+  /** Where the CA came from, for messages ("--ca FILE", "the client config PATH"). */
+  caFrom?: string;
 }
+
+/** TLS errors that mean the server answered, but with a certificate the CA given does not vouch for. */
+const UNTRUSTED = new Set([
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_SIGNATURE_FAILURE',
+  'CERT_UNTRUSTED',
+]);
 
 function readText(path: string, what: string): string {
   try {
@@ -39,15 +52,28 @@ export function clientSettings(
 ): ClientSettings {
   const env = io.env;
   let url = flags.coordinator ?? env.CANOPY_COORDINATOR;
+  let urlFrom = flags.coordinator !== undefined ? '--coordinator' : '$CANOPY_COORDINATOR';
   let token = flags.token ?? env.CANOPY_TOKEN;
   const caPath = flags.ca ?? env.CANOPY_CA;
+  let caFrom = caPath ? `${flags.ca !== undefined ? '--ca' : '$CANOPY_CA'} ${caPath}` : '';
   let ca = caPath ? readText(caPath, 'CA certificate') : undefined;
   if (!url || !token || !ca) {
     const path = defaultClientConfigPath(env);
     let cfg: Partial<ClientSettings> = {};
     try {
-      cfg = JSON.parse(readFileSync(path, 'utf8')) as Partial<ClientSettings>;
+      const parsed = JSON.parse(readFileSync(path, 'utf8')) as unknown;
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+        throw new CanopyError(
+          'CLIENT_CONFIG',
+          `client config ${path} is not a JSON object of url, token and ca`,
+          {
+            path,
+          },
+        );
+      }
+      cfg = parsed as Partial<ClientSettings>;
     } catch (err) {
+      if (isCanopyError(err)) throw err;
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
         throw new CanopyError(
           'CLIENT_CONFIG',
@@ -61,6 +87,8 @@ export function clientSettings(
         { path },
       );
     }
+    if (!url) urlFrom = `the client config ${path}`;
+    if (!ca) caFrom = `the CA in the client config ${path}`;
     url ??= cfg.url;
     token ??= cfg.token;
     ca ??= cfg.ca;
@@ -71,7 +99,27 @@ export function clientSettings(
       'the client config lacks url, token or ca; pass --coordinator, --token and --ca',
     );
   }
-  return { url: url.replace(/\/+$/, ''), token, ca };
+  let parsed: URL | undefined;
+  try {
+    parsed = new URL(url);
+  } catch {
+    parsed = undefined;
+  }
+  if (parsed?.protocol !== 'https:') {
+    throw new CanopyError(
+      'CLIENT_CONFIG',
+      `${urlFrom}: "${url}" is not an https:// URL; the coordinator's API speaks HTTPS only ` +
+        '(e.g. https://coord.example:7443, as in the client.json the coordinator wrote)',
+      { url },
+    );
+  }
+  if (!ca.includes('-----BEGIN CERTIFICATE-----')) {
+    throw new CanopyError(
+      'CLIENT_CONFIG',
+      `${caFrom}: not a PEM certificate; give the coordinator's CA (DATA/ca.crt, or the client.json it wrote)`,
+    );
+  }
+  return { url: url.replace(/\/+$/, ''), token, ca, caFrom };
 }
 
 export interface ApiResponse {
@@ -114,6 +162,17 @@ export class ApiClient {
         resolve,
       );
       req.on('error', (err: NodeJS.ErrnoException) => {
+        if (UNTRUSTED.has(err.code ?? '') || isCanopyError(err, 'PKI_WRONG_PEER')) {
+          reject(
+            new CanopyError(
+              'CLIENT_CONFIG',
+              `${this.settings.url} answered, but not as the coordinator ${this.settings.caFrom ?? 'the client config'} ` +
+                `trusts: ${err.message}; use that coordinator's CA (DATA/ca.crt, or the client.json it wrote), or check the URL`,
+              { cause: err },
+            ),
+          );
+          return;
+        }
         reject(
           new CanopyError(
             'COORDINATOR_UNREACHABLE',

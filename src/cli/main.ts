@@ -132,7 +132,12 @@ export async function main(argv: string[], io: CliIO): Promise<number> {
     }
     return await (await command.load()).run(rest, io);
   } catch (err) {
-    if (!isCanopyError(err)) throw err;
+    if (!isCanopyError(err)) {
+      // A bug, not bad input: the stack goes to stderr (below); --json still gets an error object.
+      if (json)
+        writeJson(io, { error: { code: 'INTERNAL', message: String((err as Error)?.message ?? err) } });
+      throw err;
+    }
     const p = palette(io.err, io.env);
     io.err.write(`${p.red('canopy: error:')} ${err.message}\n`);
     if (json) writeJson(io, { error: err.toJSON() });
@@ -143,6 +148,11 @@ export async function main(argv: string[], io: CliIO): Promise<number> {
 // Run only when this file is the program (npm's bin link is a symlink to it), not when imported.
 const entry = process.argv[1];
 if (entry !== undefined && import.meta.url === pathToFileURL(realpathSync(entry)).href) {
+  // `canopy ... | head`: a reader that went away is not an error of canopy's.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    process.exit(process.exitCode ?? 0);
+  });
   main(process.argv.slice(2), processIO()).then(
     (code) => {
       process.exitCode = code;

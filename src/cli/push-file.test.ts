@@ -4,7 +4,7 @@
  * send from real temp directories.
  */
 import assert from 'node:assert/strict';
-import { truncateSync, writeFileSync } from 'node:fs';
+import { symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { type TestContext, test } from 'node:test';
 import { tempTree } from '../../test/helpers/tree.js';
@@ -446,6 +446,40 @@ test('collectTemplates sends every file in the directories of the named template
     'templates/partials/head.njk': 'head',
     'templates/macros.njk': 'macros',
   });
+});
+
+test('templates named literally from elsewhere in the root are sent too, and what they name in turn', (t) => {
+  const file = pushFile(t, '', {
+    'troot/pages/site.njk':
+      '{% extends "layouts/base.njk" %}{% include "common/header.njk" %}{%- import \'lib/m.njk\' as m %}' +
+      '{% from "./near.njk" import x %}{% include "../../outside.njk" %}{% include "common/missing.njk" %}',
+    'troot/pages/near.njk': 'near',
+    'troot/layouts/base.njk': 'base {% include "common/footer.njk" %}',
+    'troot/common/header.njk': 'header',
+    'troot/common/footer.njk': 'footer',
+    'troot/lib/m.njk': 'macros',
+    'troot/unrelated/big.njk': 'not named',
+    'outside.njk': 'outside the root',
+  });
+  const out = collectTemplates(
+    spec(file, [{ template: 'pages/site.njk', dest: '/a' }], join(dirname(file), 'troot')),
+  );
+  assert.deepEqual(Object.keys(out).sort(), [
+    'common/footer.njk',
+    'common/header.njk',
+    'layouts/base.njk',
+    'lib/m.njk',
+    'pages/near.njk',
+    'pages/site.njk',
+  ]);
+});
+
+test('a looping or dangling symlink beside a template is skipped, not a crash', (t) => {
+  const file = pushFile(t, '', { 'templates/app.njk': 'app' });
+  symlinkSync('loop', join(dirname(file), 'templates', 'loop'));
+  symlinkSync('nowhere', join(dirname(file), 'templates', 'dangling'));
+  const out = collectTemplates(spec(file, [{ template: 'templates/app.njk', dest: '/a' }]));
+  assert.deepEqual(Object.keys(out), ['templates/app.njk']);
 });
 
 test('collectTemplates walks only the named directories, not their parents', (t) => {

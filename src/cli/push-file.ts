@@ -25,8 +25,8 @@
  *   timeout: 60s                      # per validate / notify (optional)
  *   dist_above: 8M                    # src files larger than this go peer to peer (optional)
  */
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { dirname, isAbsolute, join, normalize, relative, resolve, sep } from 'node:path';
+import { type Dirent, readdirSync, readFileSync, statSync } from 'node:fs';
+import { dirname, isAbsolute, join, normalize, posix, relative, resolve, sep } from 'node:path';
 import { parseDuration, parseSize } from '../agent/config.js';
 import { CanopyError } from '../errors/index.js';
 import { PUSH_BODY_LIMIT } from '../protocol/limits.js';
@@ -215,7 +215,10 @@ function inside(base: string, name: string, pushFile: string, what: string, relT
   return rel.split(sep).join('/');
 }
 
-/** The templates to send: every file in the directories of the named templates. */
+/**
+ * The templates to send: every file in the directories of the named templates, and what they
+ * include, import or extend by a literal name from elsewhere in the template root.
+ */
 export function collectTemplates(spec: PushFileSpec): Record<string, string> {
   const base = spec.templateRoot;
   const out: Record<string, string> = {};
@@ -235,18 +238,64 @@ export function collectTemplates(spec: PushFileSpec): Record<string, string> {
     dirs.add(dirname(rel));
   }
   for (const dir of dirs) walk(base, dir, out);
+  addReferenced(base, out);
   return out;
 }
 
 function walk(base: string, dir: string, out: Record<string, string>): void {
-  for (const entry of readdirSync(join(base, dir), { withFileTypes: true })) {
+  let entries: Dirent[];
+  try {
+    entries = readdirSync(join(base, dir), { withFileTypes: true });
+  } catch {
+    return; // unreadable: its files are not sent (an include of one fails naming it)
+  }
+  for (const entry of entries) {
     if (entry.name.startsWith('.')) continue;
     const rel = normalize(dir === '.' ? entry.name : `${dir}/${entry.name}`);
-    const st = entry.isSymbolicLink() ? statSync(join(base, rel), { throwIfNoEntry: false }) : entry;
     if (entry.isDirectory()) walk(base, rel, out);
-    else if (st?.isFile() && !(rel in out) && statSync(join(base, rel)).size <= MAX_TEMPLATE_BYTES) {
+    else if (!(rel in out)) {
       if (Object.keys(out).length >= MAX_TEMPLATE_FILES) return;
-      out[rel] = readFileSync(join(base, rel), 'utf8');
+      const text = readTemplate(base, rel);
+      if (text !== undefined) out[rel] = text;
+    }
+  }
+}
+
+/**
+ * A file beside the templates, or undefined when it is not one to send: not a regular file (a
+ * dangling or looping symlink, a fifo), larger than MAX_TEMPLATE_BYTES, or unreadable.
+ */
+function readTemplate(base: string, rel: string): string | undefined {
+  try {
+    const st = statSync(join(base, rel), { throwIfNoEntry: false });
+    if (!st?.isFile() || st.size > MAX_TEMPLATE_BYTES) return undefined;
+    return readFileSync(join(base, rel), 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** `{% include "x" %}`, import, from ... import, extends: a name given as a string literal. */
+const REFERENCE = /\{%-?\s*(?:include|import|extends|from)\s+(["'])([^"'\n]+)\1/g;
+
+/**
+ * Adds the templates that the collected ones name literally from elsewhere in the template root
+ * (names are relative to the root; "./" and "../" to the naming template), and theirs in turn.
+ */
+function addReferenced(base: string, out: Record<string, string>): void {
+  const queue = Object.keys(out);
+  for (let name = queue.pop(); name !== undefined; name = queue.pop()) {
+    for (const m of (out[name] ?? '').matchAll(REFERENCE)) {
+      const ref = m[2] ?? '';
+      const rel = posix.normalize(
+        ref.startsWith('./') || ref.startsWith('../') ? posix.join(posix.dirname(name), ref) : ref,
+      );
+      if (rel in out || rel === '..' || rel.startsWith('../') || posix.isAbsolute(rel)) continue;
+      if (Object.keys(out).length >= MAX_TEMPLATE_FILES) return;
+      const text = readTemplate(base, rel);
+      if (text === undefined) continue;
+      out[rel] = text;
+      queue.push(rel);
     }
   }
 }

@@ -50,9 +50,9 @@ export function renderCommand(argv: string[], io: CliIO): number {
   const engine = new TemplateEngine({
     root: values['template-root'] ? resolve(io.cwd, values['template-root']) : dirname(file),
   });
-  const text = engine
-    .template(file)
-    .render(new VarResolver(inv, task).templateVars(values.host), values.host);
+  // The same variables a push renders with (inventory_hostname, as Ansible sets it, then the layers).
+  const vars = { inventory_hostname: values.host, ...new VarResolver(inv, task).templateVars(values.host) };
+  const text = engine.template(file).render(vars, values.host);
   if (values.out) writeAtomic(resolve(io.cwd, values.out), text);
   if (values.json) {
     writeJson(io, {

@@ -331,7 +331,10 @@ function renderAll(
   const out: Rendered = { files: new Map(), byMd5: new Map(), secrets: new Map(), failures: [] };
   const root = writeTemplates(req);
   try {
-    const engine = new TemplateEngine({ root });
+    const engine = new TemplateEngine({
+      root,
+      rootLabel: "the push's template root (the templates and the files beside them that canopy push sent)",
+    });
     const resolver = inventory
       ? new VarResolver(inventory, req.vars ? [{ origin: '--var', vars: req.vars }] : [])
       : undefined;

@@ -60,6 +60,8 @@ export const CODES = {
     'an API request body that is not JSON or breaks the schema; `field` names the field (HTTP 400)',
   API_NOT_FOUND: 'no such API route (HTTP 404)',
   API_INTERNAL: 'the coordinator failed on a request; its log has the details (HTTP 500)',
+  INTERNAL:
+    'a bug in canopy itself (not bad input): the CLI prints the stack; please report it with the command line',
   API_REQUEST_FAILED: "the CLI got another error answer from the API; the message carries the API's code",
   RUN_UNKNOWN_TARGET:
     'a run target that is not a host, group, host range or label selector, or that matches no host (HTTP 400)',

@@ -37,11 +37,14 @@ const LEXER_OPTIONS = { trimBlocks: true, lstripBlocks: false, autoescape: false
 export interface TemplateEngineOptions {
   /** The directory templates, includes and imports are resolved in. */
   root: string;
+  /** How messages name the root (a push renders from a temporary copy: name what it came from). */
+  rootLabel?: string;
 }
 
 export class TemplateEngine {
   readonly root: string;
   readonly #realRoot: string;
+  readonly #label: string;
   readonly #env: NjEnvironment;
   readonly #templates = new Map<string, CompiledTemplate>();
 
@@ -53,6 +56,7 @@ export class TemplateEngine {
       });
     }
     this.#realRoot = realpathSync(this.root);
+    this.#label = options.rootLabel ?? this.root;
     const loader = { cache: {}, getSource: (name: string) => this.#source(name) };
     this.#env = new nunjucks.Environment([loader], { ...LEXER_OPTIONS, throwOnUndefined: false, dev: true });
     this.#env.canopyStrict = new StrictRuntime();
@@ -79,7 +83,7 @@ export class TemplateEngine {
     if (rel === '' || rel.startsWith(`..${sep}`) || rel === '..' || isAbsolute(rel)) {
       throw new CanopyError(
         'RENDER_OUTSIDE_ROOT',
-        `template "${name}" is outside the template root ${this.root}; ` +
+        `template "${name}" is outside the template root ${this.#label}; ` +
           'templates, includes and imports must name files inside it',
         { template: name, path: this.root },
       );
@@ -92,7 +96,7 @@ export class TemplateEngine {
     const rel = this.#relativeName(name);
     const file = join(this.root, rel);
     if (!existsSync(file)) {
-      throw new CanopyError('RENDER_TEMPLATE_NOT_FOUND', `template "${rel}" not found in ${this.root}`, {
+      throw new CanopyError('RENDER_TEMPLATE_NOT_FOUND', `template "${rel}" not found in ${this.#label}`, {
         template: rel,
         path: file,
       });
@@ -101,7 +105,7 @@ export class TemplateEngine {
     if (real !== this.#realRoot && !real.startsWith(this.#realRoot + sep)) {
       throw new CanopyError(
         'RENDER_OUTSIDE_ROOT',
-        `template "${rel}" is a symlink to ${real}, outside the template root ${this.root}; copy the file into the root instead`,
+        `template "${rel}" is a symlink to ${real}, outside the template root ${this.#label}; copy the file into the root instead`,
         { template: rel, path: real },
       );
     }
