@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { type AddressInfo, createServer } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { canopy, ROOT } from './helpers/cli.js';
@@ -329,4 +330,31 @@ test('an agent refuses to start with a root that does not exist, naming it (exit
   assert.equal(r.code, 2);
   assert.match(r.stderr, /root .*missing is not an existing directory; create it/);
   assert.equal(existsSync(`${dir}/data/identity.json`), false);
+});
+
+test('coordinator start-up mistakes are named, exit 2, and leave nothing listening', async (t) => {
+  const dir = tempTree(t, { 'a-file': 'x' });
+  const busy = createServer();
+  await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+  t.after(() => busy.close());
+  const port = (busy.address() as AddressInfo).port;
+  const start = (...args: string[]) => canopy(['coordinator', '--data', join(dir, 'state'), ...args]);
+  const cases: [string[], RegExp][] = [
+    [
+      ['--listen', `127.0.0.1:${port}`],
+      new RegExp(`cannot listen: 127\\.0\\.0\\.1:${port} is in use.*pick another --listen port`),
+    ],
+    [['--listen', '127.0.0.1:99999'], /--listen "127\.0\.0\.1:99999": port 99999 is not 0-65535/],
+    [['--listen', 'nosuchhost.invalid:0'], /cannot listen: nosuchhost\.invalid does not resolve/],
+    [['--listen', '127.0.0.1:0', '--advertise', 'notaurl'], /--advertise "notaurl" is not an https:\/\/ URL/],
+  ];
+  for (const [args, message] of cases) {
+    const r = start(...args);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, message);
+    assert.doesNotMatch(r.stderr, /internal error|\n\s+at /);
+  }
+  const notDir = canopy(['coordinator', '--data', join(dir, 'a-file'), '--listen', '127.0.0.1:0']);
+  assert.equal(notDir.code, 2);
+  assert.match(notDir.stderr, /--data .*a-file: cannot be the coordinator's state directory/);
 });

@@ -47,6 +47,21 @@ export async function coordinatorCommand(argv: string[], io: CliIO): Promise<num
   if (!m) throw usage('coordinator', `--listen "${listen}" is not HOST:PORT`);
   const host = (m[1] ?? '').replace(/^\[|\]$/g, '');
   const port = Number(m[2]);
+  if (port > 65535) throw usage('coordinator', `--listen "${listen}": port ${port} is not 0-65535`);
+  if (values.advertise !== undefined) {
+    let scheme: string | undefined;
+    try {
+      scheme = new URL(values.advertise).protocol;
+    } catch {
+      scheme = undefined;
+    }
+    if (scheme !== 'https:') {
+      throw usage(
+        'coordinator',
+        `--advertise "${values.advertise}" is not an https:// URL (the address agents and the CLI dial, e.g. https://coord.example:7443)`,
+      );
+    }
+  }
   const log = daemonLogger('coordinator', values['log-level'], io.env);
   const inventory = values.inventory ?? io.env.CANOPY_INVENTORY;
   const coordinator = await Coordinator.start({

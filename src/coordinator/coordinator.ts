@@ -12,7 +12,7 @@ import { type FSWatcher, watch as watchFiles } from 'chokidar';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { WebSocketServer } from 'ws';
-import { isCanopyError } from '../errors/index.js';
+import { CanopyError, isCanopyError } from '../errors/index.js';
 import { API_BODY_LIMIT, type ClientConfig, defaultClientConfigPath } from '../protocol/index.js';
 import { type Inventory, loadInventory } from '../render/index.js';
 import { registerApi } from './api.js';
@@ -68,7 +68,13 @@ export class Coordinator {
   static async start(opts: CoordinatorOptions): Promise<Coordinator> {
     const log = opts.logger;
     const now = opts.now ?? Date.now;
-    await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
+    await mkdir(opts.dataDir, { recursive: true, mode: 0o700 }).catch((err: NodeJS.ErrnoException) => {
+      throw new CanopyError(
+        'INPUT_NOT_FOUND',
+        `--data ${opts.dataDir}: cannot be the coordinator's state directory: ${err.message}`,
+        { path: opts.dataDir },
+      );
+    });
     let inventory: Inventory | undefined;
     if (opts.inventoryPath) inventory = loadInventory(opts.inventoryPath);
     const isIp = /^[\d.]+$|:/.test(opts.host);
@@ -224,7 +230,13 @@ export class Coordinator {
     });
 
     // A deep accept queue: thousands of agents reconnect at once after a coordinator restart.
-    await app.listen({ host: opts.host, port: opts.port, backlog: 4096 });
+    try {
+      await app.listen({ host: opts.host, port: opts.port, backlog: 4096 });
+    } catch (err) {
+      await app.close().catch(() => {});
+      await store.close().catch(() => {});
+      throw listenError(opts.host, opts.port, err as NodeJS.ErrnoException);
+    }
     const addr = app.server.address();
     const port = typeof addr === 'object' && addr ? addr.port : opts.port;
     const dialHost = opts.host === '0.0.0.0' || opts.host === '::' ? '127.0.0.1' : opts.host;
@@ -318,3 +330,20 @@ export class Coordinator {
     await this.store.close();
   }
 }
+
+/** Why the API could not listen, naming the address and what to change. */
+function listenError(host: string, port: number, err: NodeJS.ErrnoException): CanopyError {
+  const at = `${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const why =
+    err.code === 'EADDRINUSE'
+      ? `${at} is in use (another coordinator, or another program): pick another --listen port`
+      : err.code === 'EADDRNOTAVAIL'
+        ? `${host} is not an address of this machine: --listen on one of its addresses, or 0.0.0.0`
+        : err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN'
+          ? `${host} does not resolve: --listen on an IP address or a name this machine resolves`
+          : err.code === 'EACCES'
+            ? `${at} needs privileges (ports below 1024): pick a port from 1024`
+            : `${at}: ${err.message}`;
+  return new CanopyError('USAGE', `cannot listen: ${why}`, { host, port });
+}
+
