@@ -346,4 +346,3 @@ function listenError(host: string, port: number, err: NodeJS.ErrnoException): Ca
             : `${at}: ${err.message}`;
   return new CanopyError('USAGE', `cannot listen: ${why}`, { host, port });
 }
-

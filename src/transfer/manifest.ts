@@ -124,7 +124,7 @@ function checkChunkSizeOption(chunkSize: number, path: string): void {
   throw new CanopyError(
     'TRANSFER_MANIFEST_INVALID',
     `cannot build a manifest of ${path} with chunk size ${chunkSize}: it must be a power of two ` +
-      `from 64 KiB to 64 MiB; leave it unset for the default 4 MiB`,
+      `from 64 KiB to 64 MiB (e.g. 256K, 1M, 4M), or leave it unset for the default`,
     { path, chunkSize },
   );
 }
