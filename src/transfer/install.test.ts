@@ -9,12 +9,15 @@ import { mkdtempSync, realpathSync, rmSync } from 'node:fs';
 import {
   chmod,
   chown,
+  link,
+  lstat,
   mkdir,
   readdir,
   readFile,
   rename,
   stat,
   symlink,
+  unlink,
   utimes,
   writeFile,
 } from 'node:fs/promises';
@@ -25,6 +28,7 @@ import { isCanopyError } from '../errors/index.js';
 import { ChunkStore } from './chunk-store.js';
 import {
   commitInstall,
+  fileState,
   fixMeta,
   type InstallOptions,
   installFile,
@@ -557,7 +561,7 @@ test('rollback restores the newest backup, removes it, and a second rollback goe
   assert.deepEqual(await tempsIn(root), []);
 });
 
-test('rollback keeps the mode of the current file', async (t) => {
+test("rollback restores the old file's permission bits along with its content", async (t) => {
   const { base, root } = await roots(t);
   const clock = fakeClock(t);
   const backups = path.join(base, 'backups');
@@ -567,7 +571,40 @@ test('rollback keeps the mode of the current file', async (t) => {
   await install(dest, 'v2', backups, { backup: true, mode: 0o640 });
   await rollback(dest, backups);
   assert.equal(await readFile(dest, 'utf8'), 'v1');
-  assert.equal((await stat(dest)).mode & 0o7777, 0o640);
+  assert.equal((await stat(dest)).mode & 0o7777, 0o600);
+});
+
+test('a destination swapped for a symlink, or for another file, while it is replaced is not backed up through it', async (t) => {
+  const { base, root } = await roots(t);
+  const backups = path.join(base, 'backups');
+  const secret = path.join(base, 'outside-secret');
+  await writeFile(secret, 'TOPSECRET');
+  const dest = path.join(root, 'app.conf');
+  await writeFile(dest, 'old');
+  const previous = await fileState(dest);
+  assert.ok(previous);
+  // Between the check (previous) and the backup, the file becomes a symlink to a file outside.
+  await unlink(dest);
+  await symlink(secret, dest);
+  const content = Buffer.from('new');
+  await assert.rejects(
+    installFile({ dest, content, md5: md5Of(content), backupDir: backups, backup: true, previous }),
+    /app\.conf is now a symlink: it changed while it was being replaced/,
+  );
+  assert.equal((await lstat(dest)).isSymbolicLink(), true, 'the symlink was replaced');
+  const kept = async () =>
+    (await readdir(backups, { recursive: true }).catch(() => [])).filter((n) => /\d{14}-/.test(n));
+  assert.deepEqual(await kept(), [], 'a backup was taken through the symlink');
+  // Another file at the path (another inode) is not taken for the one checked.
+  await unlink(dest);
+  await writeFile(dest, 'someone else');
+  await assert.rejects(
+    installFile({ dest, content, md5: md5Of(content), backupDir: backups, backup: true, previous }),
+    /is now another file/,
+  );
+  assert.equal(await readFile(dest, 'utf8'), 'someone else');
+  assert.deepEqual(await kept(), []);
+  assert.deepEqual(await tempsIn(root), []);
 });
 
 test('rollback of a destination that was deleted recreates it', async (t) => {
@@ -816,6 +853,40 @@ test('fixMeta changes the mode in place: content and inode stay', async (t) => {
   assert.equal(after.mode & 0o7777, 0o640);
   assert.equal(after.ino, before.ino);
   assert.equal(await readFile(file, 'utf8'), 'keep');
+});
+
+test('fixMeta on a file with another hard link (outside the roots, say) replaces it by a copy; the other name keeps its mode', async (t) => {
+  const dir = scratch(t);
+  const outside = path.join(dir, 'outside-secret');
+  await writeFile(outside, 'keep');
+  await chmod(outside, 0o600);
+  const file = path.join(dir, 'linked.conf');
+  await link(outside, file);
+  const before = await new Md5Cache().state(file);
+  assert.ok(before);
+  await fixMeta(file, { mode: 0o666 }, before);
+  assert.equal((await stat(outside)).mode & 0o7777, 0o600, 'the other link changed mode');
+  assert.equal((await stat(outside)).nlink, 1);
+  const after = await stat(file);
+  assert.equal(after.mode & 0o7777, 0o666);
+  assert.notEqual(after.ino, before.ino);
+  assert.equal(await readFile(file, 'utf8'), 'keep');
+  assert.deepEqual(await tempsIn(dir), []);
+});
+
+test('fixMeta refuses a destination that became a symlink', async (t) => {
+  const dir = scratch(t);
+  const file = path.join(dir, 'f');
+  await writeFile(file, 'x');
+  const before = await new Md5Cache().state(file);
+  assert.ok(before);
+  const target = path.join(dir, 'target');
+  await writeFile(target, 'y');
+  await chmod(target, 0o600);
+  await unlink(file);
+  await symlink(target, file);
+  await assert.rejects(fixMeta(file, { mode: 0o644 }, before), /f is now a symlink/);
+  assert.equal((await stat(target)).mode & 0o7777, 0o600);
 });
 
 test('fixMeta without a mode keeps the previous mode', async (t) => {

@@ -21,9 +21,10 @@
  *   destination, newest last; `rollback` re-installs the newest.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { constants, createReadStream } from 'node:fs';
 import {
   copyFile,
+  type FileHandle,
   lstat,
   mkdir,
   open,
@@ -274,7 +275,7 @@ export async function commitInstall(temp: string, md5: string, opts: CommitOptio
         );
       }
     }
-    if (opts.backup && previous) backup = await keepBackup(opts.dest, opts.backupDir, previous.md5);
+    if (opts.backup && previous) backup = await keepBackup(opts.dest, opts.backupDir, previous);
     await rename(temp, opts.dest);
   } catch (err) {
     await unlink(temp).catch(() => {});
@@ -335,9 +336,33 @@ export async function setMeta(
   }
 }
 
-/** Sets mode and owner on an installed file whose content is already right. */
+/**
+ * Sets mode and owner on an installed file whose content is already right: in place, unless the
+ * file has other hard links (one may be outside the roots): then a copy with the new mode and
+ * owner replaces it by rename, and the other names keep theirs.
+ */
 export async function fixMeta(dest: string, opts: MetaOptions, previous: FileState): Promise<void> {
-  await setMeta(dest, opts, previous);
+  const fh = await open(dest, constants.O_RDONLY | constants.O_NOFOLLOW).catch(
+    (err: NodeJS.ErrnoException) => {
+      throw changedUnder(dest, err.code === 'ELOOP' ? 'is now a symlink' : err.message);
+    },
+  );
+  const temp = tempPathFor(dest);
+  try {
+    if ((await fh.stat()).nlink <= 1) {
+      await setMeta(dest, opts, previous);
+      return;
+    }
+    await copyOpen(fh, temp);
+    await setMeta(temp, opts, previous, dest);
+    await rename(temp, dest);
+  } catch (err) {
+    await unlink(temp).catch(() => {});
+    throw err;
+  } finally {
+    await fh.close();
+  }
+  await syncDir(path.dirname(dest));
 }
 
 /** True when the file's mode/owner differ from what opts asks for. */
@@ -376,7 +401,8 @@ function backupHome(dest: string, backupDir: string): string {
   return path.join(backupDir, createHash('sha256').update(dest).digest('hex').slice(0, 32));
 }
 
-async function keepBackup(dest: string, backupDir: string, md5: string): Promise<string> {
+async function keepBackup(dest: string, backupDir: string, previous: FileState): Promise<string> {
+  const md5 = previous.md5;
   const home = backupHome(dest, backupDir);
   await mkdir(home, { recursive: true, mode: 0o700 });
   await writeFile(path.join(home, 'dest'), dest, { mode: 0o600 });
@@ -386,9 +412,29 @@ async function keepBackup(dest: string, backupDir: string, md5: string): Promise
   const seq = last ? Number(last.slice(0, 14)) + 1 : 1;
   const name = `${seq.toString().padStart(14, '0')}-${md5}`;
   const file = path.join(home, name);
-  await copyFile(dest, `${file}.tmp`);
-  const fh = await open(`${file}.tmp`, 'r');
-  await fh.sync().finally(() => fh.close());
+  // The file checked earlier, not whatever is at the path now: a symlink swapped in since (to a
+  // file outside the roots) is not followed, and another file is not taken for the old one.
+  const src = await open(dest, constants.O_RDONLY | constants.O_NOFOLLOW).catch(
+    (err: NodeJS.ErrnoException) => {
+      throw changedUnder(dest, err.code === 'ELOOP' ? 'is now a symlink' : err.message);
+    },
+  );
+  try {
+    const st = await src.stat({ bigint: true });
+    const same =
+      st.isFile() &&
+      Number(st.ino) === previous.ino &&
+      Number(st.size) === previous.size &&
+      Number(st.mtimeNs / 1_000_000n) === previous.mtimeMs;
+    if (!same) throw changedUnder(dest, 'is now another file');
+    // The backup keeps the old file's permission bits (not set-id ones): a rollback restores them.
+    await copyOpen(src, `${file}.tmp`, previous.mode & 0o777);
+  } catch (err) {
+    await unlink(`${file}.tmp`).catch(() => {});
+    throw err;
+  } finally {
+    await src.close();
+  }
   await rename(`${file}.tmp`, file);
   const all = await listBackups(home);
   for (const old of all.slice(0, Math.max(0, all.length - KEEP_BACKUPS))) {
@@ -427,7 +473,35 @@ export async function rollback(dest: string, backupDir: string): Promise<Rollbac
   }
   const file = path.join(home, newest);
   const content = await readFile(file);
-  const r = await installFile({ dest, content, md5: md5Of(content), backupDir });
+  // The old file's permission bits, kept on the backup.
+  const mode = (await stat(file)).mode & 0o777;
+  const r = await installFile({ dest, content, md5: md5Of(content), backupDir, mode });
   await unlink(file);
   return { oldMd5: r.oldMd5, newMd5: r.newMd5, restoredFrom: file };
+}
+
+function changedUnder(dest: string, what: string): CanopyError {
+  return new CanopyError(
+    'PUSH_DEST_REFUSED',
+    `${dest} ${what}: it changed while it was being replaced, so no backup was taken and nothing was installed; run again`,
+    { path: dest },
+  );
+}
+
+/** Copies an open file (from its start) to a new file `to`, fsynced, with `mode`. */
+async function copyOpen(src: FileHandle, to: string, mode = 0o600): Promise<void> {
+  const out = await open(to, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+  try {
+    const buf = Buffer.allocUnsafe(1024 * 1024);
+    for (let at = 0; ; ) {
+      const { bytesRead } = await src.read(buf, 0, buf.length, at);
+      if (bytesRead === 0) break;
+      await out.write(buf, 0, bytesRead);
+      at += bytesRead;
+    }
+    await out.chmod(mode);
+    await out.sync();
+  } finally {
+    await out.close();
+  }
 }
