@@ -97,6 +97,14 @@ test('canopy dist DIR: a tree to 4 agents with rsync down the peer tree, then on
   const destOf = (host: string) => join(fleet.dir, 'agents', host, 'root', 'app');
   const dest = join(fleet.dir, 'agents', '{host}', 'root', 'app');
 
+  // Each host has a file of its own in the destination: relays must not pass theirs on.
+  for (const h of names) {
+    mkdirSync(destOf(h), { recursive: true });
+    writeFileSync(join(destOf(h), `${h}-private.key`), `${h}'s own key\n`);
+  }
+  const withoutOwn = (host: string) =>
+    Object.fromEntries(Object.entries(snapshot(destOf(host))).filter(([k]) => k !== `${host}-private.key`));
+
   const dist = async () => {
     const r = await fleet.cli(['dist', src, '--dest', dest, '--targets', 'all', '--json']);
     assert.equal(r.code, 0, `${r.stderr}\n${r.stdout.slice(0, 3000)}`);
@@ -104,10 +112,11 @@ test('canopy dist DIR: a tree to 4 agents with rsync down the peer tree, then on
     assert.equal(j.results.length, 4);
     for (const res of j.results) {
       assert.equal(res.state, 'ok', `${res.host}: ${res.error}`);
+      assert.deepEqual(withoutOwn(res.host), snapshot(src, '', 0o1777), `${res.host} has a different tree`);
       assert.deepEqual(
-        snapshot(destOf(res.host)),
-        snapshot(src, '', 0o1777),
-        `${res.host} has a different tree`,
+        readdirSync(destOf(res.host)).filter((n) => n.endsWith('-private.key')),
+        [`${res.host}-private.key`],
+        `${res.host} got another host's own file from its relay`,
       );
       assert.equal(statSync(join(destOf(res.host), 'bin', 'tool')).mode & 0o7777, 0o755);
       assert.ok(res.transfer?.rsync, `${res.host} reported no rsync figures`);

@@ -8,7 +8,7 @@
  * pulls its queue on connect and periodically, so a lost push is found.
  */
 import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm, unlink } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -142,7 +142,10 @@ export class Agent {
   private peer: { server: PeerServer; store: ChunkStore; address: string } | undefined;
   private readonly serving = new Map<string, { manifest: Manifest; until: number; rateLimit?: number }>();
   /** Directory distributions this host holds completely: their root, served to children until `until`. */
-  private readonly trees = new Map<string, { root: string; until: number; rateLimit?: number }>();
+  private readonly trees = new Map<
+    string,
+    { root: string; filter: string; until: number; rateLimit?: number }
+  >();
   /** Blobs whose source is a file on this host (canopy dist --source): served from the file. */
   private readonly seeds: SeedStore;
   /** Peers' manifest requests waiting for a blob this agent is still getting the manifest of. */
@@ -222,6 +225,8 @@ export class Agent {
     } catch (err) {
       this.log.error({ err }, 'ignoring revoked.json until the coordinator sends the revoked serials again');
     }
+    // Tree filters of an earlier run: nothing is served from them after a restart.
+    await rm(join(this.opts.dataDir, 'trees'), { recursive: true, force: true });
     if (this.opts.config.peerListen) await this.startPeer(this.opts.config.peerListen);
     const interrupted = await this.journal.open(this.now());
     for (const r of interrupted) {
@@ -280,7 +285,7 @@ export class Agent {
       // A tree is served only once this host's own pull of it finished: children pull a whole level.
       authorizeTree: (_peer, id) => {
         const t = this.trees.get(id);
-        return t && t.until > this.now() ? { root: t.root } : undefined;
+        return t && t.until > this.now() ? { root: t.root, filter: t.filter } : undefined;
       },
       awaitManifest: (_peer, blob) => this.awaitServing(blob),
       isRevoked: (serial) => this.revokedSerials.has(normalizeSerial(serial)),
@@ -674,9 +679,10 @@ export class Agent {
       policy: this.policy,
       dataDir: this.opts.dataDir,
       canopy: canopyArgv(),
-      ready: (tree, root) => {
+      ready: (tree, root, filter) => {
         this.trees.set(tree, {
           root,
+          filter,
           until: this.now() + task.spec.serveForMs,
           ...(rateLimit ? { rateLimit } : {}),
         });
@@ -690,7 +696,7 @@ export class Agent {
     });
     const release = setTimeout(() => {
       const t = this.trees.get(id);
-      if (t && t.until <= this.now()) this.trees.delete(id);
+      if (t && t.until <= this.now()) this.dropTree(id);
       this.applyUploadLimit();
     }, task.spec.serveForMs + 1_000);
     release.unref();
@@ -719,6 +725,15 @@ export class Agent {
     });
     const s = this.serving.get(blob);
     return s && s.until > this.now() ? s.manifest : undefined;
+  }
+
+  /** Stops serving a tree and removes its filter file; true when it was served. */
+  private dropTree(id: string): boolean {
+    const t = this.trees.get(id);
+    if (!t) return false;
+    this.trees.delete(id);
+    void unlink(t.filter).catch(() => {});
+    return true;
   }
 
   /** The upload cap is the lowest rate limit among the blobs and trees served now; none: no cap. */
@@ -856,7 +871,7 @@ export class Agent {
     let stopped = 0;
     for (const id of ids) {
       const blob = this.serving.delete(id);
-      const tree = this.trees.delete(id);
+      const tree = this.dropTree(id);
       if ((await this.seeds.stop(id)) || blob || tree) stopped++;
     }
     this.applyUploadLimit();

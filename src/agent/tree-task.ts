@@ -19,7 +19,7 @@
  * last report gives the whole size. `--rate-limit` (spec.rateLimit) becomes
  * rsync's --bwlimit, which the serving rsync applies to what it sends.
  */
-import { lstat, mkdir } from 'node:fs/promises';
+import { lstat, mkdir, writeFile } from 'node:fs/promises';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { isCanopyError } from '../errors/index.js';
 import type { DistTask, PeerAddress, TaskResult } from '../protocol/index.js';
@@ -32,6 +32,7 @@ import {
   type SyncProgress,
   type SyncResult,
   syncFromPeer,
+  treeFilter,
 } from '../transfer/index.js';
 import { parseHostPort } from './config.js';
 import { candidatesFor, type DistProgress, sleep } from './dist-task.js';
@@ -47,7 +48,8 @@ export interface TreeContext {
   /** The argv that runs the canopy CLI (rsync's remote shell is `canopy peer-rsh`). */
   canopy: readonly string[];
   /** This host holds the whole tree at `root`: it may serve it to its children. */
-  ready: (treeId: string, root: string) => void;
+  /** The pull finished: serve `root` as the tree, only the entries `filter` (a treeFilter file) names. */
+  ready: (treeId: string, root: string, filter: string) => void;
   /** How long a parent that is not ready yet is asked again before the next candidate; default 10 min. */
   parentWaitMs?: number;
   /** Between two asks of a parent that is not ready; default 500 ms. */
@@ -144,12 +146,17 @@ export async function runTree(task: DistTask, ctx: TreeContext): Promise<TreeOut
             partial: true,
             // Set-id files only where the agent allows them (allow_setid), as for pushed files.
             stripSetid: !ctx.policy.allowSetid,
+            // The tree's entries, to serve children those and not the rest of this directory.
+            listEntries: true,
             ...(tree.delete ? { delete: true } : {}),
             ...(spec.rateLimit !== undefined ? { rateLimit: spec.rateLimit } : {}),
             ...(ctx.progress ? { progress: onProgress } : {}),
             ...(ctx.signal ? { signal: ctx.signal } : {}),
           });
-          ctx.ready(tree.id, dest.path);
+          const filter = join(ctx.dataDir, 'trees', `${tree.id}.filter`);
+          await mkdir(dirname(filter), { recursive: true, mode: 0o700 });
+          await writeFile(filter, treeFilter(r.entries ?? []), { mode: 0o600 });
+          ctx.ready(tree.id, dest.path, filter);
           reports.stop();
           ctx.progress?.({
             chunks: 0,

@@ -82,6 +82,7 @@ export {
   PeerServer,
   type PeerServerOptions,
   type PeerServerStats,
+  type TreeGrant,
 } from './peer-server.js';
 export { type PeerRsyncOptions, type RsyncStats, runPeerRsync } from './peer-stream.js';
 export { PEER_ALPN, PEER_CODES } from './peer-wire.js';
@@ -113,4 +114,5 @@ export {
   type SyncProgress,
   type SyncResult,
   syncFromPeer,
+  treeFilter,
 } from './rsync.js';

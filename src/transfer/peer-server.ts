@@ -83,6 +83,12 @@ export type ChunkSource = (
   into?: Buffer,
 ) => Promise<Uint8Array | undefined>;
 
+/** What a tree pull may read: `root`, and with `filter` (a treeFilter file) only the entries it names. */
+export interface TreeGrant {
+  root: string;
+  filter?: string;
+}
+
 export interface PeerServerOptions {
   /** This agent's certificate and key (PEM), as issued by the fleet CA. */
   identity: CertAndKey;
@@ -122,10 +128,7 @@ export interface PeerServerOptions {
    * `peer` pull as tree `treeId` with rsync, else undefined. Without this
    * option every rsync request is refused.
    */
-  authorizeTree?: (
-    peer: string,
-    treeId: string,
-  ) => { root: string } | undefined | Promise<{ root: string } | undefined>;
+  authorizeTree?: (peer: string, treeId: string) => TreeGrant | undefined | Promise<TreeGrant | undefined>;
   /** The rsync program a pull runs; default "rsync" from PATH. Never chosen by the peer. */
   rsyncPath?: string;
   /** rsync processes at once; more requests are refused (the peer retries); default 8. */
@@ -545,7 +548,7 @@ class PeerConnection {
         { peer: name, tree: req.tree },
       );
     }
-    return serverSpawn(command, tree.root);
+    return serverSpawn(command, tree.root, tree.filter);
   }
 
   /** The client's certificate was revoked while it was connected: hang up, saying so where a frame fits. */

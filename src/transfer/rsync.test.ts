@@ -10,6 +10,7 @@
 import 'reflect-metadata';
 
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { once } from 'node:events';
 import {
@@ -54,6 +55,7 @@ import {
   type SyncFromPeerOptions,
   serverSpawn,
   syncFromPeer,
+  treeFilter,
 } from './rsync.js';
 
 const HOUR = 3_600_000;
@@ -762,4 +764,36 @@ test('a server without rsync, or with every rsync slot taken, says so instead of
     assertCanopy(PEER_CODES.lost, /0 rsync pulls are running already/),
   );
   assert.equal(busy.server.rsyncStats.started, 0);
+});
+
+test('treeFilter lets rsync send exactly the listed entries, wildcard characters taken literally', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'canopy-filter-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const src = join(dir, 'src');
+  mkdirSync(join(src, 'etc', 'conf.d'), { recursive: true });
+  mkdirSync(join(src, 'own'));
+  const files = [
+    'etc/app.conf',
+    'etc/conf.d/x.conf',
+    'we*ird[1].txt',
+    'own/key',
+    'weXird1.txt',
+    'relay.key',
+    'etc/secret',
+  ];
+  for (const f of files) writeFileSync(join(src, f), f);
+  const listed = ['etc/', 'etc/app.conf', 'etc/conf.d/', 'etc/conf.d/x.conf', 'we*ird[1].txt'];
+  const rules = join(dir, 'tree.filter');
+  writeFileSync(rules, treeFilter(listed));
+  const r = spawnSync('rsync', ['-a', `--filter=merge ${rules}`, `${src}/`, join(dir, 'dst')], {
+    encoding: 'utf8',
+  });
+  assert.equal(r.status, 0, r.stderr);
+  const got = readdirSync(join(dir, 'dst'), { recursive: true, encoding: 'utf8' }).sort();
+  assert.deepEqual(got, ['etc', 'etc/app.conf', 'etc/conf.d', 'etc/conf.d/x.conf', 'we*ird[1].txt']);
+});
+
+test('treeFilter with no entries sends nothing; names rsync escaped are left out', () => {
+  assert.equal(treeFilter([]), '- *\n');
+  assert.equal(treeFilter(['a\\#012b', 'c']), '+ /c\n- *\n');
 });

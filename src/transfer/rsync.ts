@@ -130,7 +130,11 @@ export function parseServerCommand(args: readonly string[]): ServerCommand {
  * tree (through `..`, an absolute path or a symlink), TRANSFER_CHUNK_MISSING
  * for a path or root that does not exist.
  */
-export async function serverSpawn(command: ServerCommand, root: string): Promise<ServerSpawn> {
+export async function serverSpawn(
+  command: ServerCommand,
+  root: string,
+  filter?: string,
+): Promise<ServerSpawn> {
   let real: string;
   let isDir: boolean;
   try {
@@ -149,7 +153,17 @@ export async function serverSpawn(command: ServerCommand, root: string): Promise
   for (const p of wanted) paths.push(isDir ? await inDirectory(p, real) : inFileTree(p, real));
   return {
     cwd: isDir ? real : dirname(real),
-    argv: ['--server', '--sender', ...command.options, '--', '.', ...paths],
+    // A relay's directory may hold files of its own: its filter (treeFilter) lets only the tree's
+    // entries out. Server-side rules come before any the client sends, so they decide first.
+    argv: [
+      '--server',
+      '--sender',
+      ...(filter ? [`--filter=merge ${filter}`] : []),
+      ...command.options,
+      '--',
+      '.',
+      ...paths,
+    ],
   };
 }
 
@@ -278,6 +292,8 @@ export interface SyncFromPeerOptions {
   compress?: boolean;
   /** Clear the setuid/setgid bits of every file received (--chmod=Fug-s); default false. */
   stripSetid?: boolean;
+  /** Name every entry of the tree in the result (`entries`), changed or not (-ii); default false. */
+  listEntries?: boolean;
   /** rsync's I/O timeout in seconds (both ends give up after that long without data); default 300. */
   timeoutSeconds?: number;
   /** Aborting kills rsync with SIGTERM (it keeps the partial file) and rejects with the reason. */
@@ -330,6 +346,47 @@ export interface SyncResult {
   stderr: string;
   /** The argv rsync ran with, for logs. */
   argv: string[];
+  /** With listEntries: every entry of the tree as rsync named it (directories end in "/"). */
+  entries?: string[];
+}
+
+/** Marks rsync's itemized lines among its other output. */
+const ENTRY_PREFIX = 'canopy-entry:';
+/**
+ * `canopy-entry:>f+++++++++ etc/app.conf` (or `.f          etc/app.conf` unchanged): the
+ * 11-character item, a space, the name. Deletions (`*deleting`) are not entries.
+ */
+const ENTRY = /^canopy-entry:[<>ch.][fdLDS].{9} (.+)$/;
+
+/** Collects the names of rsync's itemized lines as its output comes, in pieces cut anywhere. */
+function entryReader(stream: NodeJS.ReadableStream): () => string[] {
+  const names: string[] = [];
+  let partial = '';
+  stream.on('data', (d: Buffer) => {
+    const lines = (partial + d.toString('utf8')).split(/[\r\n]/);
+    partial = lines.pop() ?? '';
+    for (const line of lines) {
+      const m = ENTRY.exec(line);
+      if (m?.[1] && m[1] !== './') names.push(m[1]);
+    }
+  });
+  return () => names;
+}
+
+/**
+ * rsync filter rules that let a serving rsync send exactly `entries` (as a pull listed them) and
+ * nothing else from its directory: "+ /name" for each (anchored; wildcard characters escaped),
+ * then "- *". Names rsync had to escape (\#ooo: control characters) are left out.
+ */
+export function treeFilter(entries: readonly string[]): string {
+  const rules: string[] = [];
+  for (const name of entries) {
+    if (name.includes('\\#')) continue;
+    const escaped = /[*?[]/.test(name) ? name.replace(/[*?[\\]/g, (c) => `\\${c}`) : name;
+    rules.push(`+ /${escaped}`);
+  }
+  rules.push('- *');
+  return `${rules.join('\n')}\n`;
 }
 
 /** rsync's exit codes that mean the link or the peer failed, rather than a file. */
@@ -383,6 +440,7 @@ export function rsyncClientArgv(o: SyncFromPeerOptions): string[] {
     ...(o.checksum ? ['--checksum'] : []),
     ...(o.compress ? ['-z'] : []),
     ...(o.stripSetid ? ['--chmod=Fug-s'] : []),
+    ...(o.listEntries ? ['-ii', `--out-format=${ENTRY_PREFIX}%i %n`] : []),
     ...(o.rateLimit !== undefined ? [`--bwlimit=${bwlimitKiB(o.rateLimit)}`] : []),
     ...(o.progress ? ['--info=progress2'] : []),
     '-e',
@@ -413,6 +471,7 @@ export async function syncFromPeer(o: SyncFromPeerOptions): Promise<SyncResult> 
   });
   const out = tail(child.stdout);
   const err = tail(child.stderr);
+  const entries = o.listEntries ? entryReader(child.stdout) : undefined;
   if (o.progress) {
     const report = o.progress;
     const reader = new Progress2Reader();
@@ -444,7 +503,13 @@ export async function syncFromPeer(o: SyncFromPeerOptions): Promise<SyncResult> 
   }
   if (o.signal?.aborted) throw o.signal.reason;
   const stderr = err();
-  const result = { ...parseRsyncStats(out()), exitCode: exit.code ?? 255, stderr, argv };
+  const result = {
+    ...parseRsyncStats(out()),
+    exitCode: exit.code ?? 255,
+    stderr,
+    argv,
+    ...(entries ? { entries: entries() } : {}),
+  };
   if (exit.code === 0 || exit.code === 24) return result;
   throw syncError(o, where, result, exit.signal);
 }
