@@ -26,3 +26,16 @@ test('a true from the handler stops the parser', () => {
   assert.equal(feed('data: c\n\n'), true);
   assert.equal(n, 1);
 });
+
+test('a 16 MB event arriving in 64 KiB chunks is read whole', () => {
+  const payload = 'x'.repeat(16 * 1024 * 1024);
+  const text = `event: result\ndata: ${payload}\n\n`;
+  let got = '';
+  const feed = sseParser((_e, d) => {
+    got = d;
+  });
+  // Chunk boundaries fall anywhere, also inside "\n\n".
+  for (let i = 0; i < text.length; i += 65_536) feed(text.slice(i, i + 65_536));
+  assert.equal(got.length, payload.length);
+  assert.equal(got, payload);
+});
