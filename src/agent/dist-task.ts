@@ -31,6 +31,7 @@ import {
   type Manifest,
   metaDiffers,
   type PeerClient,
+  recheckDest,
   resolveDest,
   tempPathFor,
   validateManifest,
@@ -189,6 +190,7 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
     );
     if (!current) {
       // The whole-file MD5 is checked here, then the blob is copied beside the destination.
+      await recheckDest(spec.dest, ctx.policy.roots);
       temp = tempPathFor(dest.path);
       await pack.copyTo(temp);
     }

@@ -35,6 +35,7 @@ import {
   type MetaOptions,
   md5File,
   metaDiffers,
+  recheckDest,
   resolveDest,
   rollback,
 } from '../transfer/index.js';
@@ -308,6 +309,7 @@ async function installStaged(p: Planned, staged: string, ctx: PushContext): Prom
         'TRANSFER_DIGEST_MISMATCH',
       );
     }
+    await recheckDest(p.file.dest, ctx.policy.roots);
     const r = await commitInstall(staged, md5, commitOptions(p, ctx));
     await dropStaleStaged(p.dest);
     return installed(p, r, ctx);

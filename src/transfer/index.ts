@@ -55,6 +55,7 @@ export {
   md5Of,
   metaDiffers,
   type RollbackResult,
+  recheckDest,
   removeStaleTemps,
   resolveDest,
   rollback,

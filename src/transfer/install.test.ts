@@ -36,6 +36,7 @@ import {
   md5File,
   md5Of,
   metaDiffers,
+  recheckDest,
   removeStaleTemps,
   resolveDest,
   rollback,
@@ -589,7 +590,7 @@ test('a destination swapped for a symlink, or for another file, while it is repl
   const content = Buffer.from('new');
   await assert.rejects(
     installFile({ dest, content, md5: md5Of(content), backupDir: backups, backup: true, previous }),
-    /app\.conf is now a symlink: it changed while it was being replaced/,
+    /app\.conf is now a symlink: it changed while canopy was replacing it/,
   );
   assert.equal((await lstat(dest)).isSymbolicLink(), true, 'the symlink was replaced');
   const kept = async () =>
@@ -1014,4 +1015,43 @@ test('commitInstall removes the temporary file and keeps the old one when valida
   assert.match(err.message, /old file is unchanged/);
   assert.equal(await readFile(dest, 'utf8'), 'old\n');
   assert.deepEqual(await tempsIn(dir), []);
+});
+
+test('a directory swapped for a symlink after the check: recheckDest refuses it, and commitInstall refuses the rename', async (t) => {
+  const { base, root } = await roots(t);
+  const outside = path.join(base, 'outside');
+  const dest = path.join(root, 'sub', 'big.bin');
+  assert.equal((await resolveDest(dest, [root])).ok, true);
+  const swap = async () => {
+    await rename(path.join(root, 'sub'), path.join(root, 'sub.real'));
+    await symlink(outside, path.join(root, 'sub'));
+  };
+  // Swapped before the file is written (during a download): refused before anything is written.
+  await swap();
+  await assert.rejects(recheckDest(dest, [root]), (err: unknown) => {
+    assert.ok(isCanopyError(err, 'PUSH_DEST_REFUSED'), String(err));
+    assert.match(
+      err.message,
+      /goes through a symlink.*it changed after it was first checked, so nothing was written/,
+    );
+    return true;
+  });
+  // Swapped while the install validates: the rename is refused, nothing lands outside.
+  await unlink(path.join(root, 'sub'));
+  await rename(path.join(root, 'sub.real'), path.join(root, 'sub'));
+  const content = Buffer.from('payload');
+  await assert.rejects(
+    installFile({
+      dest,
+      content,
+      md5: md5Of(content),
+      backupDir: path.join(base, 'backups'),
+      validate: async () => {
+        await swap();
+        return { ok: true, output: '' };
+      },
+    }),
+    /sub was replaced: it changed while canopy was replacing it/,
+  );
+  assert.deepEqual(await readdir(outside), []);
 });

@@ -104,6 +104,23 @@ async function checkUnder(
   return { ok: true, path: full, dir };
 }
 
+/**
+ * resolveDest again, just before a file is written beside `dest`: a directory on the way that was
+ * swapped for a symlink since the first check (during a long download, say) is refused now.
+ */
+export async function recheckDest(dest: string, roots: readonly string[]): Promise<void> {
+  const check = await resolveDest(dest, roots);
+  if (!check.ok) {
+    throw new CanopyError(
+      'PUSH_DEST_REFUSED',
+      `${check.reason}; it changed after it was first checked, so nothing was written`,
+      {
+        path: dest,
+      },
+    );
+  }
+}
+
 /** True when `target` is `root` or below it, by path segments (/srv/app2 is not inside /srv/app). */
 export function isInside(root: string, target: string): boolean {
   const rel = path.relative(root, target);
@@ -263,6 +280,9 @@ export async function commitInstall(temp: string, md5: string, opts: CommitOptio
   let backup: string | undefined;
   let previous: FileState | undefined;
   try {
+    // The directory as it is now: if it is swapped (for a symlink elsewhere, say) while this
+    // install validates and backs up, the rename below is refused.
+    const dir = await dirIdentity(opts.dest);
     previous = opts.previous ?? (await fileState(opts.dest));
     await setMeta(temp, opts, previous, opts.dest);
     if (opts.validate) {
@@ -276,6 +296,7 @@ export async function commitInstall(temp: string, md5: string, opts: CommitOptio
       }
     }
     if (opts.backup && previous) backup = await keepBackup(opts.dest, opts.backupDir, previous);
+    if ((await dirIdentity(opts.dest)) !== dir) throw changedUnder(path.dirname(opts.dest), 'was replaced');
     await rename(temp, opts.dest);
   } catch (err) {
     await unlink(temp).catch(() => {});
@@ -483,7 +504,7 @@ export async function rollback(dest: string, backupDir: string): Promise<Rollbac
 function changedUnder(dest: string, what: string): CanopyError {
   return new CanopyError(
     'PUSH_DEST_REFUSED',
-    `${dest} ${what}: it changed while it was being replaced, so no backup was taken and nothing was installed; run again`,
+    `${dest} ${what}: it changed while canopy was replacing it, so nothing was installed; run again`,
     { path: dest },
   );
 }
@@ -504,4 +525,11 @@ async function copyOpen(src: FileHandle, to: string, mode = 0o600): Promise<void
   } finally {
     await out.close();
   }
+}
+
+/** Where a destination's directory really is (symlinks resolved) and which directory it is. */
+async function dirIdentity(dest: string): Promise<string> {
+  const dir = path.dirname(dest);
+  const [real, st] = await Promise.all([realpath(dir), stat(dir, { bigint: true })]);
+  return `${real}\0${st.dev}:${st.ino}`;
 }
