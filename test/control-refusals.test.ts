@@ -439,6 +439,12 @@ describe('control-plane refusals', () => {
   });
 
   test('a revoked agent is disconnected, its reconnects are refused, and runs find it unreachable', async () => {
+    // A name that would be another route in a URL is refused by the CLI, naming it.
+    for (const bad of ['..', 'a/b']) {
+      const b = await fleet.cli(['agents', 'revoke', bad]);
+      assert.equal(b.code, 2, b.stderr);
+      assert.match(b.stderr, new RegExp(`revoke: "${bad.replace('.', '\\.')}.*" is not an agent name`));
+    }
     const r = await fleet.cli(['agents', 'revoke', 'gone-01']);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /revoked gone-01/);

@@ -57,6 +57,10 @@ export async function agentsCommand(argv: string[], io: CliIO): Promise<number> 
   if (positionals[0] === 'revoke') {
     const name = positionals[1];
     if (!name || positionals.length !== 2) throw usage('agents', 'revoke takes one agent name');
+    // An agent name is a host name: ".." or "a/b" would name another route once in a URL.
+    if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$/.test(name)) {
+      throw usage('agents', `revoke: "${name}" is not an agent name (see canopy agents for the names)`);
+    }
     const r = await api.call<{ name: string; revokedAt: number }>(
       'DELETE',
       `/v1/agents/${encodeURIComponent(name)}`,
