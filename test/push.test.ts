@@ -365,6 +365,16 @@ test('a render error in one host pushes nothing (every error listed); --keep-goi
   assert.equal(kg.summary.hosts.failed, 2);
   const failed = kg.results.find((x) => x.host === 'db-01');
   assert.match(failed?.error ?? '', /workers/);
+
+  // An undefined variable in a dest names files[i].dest and its text, not an internal name.
+  writeFileSync(
+    join(proj, 'bad-dest.yaml'),
+    'targets: web-01\nfiles:\n  - src: files/plain.txt\n    dest: "{{ nope }}/x"\n',
+  );
+  const bad = await fleet.cli(['push', join(proj, 'bad-dest.yaml')]);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /web-01: .*files\[0\]\.dest "\{\{ nope \}\}\/x".*"nope" is undefined/);
+  assert.doesNotMatch(bad.stderr, /canopy-dest/);
 });
 
 test('an offline agent is unreachable, and a re-run finishes it; a kill -9 mid-install leaves old or new, no temp file', async (t) => {

@@ -4,6 +4,7 @@
  * send from real temp directories.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { type TestContext, test } from 'node:test';
@@ -725,4 +726,14 @@ test('checkPushSize passes a request up to the API limit and refuses a larger on
   assert.match(r.message, /dist_above/);
   assert.equal(r.subject.file, '/p/push.yaml');
   assert.equal(r.subject.limit, PUSH_BODY_LIMIT);
+});
+
+test('a named template that is a fifo is refused, not read (the read would block)', (t) => {
+  const file = pushFile(t, '', { 'templates/ok.njk': 'ok' });
+  const fifo = join(dirname(file), 'templates', 'pipe.njk');
+  const made = spawnSync('mkfifo', [fifo]);
+  assert.equal(made.status, 0);
+  const r = thrown(() => collectTemplates(spec(file, [{ template: 'templates/pipe.njk', dest: '/a' }])));
+  assert.equal(r.code, 'INPUT_NOT_FOUND');
+  assert.match(r.message, /template templates\/pipe\.njk: not a regular file/);
 });

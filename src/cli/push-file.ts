@@ -228,6 +228,8 @@ export function collectTemplates(spec: PushFileSpec): Record<string, string> {
     const rel = inside(base, f.template, spec.path, 'template', 'the template root');
     f.template = rel;
     try {
+      // A fifo or a device would block the read (or never end): only regular files are templates.
+      if (!statSync(join(base, rel)).isFile()) throw new Error('not a regular file');
       out[rel] = readFileSync(join(base, rel), 'utf8');
     } catch (err) {
       throw new CanopyError('INPUT_NOT_FOUND', `${spec.path}: template ${rel}: ${(err as Error).message}`, {

@@ -381,7 +381,7 @@ function renderHost(req: PushRequest, host: string, ctx: RenderContext, out: Ren
   for (const [i, f] of req.files.entries()) {
     const name = f.template ?? f.src ?? '';
     try {
-      const dest = engine.template(`${DEST_DIR}/${i}`).render(vars, host);
+      const dest = renderDest(engine, i, f.dest, vars, host);
       // Only the shape is checked here: whether the path is allowed is the agent's decision (its roots).
       if (!isAbsolute(dest) || dest.endsWith('/')) {
         throw new CanopyError(
@@ -414,6 +414,27 @@ function renderHost(req: PushRequest, host: string, ctx: RenderContext, out: Ren
     }
   }
   if (files.length === req.files.length) out.files.set(host, files);
+}
+
+/** A file's dest rendered for a host; an error names files[i].dest, not the engine's name for it. */
+function renderDest(
+  engine: TemplateEngine,
+  i: number,
+  text: string,
+  vars: Record<string, unknown>,
+  host: string,
+): string {
+  const internal = `${DEST_DIR}/${i}`;
+  try {
+    return engine.template(internal).render(vars, host);
+  } catch (err) {
+    if (!isCanopyError(err)) throw err;
+    const named = `files[${i}].dest ${JSON.stringify(text)}`;
+    throw new CanopyError(err.code, err.message.replaceAll(internal, named), {
+      ...err.subject,
+      template: `files[${i}].dest`,
+    });
+  }
 }
 
 function pushFile(f: PushRequest['files'][number], dest: string, md5: string, size: number): PushFile {
