@@ -292,7 +292,25 @@ notify: echo reloaded
   const again = await fleet.cli(['rollback', push, '--json']);
   assert.equal(again.code, 1);
   assert.match(again.stdout, /PUSH_NO_BACKUP/);
-  void proj;
+
+  // run_as: validate and notify run as that account, if the agent's run_as allows it.
+  const asRoot = join(proj, 'as-root.yaml');
+  writeFileSync(
+    asRoot,
+    readFileSync(push, 'utf8').replace('notify: echo reloaded', 'notify: id -un\nrun_as: root'),
+  );
+  const ran = await pushJson(fleet, [asRoot, '--var', 'workers=13']);
+  assert.equal(ran.results[0]?.stdout, 'root\n');
+  writeFileSync(
+    join(proj, 'as-nobody.yaml'),
+    readFileSync(asRoot, 'utf8').replace('run_as: root', 'run_as: nobody'),
+  );
+  const refused = await pushJson(fleet, [join(proj, 'as-nobody.yaml'), '--var', 'workers=14'], 1);
+  assert.match(
+    refused.results[0]?.files?.[0]?.error ?? '',
+    /run-as account "nobody" is not allowed: .*add "nobody" to run_as in the agent config/,
+  );
+  assert.match(readFileSync(app, 'utf8'), /workers = 13/);
 });
 
 test('agents refuse destinations outside their roots: .., a symlinked parent, a symlink at the destination', async (t) => {

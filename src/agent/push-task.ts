@@ -56,6 +56,8 @@ export interface PushContext {
   /** Asks the coordinator for the content of files (by index in the task). */
   fetch: (indexes: number[]) => Promise<Map<number, Buffer>>;
   signal?: AbortSignal;
+  /** The account validate and notify run as (the push's run_as); default the agent's own. */
+  runAs?: string;
 }
 
 type PushOutput = Omit<TaskResult, 'taskId' | 'runId'>;
@@ -71,9 +73,10 @@ interface Planned {
   diffOld?: Pick<FileOutcome, 'old' | 'oldOmitted'>;
 }
 
-export async function runPush(task: PushTask, ctx: PushContext): Promise<PushOutput> {
+export async function runPush(task: PushTask, agentCtx: PushContext): Promise<PushOutput> {
   const startedAt = Date.now();
   const spec = task.spec;
+  const ctx: PushContext = spec.runAs ? { ...agentCtx, runAs: spec.runAs } : agentCtx;
   const outcomes: FileOutcome[] = new Array(spec.files.length);
   const planned: Planned[] = [];
   for (const [index, file] of spec.files.entries()) {
@@ -352,7 +355,12 @@ async function validate(
   ctx: PushContext,
 ): Promise<{ ok: boolean; output: string }> {
   const r = await runCommand(
-    { command: command.replaceAll('%s', shellQuote(tmp)), timeoutMs: 60_000, cwd: path.dirname(tmp) },
+    {
+      command: command.replaceAll('%s', shellQuote(tmp)),
+      timeoutMs: 60_000,
+      cwd: path.dirname(tmp),
+      ...(ctx.runAs ? { runAs: ctx.runAs } : {}),
+    },
     ctx.policy,
     ctx.signal ? { signal: ctx.signal } : {},
   );
@@ -384,7 +392,7 @@ async function finish(
   let run: ExecResult | undefined;
   if (notify && writes && anyChanged && !anyFailed) {
     run = await runCommand(
-      { command: notify, timeoutMs },
+      { command: notify, timeoutMs, ...(ctx.runAs ? { runAs: ctx.runAs } : {}) },
       ctx.policy,
       ctx.signal ? { signal: ctx.signal } : {},
     );

@@ -111,6 +111,7 @@ async function push(argv: string[], io: CliIO, command: 'push' | 'rollback'): Pr
     ...(values.limit ? { limit: values.limit } : {}),
     files: spec.files,
     ...(spec.notify ? { notify: spec.notify } : {}),
+    ...(spec.runAs ? { runAs: spec.runAs } : {}),
     templates,
     sources,
     ...(vars ? { vars } : {}),

@@ -190,7 +190,7 @@ test('a push file that is not a mapping is refused at 1:1', (t) => {
 test('an unknown top-level key is refused at its line with a suggestion', (t) => {
   const r = refused(t, 'targets: all\nfiles:\n  - {src: a, dest: /a}\nnotfy: reload\n');
   assert.deepEqual([r.line, r.column], [4, 1]);
-  assert.match(r.reason, /^unknown key "notfy"; did you mean "notify"\? \(known: targets, .*notify, timeout/);
+  assert.match(r.reason, /^unknown key "notfy"; did you mean "notify"\? \(known: targets, .*notify, run_as, timeout/);
 });
 
 test('an unknown key far from any known one gets no suggestion', (t) => {
@@ -337,6 +337,15 @@ test('notify must be a non-blank shell command', (t) => {
     assert.equal(r.reason, 'notify: must be a shell command', v);
     assert.equal(r.line, 5);
   }
+});
+
+test('run_as is an account name', (t) => {
+  for (const v of ['""', '"a b"', '5', '[root]', '"-x"']) {
+    const r = refused(t, withEntry('src: a\ndest: /a', `run_as: ${v}\n`));
+    assert.equal(r.reason, 'run_as: must be an account name (validate and notify run as it)', v);
+  }
+  const ok = readPushFile(pushFile(t, withEntry('src: a\ndest: /a', 'run_as: deploy\n')));
+  assert.equal(ok.runAs, 'deploy');
 });
 
 test('timeout must be a positive duration', (t) => {

@@ -22,6 +22,7 @@
  *     - src: files/logrotate.conf
  *       dest: /etc/logrotate.d/app
  *   notify: systemctl reload nginx
+ *   run_as: deploy                    # validate and notify run as (optional; the agent's run_as decides)
  *   timeout: 60s                      # per validate / notify (optional)
  *   dist_above: 8M                    # src files larger than this go peer to peer (optional)
  */
@@ -38,7 +39,16 @@ import { didYouMean, formatPos, isMapping, YamlSource } from '../render/index.js
  */
 export const MAX_INLINE_BYTES = 8 * 1024 * 1024;
 
-const TOP_KEYS = ['targets', 'templates', 'files', 'notify', 'timeout', 'concurrency', 'dist_above'] as const;
+const TOP_KEYS = [
+  'targets',
+  'templates',
+  'files',
+  'notify',
+  'run_as',
+  'timeout',
+  'concurrency',
+  'dist_above',
+] as const;
 const FILE_KEYS = ['template', 'src', 'dest', 'mode', 'owner', 'group', 'validate', 'backup'] as const;
 const MAX_TEMPLATE_FILES = 2000;
 const MAX_TEMPLATE_BYTES = 1024 * 1024;
@@ -61,6 +71,8 @@ export interface PushFileSpec {
   targets: string[];
   files: PushFileEntry[];
   notify?: string;
+  /** The account validate and notify run as (each agent checks it against its run_as). */
+  runAs?: string;
   /** Seconds. */
   timeout?: number;
   concurrency?: number;
@@ -103,6 +115,11 @@ export function readPushFile(path: string): PushFileSpec {
     if (typeof top.notify !== 'string' || !top.notify.trim())
       fail(['notify'], 'notify: must be a shell command');
     spec.notify = top.notify as string;
+  }
+  if (top.run_as !== undefined) {
+    if (typeof top.run_as !== 'string' || !/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/.test(top.run_as))
+      fail(['run_as'], 'run_as: must be an account name (validate and notify run as it)');
+    spec.runAs = top.run_as as string;
   }
   if (top.timeout !== undefined) spec.timeout = seconds(top.timeout, ['timeout'], fail);
   if (top.concurrency !== undefined) {

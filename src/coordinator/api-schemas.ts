@@ -63,6 +63,10 @@ export const PushRequestSchema = Type.Object(
     limit: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 1024 }), { minItems: 1 })),
     files: Type.Array(PushFileRequestSchema, { minItems: 1, maxItems: 1024 }),
     notify: Type.Optional(Type.String({ minLength: 1, maxLength: 65536 })),
+    /** The account validate and notify run as (each agent checks it against its run_as). */
+    runAs: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]*$' }),
+    ),
     /** Template sources by name (includes and imports resolve among them). */
     templates: Type.Optional(Type.Record(Type.String({ minLength: 1, maxLength: 4096 }), Type.String())),
     /** Plain files by name, base64. */

@@ -142,6 +142,7 @@ export class PushManager implements ContentSource {
         mode,
         diff: req.diff ?? false,
         ...(req.notify ? { notify: req.notify } : {}),
+        ...(req.runAs ? { runAs: req.runAs } : {}),
         timeoutMs,
       });
     }

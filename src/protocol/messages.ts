@@ -66,6 +66,10 @@ export const PushSpecSchema = Type.Object(
     /** Return the old content of files that differ (for diffs), when small and text. */
     diff: Type.Boolean(),
     notify: Type.Optional(Type.String({ minLength: 1, maxLength: 65536 })),
+    /** The account validate and notify run as (checked against the agent's run_as); default its own. */
+    runAs: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]*$' }),
+    ),
     /** For validate and notify, each. */
     timeoutMs: Type.Integer({ minimum: 1 }),
   },
