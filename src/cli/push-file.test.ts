@@ -190,7 +190,10 @@ test('a push file that is not a mapping is refused at 1:1', (t) => {
 test('an unknown top-level key is refused at its line with a suggestion', (t) => {
   const r = refused(t, 'targets: all\nfiles:\n  - {src: a, dest: /a}\nnotfy: reload\n');
   assert.deepEqual([r.line, r.column], [4, 1]);
-  assert.match(r.reason, /^unknown key "notfy"; did you mean "notify"\? \(known: targets, .*notify, run_as, timeout/);
+  assert.match(
+    r.reason,
+    /^unknown key "notfy"; did you mean "notify"\? \(known: targets, .*notify, run_as, timeout/,
+  );
 });
 
 test('an unknown key far from any known one gets no suggestion', (t) => {
