@@ -23,7 +23,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { constants, createReadStream } from 'node:fs';
 import {
-  copyFile,
   type FileHandle,
   lstat,
   mkdir,
