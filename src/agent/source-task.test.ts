@@ -112,7 +112,7 @@ test('outside the roots, through a symlink, a directory, or missing: refused, na
   assert.equal(out.output.state, 'refused');
   assert.match(
     out.output.error ?? '',
-    /^agent "s1" will not serve .*secret\.bin: the source file ".*secret\.bin" is outside the allowed roots/,
+    /^agent "s1" will not serve .*secret\.bin: the source file ".*secret\.bin" is outside the allowed roots; add a root in the agent config or give a path inside one/,
   );
   assert.equal(out.seed, undefined);
   const link = join(w.root, 'link.bin');

@@ -138,7 +138,9 @@ export async function prepareSource(
   const check = await resolveDest(spec.path, policy.roots);
   if (!check.ok) {
     // resolveDest words it for a destination; the same rules decide what a source may be.
-    const why = check.reason.replace(/^destination /, 'the source file ');
+    const why = check.reason
+      .replace(/^destination /, 'the source file ')
+      .replace('or change dest', 'or give a path inside one');
     return { output: out('refused', `${where} will not serve ${spec.path}: ${why}`) };
   }
   const st = await stat(check.path, { bigint: true }).catch((err: NodeJS.ErrnoException) => err);
