@@ -81,17 +81,10 @@ test('--activate together: every host stages, then all switch; old files backed 
   for (const h of ['a1', 'a2', 'a3']) writeFileSync(destOf(fleet, h), OLD);
   writeFileSync(destOf(fleet, 'a4'), src.data); // already current: needs no switch
   const dest = join(fleet.dir, 'agents', '{host}', 'root', 'app.bin');
-  const r = await fleet.cli([
-    'dist',
-    src.path,
-    '--dest',
-    dest,
-    '--targets',
-    'all',
-    '--activate',
-    'together',
-    '--json',
-  ]);
+  /** canopy dist of the source to every host's app.bin, with `extra` flags. */
+  const distAll = (...extra: string[]) =>
+    fleet.cli(['dist', src.path, '--dest', dest, '--targets', 'all', ...extra]);
+  const r = await distAll('--activate', 'together', '--json');
   assert.equal(r.code, 0, `${r.stderr}\n${r.stdout.slice(0, 3000)}`);
   const j = JSON.parse(r.stdout) as DistJson;
   assert.equal(j.activation.activated, true);
@@ -132,25 +125,13 @@ test('--activate together: every host stages, then all switch; old files backed 
   for (const [id, at] of switches) assert.ok(at >= lastStaged, `${id} switched before every host had staged`);
 
   // Again: every host already has it; the verdict says so and exits 0.
-  const again = await fleet.cli([
-    'dist',
-    src.path,
-    '--dest',
-    dest,
-    '--targets',
-    'all',
-    '--activate',
-    'together',
-  ]);
+  const again = await distAll('--activate', 'together');
   assert.equal(again.code, 0, again.stderr);
   assert.match(again.stdout, /activated together on 4 of 4 hosts \(4 already had it\)/);
 
   // Same content, a new --mode: the hosts have the bytes, but the mode still switches, together.
   const modeOf = (h: string) => statSync(destOf(fleet, h)).mode & 0o7777;
-  const tightened = await fleet.cli([
-    ...['dist', src.path, '--dest', dest, '--targets', 'all'],
-    ...['--activate', 'together', '--mode', '0600', '--json'],
-  ]);
+  const tightened = await distAll('--activate', 'together', '--mode', '0600', '--json');
   assert.equal(tightened.code, 0, tightened.stderr);
   const tj = JSON.parse(tightened.stdout) as DistJson;
   assert.deepEqual(tj.activation.switched.sort(), names);
@@ -161,17 +142,7 @@ test('--activate together: every host stages, then all switch; old files backed 
   }
   // Without --activate, the mode is set in place and reported as a change without content.
   const withMode = async (mode: string) => {
-    const r = await fleet.cli([
-      'dist',
-      src.path,
-      '--dest',
-      dest,
-      '--targets',
-      'all',
-      '--mode',
-      mode,
-      '--json',
-    ]);
+    const r = await distAll('--mode', mode, '--json');
     assert.equal(r.code, 0, r.stderr);
     return (JSON.parse(r.stdout) as DistJson).results;
   };

@@ -28,6 +28,7 @@ import {
   type CoordinatorMessage,
   decodeCoordinatorMessage,
   encode,
+  MAX_TIMER_MS,
   type PeerAddress,
   type Task,
   type TaskResult,
@@ -833,7 +834,7 @@ export class Agent {
         () => {
           this.maybeRenew().catch((err: unknown) => this.log.warn({ err }, 'certificate renewal failed'));
         },
-        Math.min(renewAt - this.now() + 50, 2 ** 31 - 1),
+        Math.min(renewAt - this.now() + 50, MAX_TIMER_MS),
       );
       this.renewTimer.unref();
       return;

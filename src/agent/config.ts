@@ -61,8 +61,10 @@ const KEYS = [
   'chunk_quota',
   'allow_setid',
 ] as const;
-const NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$/;
-const ACCOUNT_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
+/** A host (agent) name. */
+export const NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$/;
+/** An account name (run_as). */
+export const ACCOUNT_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/;
 const LABEL_KEY_RE = /^[A-Za-z0-9_][A-Za-z0-9_./-]{0,62}$/;
 const LABEL_VALUE_RE = /^[A-Za-z0-9_.:/@+-]{0,253}$/;
 

@@ -15,16 +15,15 @@
  * that stripe (the fallbacks, the source last), and one whose chunk failed
  * its digest is reported in `transfer.badPeers`.
  */
-import { constants } from 'node:fs';
-import { copyFile, unlink } from 'node:fs/promises';
+import { unlink } from 'node:fs/promises';
 import { isCanopyError } from '../errors/index.js';
 import type { DistTask, FileOutcome, PeerAddress, TaskResult } from '../protocol/index.js';
 import {
   type ChunkPool,
   type ChunkStore,
-  checkSetid,
   chunkRange,
   commitInstall,
+  copyBeside,
   type FileState,
   fileState,
   fixMeta,
@@ -33,6 +32,7 @@ import {
   type PeerClient,
   recheckDest,
   resolveDest,
+  setidRefusal,
   tempPathFor,
   validateManifest,
 } from '../transfer/index.js';
@@ -102,13 +102,9 @@ export async function runDist(task: DistTask, ctx: DistContext): Promise<DistOut
     ]);
   const dest = await resolveDest(spec.dest, ctx.policy.roots);
   if (!dest.ok) return fail(dest.reason, 'refused', 'PUSH_DEST_REFUSED');
-  if (spec.mode !== undefined && (spec.mode & 0o6000) !== 0 && !ctx.policy.allowSetid) {
-    try {
-      checkSetid(spec.dest, spec.mode, false);
-    } catch (err) {
-      return fail((err as Error).message, 'refused', 'AGENT_SETID_REFUSED');
-    }
-  }
+  const setid =
+    spec.mode === undefined ? undefined : setidRefusal(spec.dest, spec.mode, ctx.policy.allowSetid);
+  if (setid) return fail(setid, 'refused', 'AGENT_SETID_REFUSED');
   let manifest: Manifest;
   try {
     manifest = spec.manifest
@@ -405,12 +401,7 @@ async function install(
     if (!previous || !metaDiffers(previous, meta)) return { ...base, state: 'unchanged', content: false };
     if (spec.activate === 'together') {
       // Like content, new permissions switch with the others: a copy is staged with them.
-      const copy = tempPathFor(dest);
-      await copyFile(dest, copy, constants.COPYFILE_EXCL).catch(async (err: unknown) => {
-        await unlink(copy).catch(() => {});
-        throw err;
-      });
-      await stageFile(copy, { dest, blob: spec.blob, meta, previous });
+      await stageFile(await copyBeside(dest), { dest, blob: spec.blob, meta, previous });
       return { ...base, state: 'staged', content: false };
     }
     await fixMeta(dest, meta, previous);

@@ -12,7 +12,7 @@
 import { type ChildProcess, type SpawnOptions, spawn } from 'node:child_process';
 import { realpath, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { NO_OUTPUT } from '../protocol/index.js';
+import { MAX_OUTPUT_BYTES, MAX_TIMER_MS, NO_OUTPUT } from '../protocol/index.js';
 import { isInside } from '../transfer/index.js';
 import { type Account, currentAccount, lookupAccount } from './accounts.js';
 
@@ -82,10 +82,6 @@ export type PolicyRefusal = { ok: false; reason: string };
 
 export const DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024;
 export const DEFAULT_KILL_GRACE_MS = 5000;
-/** The same ceiling as the protocol's CommandSpec schema (a result must fit one control message). */
-const MAX_OUTPUT_BYTES = 8 * 1024 * 1024;
-/** setTimeout fires at once for larger delays, so larger limits are refused rather than clamped. */
-const MAX_TIMER_MS = 2_147_483_647;
 /** How long the pipes may stay open after the main process exited (a grandchild may hold them). */
 const PIPE_GRACE_MS = 200;
 const ENV_KEY = /^[A-Za-z_][A-Za-z0-9_]*$/;

@@ -26,7 +26,6 @@ import {
 } from '../protocol/index.js';
 import {
   type CommitOptions,
-  checkSetid,
   commitInstall,
   type FileState,
   fixMeta,
@@ -38,6 +37,7 @@ import {
   recheckDest,
   resolveDest,
   rollback,
+  setidRefusal,
 } from '../transfer/index.js';
 import { lookupAccount, lookupGroupId } from './accounts.js';
 import { type ExecPolicy, type ExecResult, runCommand } from './executor.js';
@@ -114,11 +114,9 @@ async function prepare(index: number, file: PushFile, ctx: PushContext): Promise
   });
   const dest = await resolveDest(file.dest, ctx.policy.roots);
   if (!dest.ok) return fail(dest.reason, 'PUSH_DEST_REFUSED');
-  try {
-    if (file.mode !== undefined) checkSetid(file.dest, file.mode, ctx.policy.allowSetid);
-  } catch (err) {
-    return fail((err as Error).message, 'AGENT_SETID_REFUSED');
-  }
+  const setid =
+    file.mode === undefined ? undefined : setidRefusal(file.dest, file.mode, ctx.policy.allowSetid);
+  if (setid) return fail(setid, 'AGENT_SETID_REFUSED');
   const planned: Planned = { index, file, dest: dest.path, state: undefined };
   try {
     if (file.owner !== undefined) {

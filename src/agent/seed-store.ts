@@ -30,6 +30,7 @@ import { join } from 'node:path';
 import { type Static, Type } from '@sinclair/typebox';
 import { type TypeCheck, TypeCompiler } from '@sinclair/typebox/compiler';
 import { isCanopyError } from '../errors/index.js';
+import { MAX_TIMER_MS } from '../protocol/index.js';
 import { type Manifest, replaceSynced, resolveDest, validateManifest } from '../transfer/index.js';
 import type { ExecPolicy } from './executor.js';
 import {
@@ -85,8 +86,6 @@ const SeedRecordSchema = Type.Object(
 type SeedRecord = Static<typeof SeedRecordSchema>;
 let recordCheck: TypeCheck<typeof SeedRecordSchema> | undefined;
 
-/** setTimeout's longest delay; a later end is re-armed when it fires. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 /** A seed ends this long after its `until` (requests at the edge see it as expired first). */
 const END_SLACK_MS = 1_000;
 
@@ -229,6 +228,7 @@ export class SeedStore {
 
   /** Ends the seed once its time is up (re-armed while a timer cannot reach that far). */
   private arm(seed: Seed): void {
+    // A later end than a timer holds is re-armed when it fires.
     clearTimeout(this.timers.get(seed.blob));
     const wait = Math.min(MAX_TIMER_MS, Math.max(0, seed.until - this.now()) + END_SLACK_MS);
     const timer = setTimeout(() => {

@@ -47,7 +47,6 @@ export interface TreeContext {
   dataDir: string;
   /** The argv that runs the canopy CLI (rsync's remote shell is `canopy peer-rsh`). */
   canopy: readonly string[];
-  /** This host holds the whole tree at `root`: it may serve it to its children. */
   /** The pull finished: serve `root` as the tree, only the entries `filter` (a treeFilter file) names. */
   ready: (treeId: string, root: string, filter: string) => void;
   /** How long a parent that is not ready yet is asked again before the next candidate; default 10 min. */

@@ -38,6 +38,15 @@ const UNTRUSTED = new Set([
   'CERT_UNTRUSTED',
 ]);
 
+/** True for a URL the coordinator can be reached at: https://HOST[:PORT]. */
+export function isHttpsUrl(text: string): boolean {
+  try {
+    return new URL(text).protocol === 'https:';
+  } catch {
+    return false;
+  }
+}
+
 function readText(path: string, what: string): string {
   try {
     return readFileSync(path, 'utf8');
@@ -99,13 +108,7 @@ export function clientSettings(
       'the client config lacks url, token or ca; pass --coordinator, --token and --ca',
     );
   }
-  let parsed: URL | undefined;
-  try {
-    parsed = new URL(url);
-  } catch {
-    parsed = undefined;
-  }
-  if (parsed?.protocol !== 'https:') {
+  if (!isHttpsUrl(url)) {
     throw new CanopyError(
       'CLIENT_CONFIG',
       `${urlFrom}: "${url}" is not an https:// URL; the coordinator's API speaks HTTPS only ` +

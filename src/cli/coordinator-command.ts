@@ -3,6 +3,7 @@ import { resolve } from 'node:path';
 import { parseDuration } from '../agent/index.js';
 import { Coordinator } from '../coordinator/index.js';
 import { COMMON_OPTIONS, parse, usage } from './args.js';
+import { isHttpsUrl } from './client.js';
 import { daemonLogger, untilSignal } from './daemon.js';
 import type { CliIO } from './io.js';
 import { packageVersion } from './package-root.js';
@@ -48,19 +49,11 @@ export async function coordinatorCommand(argv: string[], io: CliIO): Promise<num
   const host = (m[1] ?? '').replace(/^\[|\]$/g, '');
   const port = Number(m[2]);
   if (port > 65535) throw usage('coordinator', `--listen "${listen}": port ${port} is not 0-65535`);
-  if (values.advertise !== undefined) {
-    let scheme: string | undefined;
-    try {
-      scheme = new URL(values.advertise).protocol;
-    } catch {
-      scheme = undefined;
-    }
-    if (scheme !== 'https:') {
-      throw usage(
-        'coordinator',
-        `--advertise "${values.advertise}" is not an https:// URL (the address agents and the CLI dial, e.g. https://coord.example:7443)`,
-      );
-    }
+  if (values.advertise !== undefined && !isHttpsUrl(values.advertise)) {
+    throw usage(
+      'coordinator',
+      `--advertise "${values.advertise}" is not an https:// URL (the address agents and the CLI dial, e.g. https://coord.example:7443)`,
+    );
   }
   const log = daemonLogger('coordinator', values['log-level'], io.env);
   const inventory = values.inventory ?? io.env.CANOPY_INVENTORY;

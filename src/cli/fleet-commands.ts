@@ -1,5 +1,5 @@
 /** `canopy token create`, `canopy agents`, `canopy agents revoke NAME`: small API calls. */
-import { parseDuration } from '../agent/config.js';
+import { NAME_RE, parseDuration } from '../agent/config.js';
 import { COMMON_OPTIONS, parse, usage } from './args.js';
 import { ApiClient, CLIENT_OPTIONS, clientSettings } from './client.js';
 import { type CliIO, palette, writeJson } from './io.js';
@@ -58,7 +58,7 @@ export async function agentsCommand(argv: string[], io: CliIO): Promise<number> 
     const name = positionals[1];
     if (!name || positionals.length !== 2) throw usage('agents', 'revoke takes one agent name');
     // An agent name is a host name: ".." or "a/b" would name another route once in a URL.
-    if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$/.test(name)) {
+    if (!NAME_RE.test(name)) {
       throw usage('agents', `revoke: "${name}" is not an agent name (see canopy agents for the names)`);
     }
     const r = await api.call<{ name: string; revokedAt: number }>(

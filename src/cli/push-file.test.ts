@@ -732,7 +732,7 @@ test('checkPushSize passes a request up to the API limit and refuses a larger on
   assert.match(r.message, /^\/p\/push\.yaml: the push request would be 96\.0 MiB, more than the 96\.0 MiB/);
   assert.match(
     r.message,
-    /largest as sent: src big\.bin 5\.0 MiB, src mid\.bin 4\.0 MiB, template a\.njk 3\.0 MiB\)/,
+    /largest as sent: src big\.bin 5\.00 MiB, src mid\.bin 4\.00 MiB, template a\.njk 3\.00 MiB\)/,
   );
   assert.doesNotMatch(r.message, /tiny|b\.njk/);
   assert.match(r.message, /dist_above/);

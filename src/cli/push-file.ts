@@ -28,10 +28,11 @@
  */
 import { type Dirent, readdirSync, readFileSync, statSync } from 'node:fs';
 import { dirname, isAbsolute, join, normalize, posix, relative, resolve, sep } from 'node:path';
-import { parseDuration, parseSize } from '../agent/config.js';
+import { ACCOUNT_RE, parseDuration, parseSize } from '../agent/config.js';
 import { CanopyError } from '../errors/index.js';
 import { PUSH_BODY_LIMIT } from '../protocol/limits.js';
 import { didYouMean, formatPos, isMapping, YamlSource } from '../render/index.js';
+import { bytes } from './dist-progress.js';
 
 /**
  * A file sent with the push goes to the agents over their control channel (16 MiB messages,
@@ -117,7 +118,7 @@ export function readPushFile(path: string): PushFileSpec {
     spec.notify = top.notify as string;
   }
   if (top.run_as !== undefined) {
-    if (typeof top.run_as !== 'string' || !/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$/.test(top.run_as))
+    if (typeof top.run_as !== 'string' || !ACCOUNT_RE.test(top.run_as))
       fail(['run_as'], 'run_as: must be an account name (validate and notify run as it)');
     spec.runAs = top.run_as as string;
   }
@@ -363,8 +364,6 @@ export function collectSources(
   return { sources, distributed };
 }
 
-const mib = (n: number) => `${(n / (1024 * 1024)).toFixed(1)} MiB`;
-
 /**
  * Fails before anything is sent when the push request (`bodyBytes` of JSON) is larger than the
  * API takes in one push, naming the push file, its largest parts as sent, and what to change.
@@ -385,10 +384,10 @@ export function checkPushSize(
   ]
     .sort((a, b) => b.bytes - a.bytes)
     .slice(0, 3)
-    .map((p) => `${p.what} ${mib(p.bytes)}`);
+    .map((p) => `${p.what} ${bytes(p.bytes)}`);
   throw new CanopyError(
     'PUSH_TOO_LARGE',
-    `${spec.path}: the push request would be ${mib(bodyBytes)}, more than the ${mib(PUSH_BODY_LIMIT)} ` +
+    `${spec.path}: the push request would be ${bytes(bodyBytes)}, more than the ${bytes(PUSH_BODY_LIMIT)} ` +
       `the coordinator takes in one push (largest as sent: ${largest.join(', ')}). Set dist_above lower ` +
       `(e.g. dist_above: 1M) so larger src files go peer to peer, keep files no template includes out of ` +
       `the templates' directories (every file beside a template is sent), or split the push`,

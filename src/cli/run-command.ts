@@ -7,15 +7,12 @@
  */
 import { parseDuration, parseSize } from '../agent/config.js';
 import type { HostResult, RunSummary } from '../coordinator/index.js';
+import { KILL_GRACE_MAX_S, MAX_OUTPUT_BYTES, RUN_MAX_TIMEOUT_S } from '../protocol/limits.js';
 import { COMMON_OPTIONS, parse, usage } from './args.js';
 import { ApiClient, CLIENT_OPTIONS, clientSettings } from './client.js';
 import { foldHosts } from './fold-hosts.js';
 import { followRun } from './follow.js';
 import { type CliIO, type Palette, palette, writeJson } from './io.js';
-
-const MAX_OUTPUT_BYTES = 8 * 1024 * 1024;
-const MAX_TIMEOUT_MS = 7 * 86_400_000;
-const MAX_KILL_GRACE_MS = 600_000;
 
 /** --max-output: a byte count, or a size ("512K", "4M"). */
 function byteCount(text: string): number {
@@ -106,10 +103,10 @@ export async function runCommand(argv: string[], io: CliIO): Promise<number> {
     throw usage('run', `--max-output ${values['max-output']} is more than 8M, the most a result carries`);
   }
   const timeout = values.timeout ? parseDuration(values.timeout, '--timeout') : 60_000;
-  if (timeout > MAX_TIMEOUT_MS)
+  if (timeout > RUN_MAX_TIMEOUT_S * 1000)
     throw usage('run', `--timeout ${values.timeout} is more than 7d, the longest a run may take`);
   const killGrace = values['kill-grace'] ? parseDuration(values['kill-grace'], '--kill-grace') : undefined;
-  if (killGrace !== undefined && killGrace > MAX_KILL_GRACE_MS) {
+  if (killGrace !== undefined && killGrace > KILL_GRACE_MAX_S * 1000) {
     throw usage('run', `--kill-grace ${values['kill-grace']} is more than 10m`);
   }
   const body = {

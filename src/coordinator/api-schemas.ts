@@ -4,6 +4,7 @@
  */
 import { type Static, type TSchema, Type } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
+import { KILL_GRACE_MAX_S, MAX_OUTPUT_BYTES, RUN_MAX_TIMEOUT_S } from '../protocol/index.js';
 
 const NAME = '^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$';
 
@@ -15,7 +16,7 @@ export const RunRequestSchema = Type.Object(
       Type.Array(Type.String({ maxLength: 65536 }), { minItems: 1, maxItems: 4096 }),
     ]),
     /** Seconds. */
-    timeout: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 7 * 86400 })),
+    timeout: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: RUN_MAX_TIMEOUT_S })),
     concurrency: Type.Optional(Type.Integer({ minimum: 1 })),
     env: Type.Optional(
       Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$' }), Type.String(), {
@@ -26,9 +27,9 @@ export const RunRequestSchema = Type.Object(
     runAs: Type.Optional(
       Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9_][A-Za-z0-9_.-]*$' }),
     ),
-    maxOutputBytes: Type.Optional(Type.Integer({ minimum: 0, maximum: 8 * 1024 * 1024 })),
+    maxOutputBytes: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_OUTPUT_BYTES })),
     /** Seconds between TERM and KILL on timeout. */
-    killGrace: Type.Optional(Type.Number({ minimum: 0, maximum: 600 })),
+    killGrace: Type.Optional(Type.Number({ minimum: 0, maximum: KILL_GRACE_MAX_S })),
   },
   { additionalProperties: false },
 );
@@ -101,7 +102,7 @@ export const DistRequestSchema = Type.Object(
     chunkSize: Type.Optional(Type.Integer({ minimum: 65536, maximum: 67108864 })),
     stripes: Type.Optional(Type.Integer({ minimum: 1, maximum: 16 })),
     /** Seconds for the whole distribution (default 3600). */
-    timeout: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 7 * 86400 })),
+    timeout: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: RUN_MAX_TIMEOUT_S })),
     /** Caps every agent's upload and download for this distribution, bytes per second. */
     rateLimit: Type.Optional(Type.Integer({ minimum: 1024 })),
     /** A directory source: delete files on the hosts that the source no longer has (rsync --delete). */

@@ -29,6 +29,7 @@ import {
   type CoordinatorMessage,
   type DistSpec,
   type FileOutcome,
+  MAX_TIMER_MS,
   type PushSpec,
   parseTaskId,
   type Task,
@@ -121,9 +122,6 @@ export interface RunManagerOptions {
 export function newRunId(now: number): string {
   return `r${now.toString(36)}${randomBytes(4).toString('hex')}`;
 }
-
-/** The longest wait setTimeout keeps (2^31 - 1 ms). */
-export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class RunManager {
   /** The coordinator's store (the distribution manager keeps its manifest cache there too). */

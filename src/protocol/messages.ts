@@ -10,6 +10,7 @@
  */
 import { type Static, type TSchema, Type } from '@sinclair/typebox';
 import { type TypeCheck, TypeCompiler } from '@sinclair/typebox/compiler';
+import { KILL_GRACE_MAX_S, MAX_OUTPUT_BYTES } from './limits.js';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -28,8 +29,8 @@ export const CommandSpecSchema = Type.Object(
     env: Type.Optional(Type.Record(Type.String(), Type.String())),
     cwd: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
     runAs: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
-    maxOutputBytes: Type.Optional(Type.Integer({ minimum: 0, maximum: 8 * 1024 * 1024 })),
-    killGraceMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 600_000 })),
+    maxOutputBytes: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_OUTPUT_BYTES })),
+    killGraceMs: Type.Optional(Type.Integer({ minimum: 0, maximum: KILL_GRACE_MAX_S * 1000 })),
   },
   { additionalProperties: false },
 );

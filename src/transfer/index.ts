@@ -39,8 +39,8 @@ export {
 export { replaceSynced, syncDir, writeSynced } from './durable.js';
 export {
   type CommitOptions,
-  checkSetid,
   commitInstall,
+  copyBeside,
   type DestCheck,
   type FileState,
   fileState,
@@ -59,6 +59,7 @@ export {
   removeStaleTemps,
   resolveDest,
   rollback,
+  setidRefusal,
   setMeta,
   tempPathFor,
 } from './install.js';

@@ -321,18 +321,20 @@ export function tempPathFor(dest: string): string {
 export type MetaOptions = Pick<InstallOptions, 'mode' | 'uid' | 'gid' | 'allowSetid'>;
 
 /**
- * Refuses a setuid/setgid mode unless the agent allows them: a set-id file owned by root runs as
- * root, so a push could otherwise step around the run_as allowlist.
+ * Why `mode` may not be installed at `dest`, or undefined when it may: a setuid/setgid mode is
+ * refused unless the agent allows them, since a set-id file owned by root runs as root and a push
+ * could otherwise step around the run_as allowlist.
  */
-export function checkSetid(dest: string, mode: number, allowSetid: boolean | undefined): void {
-  if ((mode & 0o6000) === 0 || allowSetid) return;
-  const octal = `0${(mode & 0o7777).toString(8)}`;
-  const kept = `${dest}: mode ${octal} is setuid/setgid`;
-  throw new CanopyError(
-    'AGENT_SETID_REFUSED',
-    `${kept}, which this agent does not install (a set-id file runs as its owner, whatever run_as allows); ` +
-      'drop the 04000/02000 bits from the mode (or from the file there now), or start the agent with allow_setid: true',
-    { path: dest },
+export function setidRefusal(
+  dest: string,
+  mode: number,
+  allowSetid: boolean | undefined,
+): string | undefined {
+  if ((mode & 0o6000) === 0 || allowSetid) return undefined;
+  return (
+    `${dest}: mode 0${(mode & 0o7777).toString(8)} is setuid/setgid, which this agent does not install ` +
+    '(a set-id file runs as its owner, whatever run_as allows); drop the 04000/02000 bits from the mode ' +
+    '(or from the file there now), or start the agent with allow_setid: true'
   );
 }
 
@@ -344,7 +346,8 @@ export async function setMeta(
   dest = file,
 ): Promise<void> {
   const mode = opts.mode ?? previous?.mode ?? 0o644;
-  checkSetid(dest, mode, opts.allowSetid);
+  const setid = setidRefusal(dest, mode, opts.allowSetid);
+  if (setid) throw new CanopyError('AGENT_SETID_REFUSED', setid, { path: dest });
   const fh = await open(file, 'r');
   try {
     const uid = opts.uid ?? previous?.uid;
@@ -362,27 +365,57 @@ export async function setMeta(
  * owner replaces it by rename, and the other names keep theirs.
  */
 export async function fixMeta(dest: string, opts: MetaOptions, previous: FileState): Promise<void> {
-  const fh = await open(dest, constants.O_RDONLY | constants.O_NOFOLLOW).catch(
-    (err: NodeJS.ErrnoException) => {
-      throw changedUnder(dest, err.code === 'ELOOP' ? 'is now a symlink' : err.message);
-    },
-  );
-  const temp = tempPathFor(dest);
+  const fh = await openNoFollow(dest);
+  let temp: string | undefined;
   try {
-    if ((await fh.stat()).nlink <= 1) {
-      await setMeta(dest, opts, previous);
-      return;
-    }
-    await copyOpen(fh, temp);
+    if ((await fh.stat()).nlink > 1) temp = await copyToTemp(fh, dest);
+  } finally {
+    await fh.close();
+  }
+  if (!temp) {
+    await setMeta(dest, opts, previous);
+    return;
+  }
+  try {
     await setMeta(temp, opts, previous, dest);
     await rename(temp, dest);
   } catch (err) {
     await unlink(temp).catch(() => {});
     throw err;
+  }
+  await syncDir(path.dirname(dest));
+}
+
+/**
+ * A copy of the file at `dest` (never through a symlink), fsynced, in a fresh temporary path
+ * beside it (tempPathFor); nothing is left behind when the copy fails.
+ */
+export async function copyBeside(dest: string): Promise<string> {
+  const fh = await openNoFollow(dest);
+  try {
+    return await copyToTemp(fh, dest);
   } finally {
     await fh.close();
   }
-  await syncDir(path.dirname(dest));
+}
+
+/** copyOpen into a fresh tempPathFor(dest), removed again if the copy fails. */
+async function copyToTemp(src: FileHandle, dest: string): Promise<string> {
+  const temp = tempPathFor(dest);
+  try {
+    await copyOpen(src, temp);
+    return temp;
+  } catch (err) {
+    await unlink(temp).catch(() => {});
+    throw err;
+  }
+}
+
+/** Opens the file at `dest` for reading, refusing a symlink there (swapped in since it was checked). */
+function openNoFollow(dest: string): Promise<FileHandle> {
+  return open(dest, constants.O_RDONLY | constants.O_NOFOLLOW).catch((err: NodeJS.ErrnoException) => {
+    throw changedUnder(dest, err.code === 'ELOOP' ? 'is now a symlink' : err.message);
+  });
 }
 
 /** True when the file's mode/owner differ from what opts asks for. */
@@ -434,11 +467,7 @@ async function keepBackup(dest: string, backupDir: string, previous: FileState):
   const file = path.join(home, name);
   // The file checked earlier, not whatever is at the path now: a symlink swapped in since (to a
   // file outside the roots) is not followed, and another file is not taken for the old one.
-  const src = await open(dest, constants.O_RDONLY | constants.O_NOFOLLOW).catch(
-    (err: NodeJS.ErrnoException) => {
-      throw changedUnder(dest, err.code === 'ELOOP' ? 'is now a symlink' : err.message);
-    },
-  );
+  const src = await openNoFollow(dest);
   try {
     const st = await src.stat({ bigint: true });
     const same =

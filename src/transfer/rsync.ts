@@ -21,6 +21,7 @@
 import { spawn } from 'node:child_process';
 import { mkdir, realpath, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, posix, relative, sep } from 'node:path';
+import { StringDecoder } from 'node:string_decoder';
 import { CanopyError, CODES, type ErrorCode } from '../errors/index.js';
 import { isInside } from './install.js';
 import { PEER_CODES } from './peer-wire.js';
@@ -362,8 +363,10 @@ const ENTRY = /^canopy-entry:[<>ch.][fdLDS].{9} (.+)$/;
 function entryReader(stream: NodeJS.ReadableStream): () => string[] {
   const names: string[] = [];
   let partial = '';
+  // A name's UTF-8 may be cut between two pieces: the decoder keeps the unfinished character.
+  const decoder = new StringDecoder('utf8');
   stream.on('data', (d: Buffer) => {
-    const lines = (partial + d.toString('utf8')).split(/[\r\n]/);
+    const lines = (partial + decoder.write(d)).split(/[\r\n]/);
     partial = lines.pop() ?? '';
     for (const line of lines) {
       const m = ENTRY.exec(line);
